@@ -1,0 +1,37 @@
+# Two commands on a fresh clone:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# llama.cpp's native build segfaults in ggml's AMX kernel on some CPUs: build a portable AVX2
+# variant instead (pip caches the wheel, so only the first install compiles, ~4 min on 2 cores).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
+QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
+
+.PHONY: run test lint typecheck install clean lock
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/moa ask --preset local "$(QUESTION)"
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/pytest -q
+
+# Re-pin every dependency from the current venv (run after changing pyproject.toml).
+lock: install
+	$(BIN)/pip freeze --exclude-editable | grep -v '^moakit' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""The one interface everything that answers a conversation implements.
+
+A remote endpoint, the embedded llama.cpp model, a test double and a whole MoA ``Stack`` are all
+``Model``s, so serving, logging and evaluation code only ever needs to know this module.
+
+Adapters implement exactly one method, ``stream``. ``complete`` collects the stream; an adapter may
+override it when its backend has a cheaper non-streaming call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+# OpenAI-style chat message: {"role": "system" | "user" | "assistant", "content": str}.
+Message = dict[str, Any]
+
+
+class Usage(BaseModel):
+    """Token counts of one call or, summed, of a whole run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What one call sends. ``None`` means "the backend's default"."""
+
+    messages: Sequence[Message]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed answer. The last chunk of a stream carries ``finish_reason`` and,
+    where the backend reports it, ``usage``."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+class Model(ABC):
+    """Answers a conversation. ``name`` is what traces and results show."""
+
+    name: str
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Yield the answer as it is produced. Raise ``ModelCallError`` on failure."""
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        return await collect(self.stream(request))
+
+    async def aclose(self) -> None:
+        """Release clients and connections. Default: nothing to release."""
+
+
+async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage = Usage()
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.finish_reason is not None:
+            finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return Completion(text="".join(parts), finish_reason=finish_reason, usage=usage)
+
+
+def approx_tokens(text: str) -> int:
+    """Word count as a token estimate, for backends that report no usage."""
+    return len(text.split())
+
+
+def message_text(message: Message) -> str:
+    content: Any = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        )
+    return ""
+
+
+__all__ = [
+    "ChatRequest",
+    "Chunk",
+    "Completion",
+    "Message",
+    "Model",
+    "Usage",
+    "approx_tokens",
+    "collect",
+    "message_text",
+]

@@ -1,0 +1,1 @@
+"""Shipped stack presets (TOML data, not code)."""

@@ -1,0 +1,114 @@
+"""What a run produced: who said what, when, at what cost. JSON-serializable (pydantic)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, computed_field
+
+from moakit.models.base import Usage
+
+
+class Attempt(BaseModel):
+    """One HTTP/inference call of a member. Retries add attempts; only the last may succeed."""
+
+    number: int
+    started_s: float  # offset from the start of the query
+    latency_s: float
+    error: str | None = None
+
+
+class MemberOutput(BaseModel):
+    layer: int  # 1-based; the aggregator's layer is ``len(layers) + 1``
+    index: int  # position in the layer (0-based), the order references are injected in
+    label: str
+    provider: str
+    model: str
+    output: str | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+    truncated: bool = False  # finish_reason "length": kept, but never passed off as complete
+    cancelled: bool = False  # cut by the straggler policy, the deadline, or the caller
+    latency_s: float = 0.0
+    started_s: float = 0.0
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.output is not None and self.error is None
+
+
+class LayerResult(BaseModel):
+    index: int  # 1-based
+    members: list[MemberOutput]
+    latency_s: float
+    min_successful: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def answered(self) -> int:
+        return sum(1 for m in self.members if m.ok)
+
+
+class Result(BaseModel):
+    stack: str
+    final: str = ""
+    layers: list[LayerResult] = Field(default_factory=list)
+    # The aggregator that produced ``final`` is the last entry; earlier ones failed and a
+    # fallback took over.
+    aggregators: list[MemberOutput] = Field(default_factory=list)
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def aggregator(self) -> MemberOutput | None:
+        return self.aggregators[-1] if self.aggregators else None
+
+    def calls(self) -> list[MemberOutput]:
+        return [m for layer in self.layers for m in layer.members] + self.aggregators
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for m in self.calls():
+            total = total + m.usage
+        return total
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return self.usage.total_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def llm_calls(self) -> int:
+        """Every request sent, retries included."""
+        return sum(max(1, len(m.attempts)) for m in self.calls() if m.attempts or m.ok)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def serial_rounds(self) -> int:
+        """Rounds of calls that had to happen one after another: layers plus aggregator tries."""
+        return len(self.layers) + len(self.aggregators)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [m.cost_usd for m in self.calls() if m.usage.total_tokens]
+        if not costs or any(c is None for c in costs):
+            return None
+        return round(sum(c for c in costs if c is not None), 8)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def failures(self) -> list[str]:
+        """``label (layer N): reason`` for every member that did not answer."""
+        return [
+            f"{m.label} (layer {m.layer}): {m.error}" for m in self.calls() if m.error is not None
+        ]
+
+    @property
+    def truncated(self) -> bool:
+        agg = self.aggregator
+        return bool(agg and agg.truncated)
