@@ -210,9 +210,13 @@ class _Run:
         yield LayerFinished(layer)
         if layer.answered < needed:
             failures = [(m.label, m.error or "no answer") for m in layer.members if not m.ok]
-            error_cls = LayerFailed
-            err = error_cls(layer_no, failures, answered=layer.answered, needed=needed, result=self.result)
-            if cut_reason == "cancelled: query deadline":
+            err = LayerFailed(
+                layer_no, failures, answered=layer.answered, needed=needed, result=self.result
+            )
+            deadline_hit = self.proposers_deadline_at is not None and (
+                time.monotonic() >= self.proposers_deadline_at
+            )
+            if deadline_hit:
                 raise DeadlineExceeded(f"query deadline exceeded: {err}", result=self.result)
             raise err
 

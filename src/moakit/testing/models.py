@@ -1,0 +1,52 @@
+"""Test doubles (pydantic-ai's FunctionModel idea): a model whose answer is a Python function of
+the request. Shipped so users can test their own stacks without a network."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Union
+
+from moakit.models.base import ChatRequest, Chunk, Model, Usage, approx_tokens
+
+Reply = Union[str, "Exception"]
+AnswerFn = Callable[[ChatRequest], Reply | Awaitable[Reply]]
+
+
+class FunctionModel(Model):
+    """Answers with ``fn(request)``; raising (or returning) an exception makes the call fail.
+    ``delay_s`` sleeps before answering; ``requests`` records every request received."""
+
+    def __init__(self, fn: AnswerFn, *, name: str = "function", delay_s: float = 0.0) -> None:
+        self.name = name
+        self.fn = fn
+        self.delay_s = delay_s
+        self.requests: list[ChatRequest] = []
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        reply = self.fn(request)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        if isinstance(reply, Exception):
+            raise reply
+        words = reply.split(" ")
+        for i, word in enumerate(words):
+            yield Chunk(text=word if i == 0 else " " + word)
+        prompt = sum(approx_tokens(str(m.get("content", ""))) for m in request.messages)
+        yield Chunk(
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=prompt, completion_tokens=approx_tokens(reply)),
+        )
+
+
+def echo_model(name: str, *, delay_s: float = 0.0) -> FunctionModel:
+    """Answers ``"<name>: <last user message>"``."""
+
+    def fn(request: ChatRequest) -> str:
+        return f"{name}: {request.messages[-1].get('content', '')}"
+
+    return FunctionModel(fn, name=name, delay_s=delay_s)
