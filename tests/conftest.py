@@ -12,7 +12,11 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
     # Tests may talk to servers they start on loopback and nothing else (pydantic-ai's habit of
     # blocking real network calls in tests).
     host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("/"):
+    if (
+        isinstance(host, str)
+        and host not in ("127.0.0.1", "::1", "localhost")
+        and not host.startswith("/")
+    ):
         raise RuntimeError(f"test tried to reach the network: {address!r}")
     return _real_connect(self, address)
 

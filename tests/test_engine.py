@@ -36,8 +36,10 @@ async def test_layers_see_original_query_and_numbered_references() -> None:
     assert list(models["a"].requests[0].messages) == CONV
     # Layer 2 sees x1 plus layer 1's answers in member order.
     expected_l2 = [
-        {"role": "system", "content": AGGREGATE_AND_SYNTHESIZE
-         + "\n1. a: What is MoA?\n2. b: What is MoA?"},
+        {
+            "role": "system",
+            "content": AGGREGATE_AND_SYNTHESIZE + "\n1. a: What is MoA?\n2. b: What is MoA?",
+        },
         *CONV,
     ]
     assert list(models["c"].requests[0].messages) == expected_l2
@@ -76,8 +78,10 @@ async def test_layer_runs_members_concurrently() -> None:
 async def test_single_proposer_variant_varies_seed_and_temperature() -> None:
     model = echo_model("s")
     cfg = parse_config(
-        {"layers": [[{"model": "s", "n": 3, "seed": 5, "temperature_step": 0.1}]],
-         "aggregator": {"model": "s"}}
+        {
+            "layers": [[{"model": "s", "n": 3, "seed": 5, "temperature_step": 0.1}]],
+            "aggregator": {"model": "s"},
+        }
     )
     async with Stack(cfg, models={"s": model}) as stack:
         result = await stack.run(CONV)
@@ -148,10 +152,12 @@ async def test_per_call_timeout_fails_member() -> None:
         "fast": echo_model("fast"),
         "agg": echo_model("agg"),
     }
-    cfg = parse_config({
-        "layers": [[{"model": "slow", "timeout_s": 0.2, "retries": 0}, {"model": "fast"}]],
-        "aggregator": {"model": "agg"},
-    })
+    cfg = parse_config(
+        {
+            "layers": [[{"model": "slow", "timeout_s": 0.2, "retries": 0}, {"model": "fast"}]],
+            "aggregator": {"model": "agg"},
+        }
+    )
     t0 = time.monotonic()
     async with Stack(cfg, models=models) as stack:
         result = await stack.run(CONV)
@@ -190,10 +196,12 @@ async def test_fallback_aggregator_takes_over() -> None:
         "agg": failing(ModelCallError("down", kind="http", status=500)),
         "backup": echo_model("backup"),
     }
-    cfg = parse_config({
-        "layers": [[{"model": "a"}]],
-        "aggregator": {"model": "agg", "retries": 0, "fallbacks": [{"model": "backup"}]},
-    })
+    cfg = parse_config(
+        {
+            "layers": [[{"model": "a"}]],
+            "aggregator": {"model": "agg", "retries": 0, "fallbacks": [{"model": "backup"}]},
+        }
+    )
     async with Stack(cfg, models=models) as stack:
         result = await stack.run(CONV)
     assert result.final == "backup: What is MoA?"
@@ -246,8 +254,18 @@ def test_config_errors_name_field_and_value() -> None:
         parse_config({"layers": [[{"model": "a", "temprature": 1}]], "aggregator": {"model": "b"}})
     assert "layers.0.members.0.temprature" in str(info.value)
     with pytest.raises(ConfigError, match=r"layers\.0\.min_successful = 3 exceeds"):
-        parse_config({"layers": [{"members": [{"model": "a"}], "min_successful": 3}],
-                      "aggregator": {"model": "b"}})
+        parse_config(
+            {
+                "layers": [{"members": [{"model": "a"}], "min_successful": 3}],
+                "aggregator": {"model": "b"},
+            }
+        )
     with pytest.raises(ConfigError, match="unknown provider 'nope'"):
-        Stack(parse_config({"layers": [[{"model": "a", "provider": "nope"}]],
-                            "aggregator": {"model": "a", "provider": "nope"}}))
+        Stack(
+            parse_config(
+                {
+                    "layers": [[{"model": "a", "provider": "nope"}]],
+                    "aggregator": {"model": "a", "provider": "nope"},
+                }
+            )
+        )

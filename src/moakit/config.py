@@ -161,7 +161,9 @@ class StackConfig(_Strict):
                 if spec.n == 1:
                     out.append(base)
                     continue
-                temperature = max(0.0, min(2.0, (base.temperature or 0.0) + i * spec.temperature_step))
+                temperature = max(
+                    0.0, min(2.0, (base.temperature or 0.0) + i * spec.temperature_step)
+                )
                 out.append(
                     base.model_copy(
                         update={
@@ -180,8 +182,12 @@ class StackConfig(_Strict):
     def aggregators(self) -> list[MemberSpec]:
         """The aggregator followed by its fallbacks, defaults applied."""
         head = self._with_defaults(self.aggregator, self.aggregator_temperature)
-        head = head.model_copy(update={"fallbacks": []}) if isinstance(head, AggregatorSpec) else head
-        rest = [self._with_defaults(f, self.aggregator_temperature) for f in self.aggregator.fallbacks]
+        head = (
+            head.model_copy(update={"fallbacks": []}) if isinstance(head, AggregatorSpec) else head
+        )
+        rest = [
+            self._with_defaults(f, self.aggregator_temperature) for f in self.aggregator.fallbacks
+        ]
         return [head, *rest]
 
     def _with_defaults(self, spec: MemberSpec, temperature: float) -> MemberSpec:
@@ -226,7 +232,11 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> ConfigErr
         field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "stack"
         first_field = first_field or field
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err.get('input'))})"
+        shown = (
+            ""
+            if err["type"] in ("missing", "value_error")
+            else f" (got {_short(err.get('input'))})"
+        )
         parts.append(f"{field}: {msg}{shown}")
     return ConfigError("invalid stack config: " + "; ".join(parts), field=first_field)
 
@@ -260,10 +270,7 @@ def read_config_file(path: str | Path) -> StackConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", field="path") from None
     try:
-        if path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            data = tomllib.loads(text)
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moakit.config import MemberSpec, StackConfig
-from moakit.errors import AggregatorFailed, DeadlineExceeded, LayerFailed, ModelCallError
+from moakit.errors import (
+    AggregatorFailed,
+    CallErrorKind,
+    DeadlineExceeded,
+    LayerFailed,
+    ModelCallError,
+)
 from moakit.events import (
     AggregatorFailed as AggregatorFailedEvent,
 )
@@ -65,7 +71,13 @@ class Stack(Model):
     def _model_for(self, spec: MemberSpec) -> Model:
         if spec.model in self._overrides:
             return self._overrides[spec.model]
-        key = (spec.provider, spec.model, spec.base_url, spec.api_key_env, repr(sorted(spec.options.items())))
+        key = (
+            spec.provider,
+            spec.model,
+            spec.base_url,
+            spec.api_key_env,
+            repr(sorted(spec.options.items())),
+        )
         if key not in self._models:
             self._models[key] = build_model(spec, self._pool)
         return self._models[key]
@@ -100,13 +112,15 @@ class Stack(Model):
                 return event.result
         raise AssertionError("a run always ends with RunFinished or an exception")
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         async for event in self.events(request):
             if isinstance(event, TextDelta):
                 yield Chunk(text=event.text)
             elif isinstance(event, RunFinished):
                 agg = event.result.aggregator
-                yield Chunk(finish_reason=agg.finish_reason if agg else "stop", usage=event.result.usage)
+                yield Chunk(
+                    finish_reason=agg.finish_reason if agg else "stop", usage=event.result.usage
+                )
 
 
 class _Run:
@@ -157,9 +171,7 @@ class _Run:
         yield LayerStarted(layer=layer_no, members=[m.display for m in members])
         started = self.now()
         calls = [_Call(spec, layer_no, i, started) for i, spec in enumerate(members)]
-        tasks = {
-            asyncio.create_task(self._call_member(call, references)): call for call in calls
-        }
+        tasks = {asyncio.create_task(self._call_member(call, references)): call for call in calls}
         outputs: dict[int, MemberOutput] = {}
         cutoff_at: float | None = None
         pending = set(tasks)
@@ -247,17 +259,28 @@ class _Run:
                 if not completion.text.strip():
                     raise ModelCallError("empty answer", kind="empty")
             except TimeoutError:
-                kind = "deadline" if binding else "timeout"
+                kind: CallErrorKind = "deadline" if binding else "timeout"
                 error = ModelCallError(f"no answer within {timeout:.2f}s", kind=kind)
             except ModelCallError as exc:
                 error = exc
             except Exception as exc:  # an adapter bug must fail one member, not the query
                 error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
             else:
-                call.attempts.append(Attempt(number=attempt + 1, started_s=round(t, 6), latency_s=round(self.now() - t, 6)))
+                call.attempts.append(
+                    Attempt(
+                        number=attempt + 1,
+                        started_s=round(t, 6),
+                        latency_s=round(self.now() - t, 6),
+                    )
+                )
                 return self._output(call, completion=completion)
             call.attempts.append(
-                Attempt(number=attempt + 1, started_s=round(t, 6), latency_s=round(self.now() - t, 6), error=error.describe())
+                Attempt(
+                    number=attempt + 1,
+                    started_s=round(t, 6),
+                    latency_s=round(self.now() - t, 6),
+                    error=error.describe(),
+                )
             )
             if not error.retryable or attempt == retries:
                 break
@@ -333,7 +356,9 @@ class _Run:
                 }
             )
             call = _Call(spec, layer_no, index, self.now())
-            yield AggregatorStarted(label=spec.display, model=spec.model, references=len(references))
+            yield AggregatorStarted(
+                label=spec.display, model=spec.model, references=len(references)
+            )
             retries = spec.retries or 0
             for attempt in range(retries + 1):
                 parts: list[str] = []
@@ -348,7 +373,9 @@ class _Run:
                 if isinstance(outcome, Completion) and not "".join(parts).strip():
                     outcome = ModelCallError("empty answer", kind="empty")
                 assert outcome is not None
-                attempt_rec = Attempt(number=attempt + 1, started_s=round(t, 6), latency_s=round(self.now() - t, 6))
+                attempt_rec = Attempt(
+                    number=attempt + 1, started_s=round(t, 6), latency_s=round(self.now() - t, 6)
+                )
                 if isinstance(outcome, Completion):
                     call.attempts.append(attempt_rec)
                     final = "".join(parts)
@@ -362,10 +389,13 @@ class _Run:
                 if error.kind == "deadline":
                     self.result.aggregators.append(failed)
                     raise DeadlineExceeded(
-                        f"query deadline exceeded while aggregating ({failed.label})", result=self.result
+                        f"query deadline exceeded while aggregating ({failed.label})",
+                        result=self.result,
                     )
                 more = attempt < retries and error.retryable
-                delay = backoff_delay(self.config.retry, attempt, error.retry_after_s) if more else None
+                delay = (
+                    backoff_delay(self.config.retry, attempt, error.retry_after_s) if more else None
+                )
                 if more and delay is not None and self._time_left(delay, self.deadline_at):
                     yield AggregatorFailedEvent(failed, discard_text=bool(parts))
                     await asyncio.sleep(delay)
@@ -398,7 +428,7 @@ class _Run:
                         queue.put_nowait(chunk)
                 queue.put_nowait(None)
             except TimeoutError:
-                kind = "deadline" if binding else "timeout"
+                kind: CallErrorKind = "deadline" if binding else "timeout"
                 queue.put_nowait(ModelCallError(f"no answer within {timeout:.2f}s", kind=kind))
             except ModelCallError as exc:
                 queue.put_nowait(exc)
@@ -427,7 +457,9 @@ class _Run:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        yield Completion(text="".join(parts), finish_reason=finish_reason or "stop", usage=usage or Usage())
+        yield Completion(
+            text="".join(parts), finish_reason=finish_reason or "stop", usage=usage or Usage()
+        )
 
 
 def _cost(spec: MemberSpec, usage: Usage) -> float | None:

@@ -8,14 +8,16 @@ import random
 from moakit.config import RetryPolicy
 
 
-def backoff_delay(policy: RetryPolicy, retry_number: int, retry_after_s: float | None) -> float | None:
+def backoff_delay(
+    policy: RetryPolicy, retry_number: int, retry_after_s: float | None
+) -> float | None:
     """Seconds to wait before retry ``retry_number`` (0-based), or ``None`` to give up.
 
     A server's Retry-After wins when it is sane; an absurdly long one means "not soon", so the
     member fails now rather than stalling the layer.
     """
     if retry_after_s is not None and retry_after_s >= 0:
-        return retry_after_s if retry_after_s <= policy.max_retry_after_s else None
-    base = min(policy.max_s, policy.initial_s * (2**retry_number))
+        return float(retry_after_s) if retry_after_s <= policy.max_retry_after_s else None
+    base: float = min(policy.max_s, policy.initial_s * (2**retry_number))
     # Up to 25% jitter downwards, as openai-python does, so synchronized clients spread out.
     return base * (1 - 0.25 * random.random())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -27,13 +29,20 @@ from moakit.result import Result
 stack_options = [
     click.option("--preset", "-p", default=None, help="Preset name (default: local)."),
     click.option(
-        "--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
         help="Stack config file (TOML or YAML).",
     ),
 ]
 
 
-def with_stack_options(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_stack_options(f: F) -> F:
     for option in reversed(stack_options):
         f = option(f)
     return f
@@ -56,7 +65,9 @@ async def answer(
                 progress.print(f"  [red]✗[/] {m.label}: {m.error}", markup=True, highlight=False)
         elif isinstance(event, LayerFinished):
             layer = event.layer
-            progress.print(f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s")
+            progress.print(
+                f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s"
+            )
         elif isinstance(event, AggregatorStarted):
             progress.print(f"[bold]aggregator[/]: {event.label} on {event.references} references")
         elif isinstance(event, AggregatorFailed):

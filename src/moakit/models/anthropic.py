@@ -79,7 +79,9 @@ def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
             retry_after = float(raw) if raw is not None else None
         except ValueError:
             retry_after = None
-        return ModelCallError(message, kind="http", status=exc.status_code, retry_after_s=retry_after)
+        return ModelCallError(
+            message, kind="http", status=exc.status_code, retry_after_s=retry_after
+        )
     return ModelCallError(message, kind="other")
 
 

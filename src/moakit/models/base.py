@@ -83,7 +83,7 @@ class Model(ABC):
     async def complete(self, request: ChatRequest) -> Completion:
         return await collect(self.stream(request))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release clients and connections. Default: nothing to release."""
 
 
@@ -110,9 +110,7 @@ def message_text(message: Message) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
 
 

@@ -8,6 +8,7 @@ and a per-instance lock serializes calls because a llama.cpp context is not re-e
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -84,10 +85,22 @@ def shared_llama(path: Path, n_ctx: int) -> _Shared:
                     "the embedded provider needs llama-cpp-python: install moakit[local]",
                     field="provider",
                 ) from None
-            threads = int(os.environ.get("MOAKIT_LLAMA_THREADS", "0")) or max(1, os.cpu_count() or 1)
+            threads = int(os.environ.get("MOAKIT_LLAMA_THREADS", "0")) or max(
+                1, os.cpu_count() or 1
+            )
             llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
             _instances[key] = _Shared(llama)
         return _instances[key]
+
+
+@atexit.register
+def _close_all() -> None:
+    # Free llama.cpp contexts while the interpreter is intact; left to __del__ at shutdown they
+    # print spurious tracebacks once ctypes globals are torn down.
+    with _instances_lock:
+        for shared in _instances.values():
+            shared.llama.close()
+        _instances.clear()
 
 
 class LocalModel(Model):

@@ -21,7 +21,12 @@ class ResourcePool:
         self._items: dict[Any, Any] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
-    def get(self, key: Any, create: Callable[[], Any], close: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+    def get(
+        self,
+        key: Any,
+        create: Callable[[], Any],
+        close: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> Any:
         if key not in self._items:
             item = create()
             self._items[key] = item

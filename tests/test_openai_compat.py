@@ -1,0 +1,96 @@
+"""The OpenAI-compatible provider against a real HTTP server on loopback (no SDK mocks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moakit import MissingKeyError, Stack, parse_config
+from moakit.errors import ModelCallError
+from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, expected_content
+
+
+def stack_for(base_url: str, **agg: object) -> Stack:
+    return Stack(
+        parse_config(
+            {
+                "defaults": {"provider": "openai", "base_url": base_url, "max_tokens": 20},
+                "layers": [[{"model": "p1"}, {"model": "p2", "system": "Be brief."}]],
+                "aggregator": {"model": "agg", **agg},
+            }
+        )
+    )
+
+
+async def test_endpoint_receives_exact_messages() -> None:
+    conv = [{"role": "user", "content": "hello there"}]
+    async with FakeBackend() as fb, stack_for(fb.base_url) as stack:
+        result = await stack.run(conv)
+    bodies = {b["model"]: b for b in fb.stats.received}
+    assert bodies["p1"]["messages"] == conv
+    assert bodies["p2"]["messages"] == [{"role": "system", "content": "Be brief."}, *conv]
+    assert bodies["p1"]["temperature"] == 0.7 and bodies["p1"]["max_tokens"] == 20
+    p1 = expected_content("p1", conv, 12)
+    p2 = expected_content("p2", bodies["p2"]["messages"], 12)
+    system = bodies["agg"]["messages"][0]["content"]
+    assert system.endswith(f"\n1. {p1}\n2. {p2}")
+    assert bodies["agg"]["messages"][1:] == conv
+    assert bodies["agg"]["stream"] is True and bodies["agg"]["temperature"] == 0.4
+    assert result.final == expected_content("agg", bodies["agg"]["messages"], 12)
+    assert result.layers[0].members[0].usage.completion_tokens == 12
+
+
+async def test_http_errors_become_typed_failures_with_retry() -> None:
+    flaky = Behavior(fault=Fault("http_503", times=1, retry_after_s=0.05))
+    async with FakeBackend(models={"p1": flaky}) as fb, stack_for(fb.base_url) as stack:
+        result = await stack.run([{"role": "user", "content": "hi"}])
+    p1 = result.layers[0].members[0]
+    assert p1.ok and len(p1.attempts) == 2 and "http 503" in (p1.attempts[0].error or "")
+
+
+async def test_mid_stream_reset_of_aggregator_uses_fallback() -> None:
+    bad = Behavior(fault=Fault("reset_mid_stream"))
+    async with (
+        FakeBackend(models={"agg": bad}) as fb,
+        stack_for(fb.base_url, retries=0, fallbacks=[{"model": "backup"}]) as stack,
+    ):
+        result = await stack.run([{"role": "user", "content": "hi"}])
+    assert [a.label for a in result.aggregators] == ["agg", "backup"]
+    assert result.final.startswith("backup saw")
+
+
+def test_missing_key_names_variable_not_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOA_TEST_KEY", raising=False)
+    cfg = parse_config(
+        {
+            "layers": [
+                [{"model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "MOA_TEST_KEY"}]
+            ],
+            "aggregator": {
+                "model": "m",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key_env": "MOA_TEST_KEY",
+            },
+        }
+    )
+    with pytest.raises(MissingKeyError, match="MOA_TEST_KEY"):
+        Stack(cfg)
+
+
+async def test_key_never_appears_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-test-" + "x" * 24
+    monkeypatch.setenv("MOA_TEST_KEY", secret)
+    async with FakeBackend(default=Behavior(fault=Fault("http_500"))) as fb:
+        cfg = parse_config(
+            {
+                "defaults": {"base_url": fb.base_url, "api_key_env": "MOA_TEST_KEY", "retries": 0},
+                "layers": [[{"model": "m"}]],
+                "aggregator": {"model": "m"},
+            }
+        )
+        async with Stack(cfg) as stack:
+            with pytest.raises(Exception) as info:
+                await stack.run([{"role": "user", "content": "hi"}])
+    assert secret not in str(info.value)
+    result = getattr(info.value, "result", None)
+    assert result is not None and secret not in result.model_dump_json()
+    assert isinstance(ModelCallError("x"), Exception)
