@@ -21,7 +21,7 @@ run: install
 	$(BIN)/moa ask --preset local "$(QUESTION)"
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 
 typecheck: install
 	$(BIN)/mypy
