@@ -4,6 +4,7 @@ retried twice over (``openai`` would otherwise retry 2× under our 2×)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 from moakit.config import RetryPolicy
 
@@ -21,3 +22,16 @@ def backoff_delay(
     base: float = min(policy.max_s, policy.initial_s * (2**retry_number))
     # Up to 25% jitter downwards, as openai-python does, so synchronized clients spread out.
     return base * (1 - 0.25 * random.random())
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (numeric form), else ``None``."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return float(raw) / scale
+        except ValueError:
+            continue
+    return None

@@ -16,6 +16,7 @@ from moakit.config import MemberSpec
 from moakit.errors import MissingKeyError, ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Message, Model, Usage, message_text
 from moakit.models.registry import ResourcePool
+from moakit.retry import parse_retry_after
 from moakit.secrets import scrub
 
 # Anthropic requires max_tokens; this is used when neither the member nor the request sets it.

@@ -14,6 +14,7 @@ from moakit.config import MemberSpec
 from moakit.errors import MissingKeyError, ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.registry import ResourcePool
+from moakit.retry import parse_retry_after
 from moakit.secrets import scrub
 
 
@@ -108,23 +109,11 @@ def translate_error(exc: openai.OpenAIError, key: str) -> ModelCallError:
             message,
             kind="http",
             status=exc.status_code,
-            retry_after_s=_retry_after(exc.response.headers),
+            retry_after_s=parse_retry_after(exc.response.headers),
         )
     if isinstance(exc, openai.APIResponseValidationError | ValueError):
         return ModelCallError(message, kind="malformed")
     return ModelCallError(message, kind="malformed" if "JSON" in message else "other")
-
-
-def _retry_after(headers: Any) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return float(raw) / scale
-        except ValueError:
-            continue
-    return None
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:
