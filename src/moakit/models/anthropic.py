@@ -75,13 +75,11 @@ def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
     if isinstance(exc, anthropic.APIConnectionError):
         return ModelCallError(message, kind="connection")
     if isinstance(exc, anthropic.APIStatusError):
-        raw = exc.response.headers.get("retry-after")
-        try:
-            retry_after = float(raw) if raw is not None else None
-        except ValueError:
-            retry_after = None
         return ModelCallError(
-            message, kind="http", status=exc.status_code, retry_after_s=retry_after
+            message,
+            kind="http",
+            status=exc.status_code,
+            retry_after_s=parse_retry_after(exc.response.headers),
         )
     return ModelCallError(message, kind="other")
 
