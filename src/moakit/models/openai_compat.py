@@ -56,6 +56,8 @@ class OpenAICompatModel(Model):
             response = await self._client.chat.completions.create(**self._params(request))
         except openai.OpenAIError as exc:
             raise translate_error(exc, self._key) from None
+        except ValueError as exc:  # the SDK lets a body that is not JSON escape as-is
+            raise ModelCallError(f"malformed response: {exc}", kind="malformed") from None
         if not response.choices:
             raise ModelCallError("response has no choices", kind="malformed")
         choice = response.choices[0]
@@ -91,6 +93,8 @@ class OpenAICompatModel(Model):
                             yield Chunk(text=choice.delta.content)
         except openai.OpenAIError as exc:
             raise translate_error(exc, self._key) from None
+        except ValueError as exc:  # a garbage SSE data line
+            raise ModelCallError(f"malformed stream event: {exc}", kind="malformed") from None
         if finish is None:
             # A stream that ends without a finish_reason was cut off, not completed.
             raise ModelCallError("stream ended without a finish_reason", kind="connection")
