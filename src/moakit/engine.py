@@ -145,8 +145,7 @@ class _Run:
         references: list[str] = []
         try:
             for li in range(len(self.config.layers)):
-                layer_events: list[Event] = []
-                async for event in self._layer(li, references, layer_events):
+                async for event in self._layer(li, references):
                     yield event
                 layer = self.result.layers[-1]
                 references = [m.output for m in layer.members if m.ok and m.output is not None]
@@ -164,7 +163,7 @@ class _Run:
 
     # -- proposer layers ---------------------------------------------------------------------
 
-    async def _layer(self, li: int, references: list[str], _: list[Event]) -> AsyncIterator[Event]:
+    async def _layer(self, li: int, references: list[str]) -> AsyncIterator[Event]:
         members = self.config.layer_members(li)
         needed = self.config.min_successful_for(li)
         layer_no = li + 1
