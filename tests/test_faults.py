@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -32,16 +32,6 @@ def stack(base_url: str, bad: str = "") -> Stack:
     )
 
 
-PERSISTENT: list[FaultKind] = [
-    "http_500",
-    "http_503",
-    "http_429",
-    "hang",
-    "reset_mid_stream",
-    "malformed_json",
-    "empty",
-]
-
 # What the failed member's error must start with (``kind[ status]: ...``).
 ERROR_PREFIX: dict[str, str] = {
     "http_500": "http 500",
@@ -52,17 +42,13 @@ ERROR_PREFIX: dict[str, str] = {
     "malformed_json": "malformed",
     "empty": "empty",
 }
+# Every fault that fails a call each time (everything but "truncated", which still answers).
+PERSISTENT: list[FaultKind] = [k for k in get_args(FaultKind) if k in ERROR_PREFIX]
 # Retryable kinds are tried 1 + retries (default 2) times; "empty" is not retried.
 ATTEMPTS = {kind: (1 if kind == "empty" else 3) for kind in PERSISTENT}
 
-TRANSIENT: list[FaultKind] = [
-    "http_500",
-    "http_503",
-    "http_429",
-    "hang",
-    "reset_mid_stream",
-    "malformed_json",
-]
+# Faults worth a retry; an empty answer is a failure, never retried.
+TRANSIENT: list[FaultKind] = [k for k in PERSISTENT if k != "empty"]
 
 REF_LINE = re.compile(r"^\d+\. ", re.MULTILINE)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 _AUTH = re.compile(r"(?i)(authorization|x-api-key|api[_-]?key)([\"':=\s]+)(bearer\s+)?[^\s\"',}]+")
@@ -14,11 +13,3 @@ def scrub(text: str, *secrets: str) -> str:
             text = text.replace(secret, "***")
     return _AUTH.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}***", text)
 
-
-class RedactingFilter(logging.Filter):
-    """Logging filter that masks auth headers and key-looking fields in every record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
-        record.args = None
-        return True
