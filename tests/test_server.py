@@ -230,9 +230,6 @@ def test_deadline_is_504() -> None:
             fb.wait_idle_blocking(3)
 
 
-@pytest.mark.skip(
-    reason="429 path not yet verified: second request was admitted (under investigation)"
-)
 def test_concurrency_limit_429() -> None:
     with FakeBackend(models={"agg": Behavior(fault=Fault("hang"))}) as fb:
         app = create_app({"fake": fake_stack(fb.base_url)}, api_keys=[], max_concurrent=1)
@@ -242,11 +239,23 @@ def test_concurrency_limit_429() -> None:
                 f"{base}/chat/completions",
                 json={"model": "fake", "messages": USER, "stream": True},
             ) as r:
-                next(r.iter_lines())
+                # Keep the line iterator referenced: a dropped httpx iterator is garbage-collected,
+                # and closing it closes the connection, which (correctly) frees the slot.
+                lines = r.iter_lines()
+                next(lines)
+                assert app.state.moa.in_flight == 1
                 second = httpx.post(
                     f"{base}/chat/completions", json={"model": "fake", "messages": USER}
                 )
-            assert second.status_code == 429 and second.headers["retry-after"] == "1"
+                assert second.status_code == 429, second.text
+                assert second.headers["retry-after"] == "1"
+                assert second.json()["error"]["code"] == "rate_limit_exceeded"
+            # The slot frees once the first client goes away.
+            deadline = time.monotonic() + 3
+            while app.state.moa.in_flight:
+                assert time.monotonic() < deadline, "slot not released after disconnect"
+                time.sleep(0.01)
+            fb.wait_idle_blocking(3)
 
 
 def test_client_disconnect_cancels_query() -> None:
