@@ -7,6 +7,7 @@ as a member of another stack by code that only knows the model interface.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,11 +62,12 @@ class Stack(Model):
         self._overrides = dict(models or {})
         self._pool = ResourcePool()
         self._models: dict[Any, Model] = {}
+        # Members with defaults applied, resolved once: queries reuse them instead of
+        # re-deriving (and copying) every spec per query.
+        self.layer_specs = [config.layer_members(i) for i in range(len(config.layers))]
+        self.aggregator_specs = config.aggregators()
         # Build every model now so a missing key or unknown provider fails before any call.
-        for i in range(len(config.layers)):
-            for spec in config.layer_members(i):
-                self._model_for(spec)
-        for spec in config.aggregators():
+        for spec in [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]:
             self._model_for(spec)
 
     def _model_for(self, spec: MemberSpec) -> Model:
@@ -164,7 +166,7 @@ class _Run:
     # -- proposer layers ---------------------------------------------------------------------
 
     async def _layer(self, li: int, references: list[str]) -> AsyncIterator[Event]:
-        members = self.config.layer_members(li)
+        members = self.stack.layer_specs[li]
         needed = self.config.min_successful_for(li)
         layer_no = li + 1
         yield LayerStarted(layer=layer_no, members=[m.display for m in members])
@@ -341,7 +343,7 @@ class _Run:
         layer_no = len(self.config.layers) + 1
         overrides = self.request
         reasons: list[str] = []
-        for index, spec in enumerate(self.config.aggregators()):
+        for index, spec in enumerate(self.stack.aggregator_specs):
             spec = spec.model_copy(
                 update={
                     k: v

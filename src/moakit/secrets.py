@@ -12,4 +12,3 @@ def scrub(text: str, *secrets: str) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return _AUTH.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}***", text)
-

@@ -1,15 +1,26 @@
-"""OpenAI-compatible endpoints (OpenAI, vLLM, Ollama, llama.cpp server, Together, OpenRouter...)
-through the official ``openai`` SDK. SDK retries are off: the engine owns the one retry policy.
+"""OpenAI-compatible endpoints (OpenAI, vLLM, Ollama, llama.cpp server, Together, OpenRouter...).
+
+The chat-completions wire format is small and stable, so this adapter speaks it directly over an
+aiohttp connection pool instead of going through the ``openai`` SDK. Measured on the 3 x 6 + 1
+benchmark (bench/overhead.py) the SDK spent ~0.9 ms of CPU per call building and validating
+request and response objects (and httpcore's pool rescans every connection per request), which at
+a few thousand calls in flight was the engine's entire overhead; this path spends a fraction.
+
+Timeouts and retries are not handled here: the engine owns the one per-call timeout and the one
+retry policy. Errors leave as ``ModelCallError`` with the API key scrubbed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import openai
+import aiohttp
 
+from moakit import __version__
 from moakit.config import MemberSpec
 from moakit.errors import MissingKeyError, ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
@@ -17,115 +28,228 @@ from moakit.models.registry import ResourcePool
 from moakit.retry import parse_retry_after
 from moakit.secrets import scrub
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+_NO_KEY = "not-needed"
+# Connection-level failures (refused, reset, closed mid-body): worth a retry, like the SDK's
+# APIConnectionError.
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
 
 def _api_key(spec: MemberSpec) -> str:
     env = spec.api_key_env
     if env is None and spec.base_url is None:
         env = "OPENAI_API_KEY"
     if env is None:
-        # A self-hosted endpoint (vLLM, Ollama, llama.cpp server) usually wants no key; the SDK
-        # insists on a non-empty string.
-        return "not-needed"
+        # A self-hosted endpoint (vLLM, Ollama, llama.cpp server) usually wants no key.
+        return _NO_KEY
     value = os.environ.get(env)
     if not value:
         raise MissingKeyError(env, who=f"model {spec.model!r}")
     return value
 
 
+class Endpoint:
+    """One base URL + key: the HTTP session its members share.
+
+    The session is created on first use, inside the running loop (aiohttp binds a session to
+    its loop), and replaced if a later call runs on another loop. No connection cap: how many
+    calls run at once is the engine's business (layer width x queries in flight), and a cap here
+    would queue calls silently behind their timeout.
+    """
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.key = key
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"moakit/{__version__}",
+        }
+        if key != _NO_KEY:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                # No aiohttp timeouts: the engine's per-call timeout cancels the call.
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Honour HTTP(S)_PROXY / NO_PROXY the way the official SDKs do.
+                trust_env=True,
+            )
+            self._loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
+            await session.close()
+
+
 class OpenAICompatModel(Model):
-    def __init__(self, spec: MemberSpec, client: openai.AsyncOpenAI, key: str) -> None:
+    def __init__(self, spec: MemberSpec, endpoint: Endpoint) -> None:
         self.name = spec.model
-        self._client = client
-        self._key = key
+        self._endpoint = endpoint
         self._stream_usage = bool(spec.options.get("stream_usage", True))
 
-    def _params(self, request: ChatRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": self.name, "messages": list(request.messages)}
+    def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
+        body: dict[str, Any] = {"model": self.name, "messages": list(request.messages)}
         if request.temperature is not None:
-            params["temperature"] = request.temperature
+            body["temperature"] = request.temperature
         if request.max_tokens is not None:
-            params["max_tokens"] = request.max_tokens
+            body["max_tokens"] = request.max_tokens
         if request.seed is not None:
-            params["seed"] = request.seed
+            body["seed"] = request.seed
         if request.stop:
-            params["stop"] = list(request.stop)
-        return params
+            body["stop"] = list(request.stop)
+        if stream:
+            body["stream"] = True
+            if self._stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return json.dumps(body, ensure_ascii=False).encode()
 
     async def complete(self, request: ChatRequest) -> Completion:
+        ep = self._endpoint
         try:
-            response = await self._client.chat.completions.create(**self._params(request))
-        except openai.OpenAIError as exc:
-            raise translate_error(exc, self._key) from None
-        except ValueError as exc:  # the SDK lets a body that is not JSON escape as-is
-            raise ModelCallError(f"malformed response: {exc}", kind="malformed") from None
-        if not response.choices:
-            raise ModelCallError("response has no choices", kind="malformed")
-        choice = response.choices[0]
-        usage = Usage()
-        if response.usage is not None:
-            usage = Usage(
-                prompt_tokens=response.usage.prompt_tokens or 0,
-                completion_tokens=response.usage.completion_tokens or 0,
-            )
+            async with ep.session().post(
+                ep.url, data=self._body(request, stream=False), headers=ep.headers
+            ) as response:
+                await _raise_for_status(response, ep.key)
+                raw = await response.read()
+        except _CONNECTION_ERRORS as exc:
+            raise _connection_error(exc, ep.key) from None
+        data = _json(raw, "response body", ep.key)
+        choice = _first_choice(data, ep.key)
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
         return Completion(
-            text=choice.message.content or "", finish_reason=choice.finish_reason, usage=usage
+            text=text if isinstance(text, str) else "",
+            finish_reason=choice.get("finish_reason"),
+            usage=_usage(data.get("usage")) or Usage(),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        params = self._params(request)
-        if self._stream_usage:
-            params["stream_options"] = {"include_usage": True}
+        ep = self._endpoint
         finish: str | None = None
         usage: Usage | None = None
+        headers = {**ep.headers, "Accept": "text/event-stream"}
         try:
-            response = await self._client.chat.completions.create(stream=True, **params)
-            async with response:
-                async for event in response:
-                    if event.usage is not None:
-                        usage = Usage(
-                            prompt_tokens=event.usage.prompt_tokens or 0,
-                            completion_tokens=event.usage.completion_tokens or 0,
-                        )
-                    for choice in event.choices:
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-                        if choice.delta and choice.delta.content:
-                            yield Chunk(text=choice.delta.content)
-        except openai.OpenAIError as exc:
-            raise translate_error(exc, self._key) from None
-        except ValueError as exc:  # a garbage SSE data line
-            raise ModelCallError(f"malformed stream event: {exc}", kind="malformed") from None
+            async with ep.session().post(
+                ep.url, data=self._body(request, stream=True), headers=headers
+            ) as response:
+                await _raise_for_status(response, ep.key)
+                async for data in _sse_data(response):
+                    if data == "[DONE]":
+                        break
+                    event = _json(data.encode(), "stream event", ep.key)
+                    _raise_stream_error(event, ep.key)
+                    usage = _usage(event.get("usage")) or usage
+                    for choice in event.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if isinstance(content, str) and content:
+                            yield Chunk(text=content)
+        except _CONNECTION_ERRORS as exc:
+            raise _connection_error(exc, ep.key) from None
         if finish is None:
             # A stream that ends without a finish_reason was cut off, not completed.
             raise ModelCallError("stream ended without a finish_reason", kind="connection")
         yield Chunk(finish_reason=finish, usage=usage)
 
 
-def translate_error(exc: openai.OpenAIError, key: str) -> ModelCallError:
-    """SDK errors become ``ModelCallError`` here, at the boundary, with the key scrubbed."""
-    message = scrub(str(exc), key)
-    if isinstance(exc, openai.APITimeoutError):
-        return ModelCallError(message, kind="timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelCallError(message, kind="connection")
-    if isinstance(exc, openai.APIStatusError):
-        return ModelCallError(
-            message,
-            kind="http",
-            status=exc.status_code,
-            retry_after_s=parse_retry_after(exc.response.headers),
-        )
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return ModelCallError(message, kind="malformed")
-    return ModelCallError(message, kind="malformed" if "JSON" in message else "other")
+async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data`` payload of each server-sent event (multi-line data joined with newlines);
+    comments, ``event:`` and ``id:`` lines are skipped."""
+    lines: list[str] = []
+    async for raw in response.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse, key: str) -> None:
+    if response.status < 400:
+        return
+    raw = await response.read()
+    message = raw.decode("utf-8", "replace").strip()
+    try:
+        error = json.loads(raw).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+        elif isinstance(error, str):
+            message = error
+    except (ValueError, AttributeError):
+        pass
+    raise ModelCallError(
+        scrub(f"HTTP {response.status}: {message[:500]}", key),
+        kind="http",
+        status=response.status,
+        retry_after_s=parse_retry_after(response.headers),
+    )
+
+
+def _raise_stream_error(event: Mapping[str, Any], key: str) -> None:
+    # vLLM, OpenRouter and others report a failure after the 200 as an event with "error".
+    error = event.get("error")
+    if not error:
+        return
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    raise ModelCallError(scrub(f"error in stream: {message}", key), kind="http", status=status)
+
+
+def _json(raw: bytes, what: str, key: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ModelCallError(scrub(f"malformed {what}: {exc}", key), kind="malformed") from None
+    if not isinstance(data, dict):
+        raise ModelCallError(f"malformed {what}: not a JSON object", kind="malformed")
+    return data
+
+
+def _first_choice(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    error = data.get("error")
+    if error:
+        _raise_stream_error(data, key)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ModelCallError("response has no choices", kind="malformed")
+    choice: dict[str, Any] = choices[0]
+    return choice
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+    )
+
+
+def _connection_error(exc: BaseException, key: str) -> ModelCallError:
+    detail = str(exc) or type(exc).__name__
+    return ModelCallError(scrub(f"connection error: {detail}", key), kind="connection")
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:
     key = _api_key(spec)
-    base_url = spec.base_url
-    client = pool.get(
+    base_url = spec.base_url or OPENAI_BASE_URL
+    endpoint: Endpoint = pool.get(
         ("openai", base_url, spec.api_key_env),
-        lambda: openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0),
-        lambda c: c.close(),
+        lambda: Endpoint(base_url, key),
+        lambda ep: ep.aclose(),
     )
-    return OpenAICompatModel(spec, client, key)
+    return OpenAICompatModel(spec, endpoint)

@@ -1,0 +1,136 @@
+"""The OpenAI-compatible adapter against hand-written wire responses: the SSE and error shapes
+real servers send that the fake backend does not (comments, CRLF, multi-line data, error events,
+plain-text error bodies)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from moakit.config import MemberSpec
+from moakit.errors import ModelCallError
+from moakit.models.base import ChatRequest, Model, collect
+from moakit.models.openai_compat import build
+from moakit.models.registry import ResourcePool
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+SECRET = "sk-test-abcdef0123456789"
+
+
+@asynccontextmanager
+async def _model(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Model]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    monkeypatch.setenv("WIRE_KEY", SECRET)
+    pool = ResourcePool()
+    spec = MemberSpec(
+        model="m", base_url=str(server.make_url("/v1")), api_key_env="WIRE_KEY", retries=0
+    )
+    try:
+        yield build(spec, pool)
+    finally:
+        await pool.aclose()
+        await server.close()
+
+
+def sse(body: bytes) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+async def streamed(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str | None]:
+    async with _model(handler, monkeypatch) as model:
+        completion = await collect(model.stream(REQUEST))
+    return completion.text, completion.finish_reason
+
+
+async def test_sse_comments_crlf_and_multiline_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = (
+        b": keep-alive comment\r\n\r\n"
+        b'event: message\r\nid: 1\r\ndata: {"choices":[{"delta":{"content":"Hel"}}]}\r\n\r\n'
+        b'data: {"choices":[{"delta":\ndata: {"content":"lo"}}]}\n\n'
+        b'data: {"choices":[{"delta":{},"finish_reason":"length"}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    assert await streamed(sse(body), monkeypatch) == ("Hello", "length")
+
+
+async def test_error_event_after_200_fails_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = (
+        b'data: {"choices":[{"delta":{"content":"par"}}]}\n\n'
+        b'data: {"error":{"message":"backend overloaded","code":503}}\n\n'
+    )
+    with pytest.raises(ModelCallError) as info:
+        await streamed(sse(body), monkeypatch)
+    assert info.value.kind == "http" and info.value.status == 503 and info.value.retryable
+    assert "backend overloaded" in str(info.value)
+
+
+async def test_stream_without_finish_reason_is_a_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = b'data: {"choices":[{"delta":{"content":"half"}}]}\n\n'
+    with pytest.raises(ModelCallError) as info:
+        await streamed(sse(body), monkeypatch)
+    assert info.value.kind == "connection"
+
+
+async def test_http_error_message_status_and_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, str] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen["auth"] = request.headers.get("Authorization", "")
+        return web.json_response(
+            {"error": {"message": f"rate limited for key {SECRET}", "type": "rate_limit"}},
+            status=429,
+            headers={"Retry-After": "7"},
+        )
+
+    async with _model(handler, monkeypatch) as model:
+        with pytest.raises(ModelCallError) as info:
+            await model.complete(REQUEST)
+    err = info.value
+    assert seen["auth"] == f"Bearer {SECRET}"
+    assert err.kind == "http" and err.status == 429 and err.retry_after_s == 7.0
+    assert "rate limited" in str(err) and SECRET not in str(err)
+
+
+async def test_plain_text_4xx_is_not_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=400, text="model 'm' not found")
+
+    async with _model(handler, monkeypatch) as model:
+        with pytest.raises(ModelCallError) as info:
+            await model.complete(REQUEST)
+    assert info.value.status == 400 and not info.value.retryable
+    assert "model 'm' not found" in str(info.value)
+
+
+async def test_non_streaming_body_and_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        assert body["max_tokens"] == 5 and "stream" not in body
+        return web.json_response(
+            {
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 1},
+            }
+        )
+
+    async with _model(handler, monkeypatch) as model:
+        completion = await model.complete(REQUEST)
+    assert completion.text == "ok" and completion.usage.prompt_tokens == 4
