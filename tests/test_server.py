@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -276,3 +281,81 @@ def test_client_disconnect_cancels_query() -> None:
                 assert time.monotonic() < deadline, (fb.stats.in_flight, fb.stats.cancelled)
                 time.sleep(0.02)
             assert app.state.moa.in_flight == 0
+
+
+@pytest.mark.embedded
+def test_local_preset_end_to_end_streaming() -> None:
+    """The embedded default through the server: real llama.cpp, no network, no key."""
+    with serve(create_app(api_keys=[])) as base:
+        stream = (
+            client(base)
+            .with_options(timeout=300)
+            .chat.completions.create(
+                model="local",
+                messages=[{"role": "user", "content": "Name one colour."}],
+                max_tokens=24,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals in (["stop"], ["length"])
+    usage = chunks[-1].usage
+    # 3 samples x 2 layers + aggregator = 7 calls, each with a prompt and an answer.
+    assert usage is not None and usage.prompt_tokens > 7 and usage.completion_tokens > 7
+
+
+def test_moa_serve_command_logs_json_access_lines(tmp_path: Any, backend: FakeBackend) -> None:
+    """`moa serve` as users run it: a config file, keys from MOA_API_KEYS, one JSON access
+    line per request on stderr, and the key never printed."""
+    config = tmp_path / "mine.toml"
+    config.write_text(
+        f'name = "mine"\n[defaults]\nbase_url = "{backend.base_url}"\nmax_tokens = 8\n'
+        '[[layers]]\nmembers = [{model = "p1"}, {model = "p2"}]\n[aggregator]\nmodel = "agg"\n'
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    moa = str(Path(sys.executable).with_name("moa"))
+    env = {**os.environ, "MOA_API_KEYS": "k-one,k-two-secret"}
+    proc = subprocess.Popen(
+        [moa, "serve", "--port", str(port), "--config", str(config), "--max-concurrent", "4"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        root = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{root}/health").status_code == 200:
+                    break
+            assert proc.poll() is None, "moa serve exited"
+            assert time.monotonic() < deadline, "moa serve did not start"
+            time.sleep(0.1)
+        ids = [m.id for m in client(f"{root}/v1", "k-two-secret").models.list().data]
+        assert "mine" in ids and "local" in ids
+        answer = client(f"{root}/v1", "k-two-secret").chat.completions.create(
+            model="mine", messages=USER
+        )
+        assert answer.choices[0].message.content
+        denied = httpx.post(f"{root}/v1/chat/completions", json={"model": "mine"})
+        assert denied.status_code == 401
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=10)
+    lines = [
+        json.loads(line.split(" moakit.server ", 1)[1])
+        for line in stderr.splitlines()
+        if " moakit.server " in line
+    ]
+    assert [(entry["model"], entry["status"]) for entry in lines] == [("mine", 200), (None, 401)]
+    assert lines[0]["tokens"] > 0 and lines[0]["latency_ms"] > 0
+    assert "k-two-secret" not in stderr and "k-one" not in stderr

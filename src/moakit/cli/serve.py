@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,9 +23,34 @@ from moakit.errors import ConfigError
     help="Stack config file, served under its name next to the presets.",
 )
 @click.option(
-    "--max-concurrent", default=64, show_default=True, type=int, help="Queries in flight."
+    "--max-concurrent",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Queries in flight; more get 429 with Retry-After.",
 )
-def serve_cmd(host: str, port: int, config_path: Path | None, max_concurrent: int) -> None:
+@click.option(
+    "--max-body-bytes",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest request body accepted (413 above).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="info logs one JSON access line per request.",
+)
+def serve_cmd(
+    host: str,
+    port: int,
+    config_path: Path | None,
+    max_concurrent: int,
+    max_body_bytes: int,
+    log_level: str,
+) -> None:
     """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint.
 
     Clients authenticate with a key from the MOA_API_KEYS environment variable (comma-separated)
@@ -42,5 +68,32 @@ def serve_cmd(host: str, port: int, config_path: Path | None, max_concurrent: in
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
         stacks[cfg.name] = cfg
-    app = create_app(stacks, max_concurrent=max_concurrent)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(stacks, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes)
+    # moakit.server writes its own structured access line per request (id, model, status,
+    # latency, tokens), so uvicorn's plain access log is off rather than doubled.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=_log_config(log_level.upper()),
+        access_log=False,
+    )
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "moakit": {"handlers": ["stderr"], "level": level, "propagate": False},
+        },
+    }
