@@ -6,7 +6,7 @@ wall time / lower bound is the overhead. Three ways of answering, each in the sa
 
 * http:   the fake OpenAI-compatible backend (`moa fake-backend`) in its own process, spoken to
           over loopback HTTP by the real openai-compatible adapter: what a deployment sees.
-* engine: in-process FunctionModel members that sleep L: the engine alone, no HTTP.
+* engine: in-process members that sleep L and answer: the engine alone, no HTTP.
 * naive:  the http members awaited one after another, as the paper's evaluation script does.
 
 For the http rows it also prints the CPU time per call of this process (engine + adapter) and
@@ -26,15 +26,15 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from moakit import Stack, parse_config
-from moakit.models.base import ChatRequest, Model
+from moakit.models.base import ChatRequest, Chunk, Model, Usage
 from moakit.prompts import inject_references
-from moakit.testing.models import FunctionModel
 
 PROPOSERS = 6
 
@@ -102,13 +102,29 @@ async def sequential(stack: Stack, layers: int) -> float:
     return time.perf_counter() - t0
 
 
+class SleepModel(Model):
+    """Answers 12 words in one chunk after sleeping L: as little work as a member can be, so
+    the engine column measures the engine and not a test double's chunking."""
+
+    def __init__(self, name: str, latency: float) -> None:
+        self.name = name
+        self.latency = latency
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        await asyncio.sleep(self.latency)
+        yield Chunk(text=ANSWER, finish_reason="stop", usage=USAGE)
+
+
+ANSWER = " ".join(["word"] * 12)
+USAGE = Usage(prompt_tokens=10, completion_tokens=12)
+
+
 def sleeping_models(latency: float) -> dict[str, Model]:
     names = [f"p{i}" for i in range(PROPOSERS)] + ["agg"]
-    words = " ".join(["word"] * 12)
-    return {n: FunctionModel(lambda _r: words, name=n, delay_s=latency) for n in names}
+    return {n: SleepModel(n, latency) for n in names}
 
 
-async def run_latency(latency: float, layers: int, concurrency: list[int]) -> None:
+async def run_latency(latency: float, layers: int, concurrency: list[int], repeats: int) -> None:
     bound = (layers + 1) * latency
     print(f"\nL = {latency}s, lower bound {bound:.3f}s ({layers} layers x 6 + agg)")
     print(f"{'queries':>8} {'calls':>6} {'http':>7} {'engine':>7}   {'cpu/call: ours':>15} backend")
@@ -121,13 +137,18 @@ async def run_latency(latency: float, layers: int, concurrency: list[int]) -> No
             await concurrent(http, 1)  # warm connections
             for n in concurrency:
                 calls = n * (layers * PROPOSERS + 1)
-                b0, o0 = process_cpu_s(pid), own_cpu_s()
-                wall_http = await concurrent(http, n)
-                b1, o1 = process_cpu_s(pid), own_cpu_s()
-                wall_engine = await concurrent(engine, n)
+                engine_walls, http_walls, ours, theirs = [], [], [], []
+                for _ in range(repeats):
+                    engine_walls.append(await concurrent(engine, n))
+                    b0, o0 = process_cpu_s(pid), own_cpu_s()
+                    http_walls.append(await concurrent(http, n))
+                    ours.append(own_cpu_s() - o0)
+                    theirs.append(process_cpu_s(pid) - b0)
                 print(
-                    f"{n:>8} {calls:>6} {wall_http / bound:>7.3f} {wall_engine / bound:>7.3f}"
-                    f"   {(o1 - o0) / calls * 1e3:>12.2f} ms {(b1 - b0) / calls * 1e3:>5.2f} ms"
+                    f"{n:>8} {calls:>6} {median(http_walls) / bound:>7.3f}"
+                    f" {median(engine_walls) / bound:>7.3f}"
+                    f"   {median(ours) / calls * 1e3:>12.2f} ms"
+                    f" {median(theirs) / calls * 1e3:>5.2f} ms"
                 )
             naive = await sequential(http, layers)
             print(f"naive sequential (http), 1 query: {naive:.3f}s, ratio {naive / bound:.2f}")
@@ -138,11 +159,13 @@ async def main() -> None:
     ap.add_argument("--latency", type=float, nargs="+", default=[0.2])
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 200])
+    ap.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is shown")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; ratios are wall time / lower bound (target <=1.05 at 1 query,")
-    print("<=1.15 at 200); http = real HTTP to a backend process, engine = in-process members")
+    print("<=1.15 at 200); http = real HTTP to a backend process, engine = in-process members;")
+    print(f"each cell is the median of --repeats={args.repeats} runs")
     for latency in args.latency:
-        await run_latency(latency, args.layers, args.concurrency)
+        await run_latency(latency, args.layers, args.concurrency, args.repeats)
 
 
 if __name__ == "__main__":
