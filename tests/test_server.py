@@ -130,14 +130,58 @@ def test_streaming_chunks_and_usage(backend: FakeBackend) -> None:
     assert not any('"usage"' in line for line in lines)  # no include_usage here
 
 
-def test_models_health_ready(backend: FakeBackend) -> None:
+def test_models_health_ready(backend: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
     with serve(create_app(api_keys=[])) as base:
         models = client(base).models.list()
         root = base.removesuffix("/v1")
         assert httpx.get(f"{root}/health").json() == {"status": "ok"}
-        assert httpx.get(f"{root}/ready").status_code == 200
+        ready = httpx.get(f"{root}/ready")
     ids = [m.id for m in models.data]
     assert "local" in ids and len(ids) >= 2
+    # Servable stacks make the server ready; one missing its key is listed with the reason.
+    assert ready.status_code == 200, ready.text
+    report = ready.json()["models"]
+    assert report["local"] == {"ready": True}
+    assert not report["together-moa"]["ready"]
+    assert "TOGETHER_API_KEY" in report["together-moa"]["reason"]
+
+
+def test_ready_is_503_when_nothing_can_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_config(
+        {
+            "name": "keyed",
+            "defaults": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "MOA_UNSET_KEY"},
+            "layers": [[{"model": "p"}]],
+            "aggregator": {"model": "a"},
+        }
+    )
+    monkeypatch.delenv("MOA_UNSET_KEY", raising=False)
+    with serve(create_app({"keyed": cfg}, api_keys=[])) as base:
+        ready = httpx.get(base.removesuffix("/v1") + "/ready")
+    assert ready.status_code == 503
+    assert "MOA_UNSET_KEY" in ready.json()["models"]["keyed"]["reason"]
+
+
+@pytest.mark.embedded
+def test_preload_loads_embedded_models_before_ready() -> None:
+    local = parse_config(
+        {
+            "name": "tiny",
+            "defaults": {"provider": "local", "max_tokens": 8, "options": {"n_ctx": 1024}},
+            "layers": [[{"model": "smollm2-135m"}]],
+            "aggregator": {"model": "smollm2-135m"},
+        }
+    )
+    app = create_app({"tiny": local}, api_keys=[], preload=True)
+    with serve(app) as base:
+        deadline = time.monotonic() + 60
+        while (r := httpx.get(base.removesuffix("/v1") + "/ready")).status_code != 200:
+            assert r.status_code == 503 and "loading" in r.json()["models"]["tiny"]["reason"]
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        stack = app.state.moa.stacks["tiny"]
+        assert all(getattr(m, "loaded", lambda: True)() for m in stack.models())
 
 
 def test_auth(backend: FakeBackend) -> None:
@@ -359,3 +403,33 @@ def test_moa_serve_command_logs_json_access_lines(tmp_path: Any, backend: FakeBa
     assert [(entry["model"], entry["status"]) for entry in lines] == [("mine", 200), (None, 401)]
     assert lines[0]["tokens"] > 0 and lines[0]["latency_ms"] > 0
     assert "k-two-secret" not in stderr and "k-one" not in stderr
+
+
+def test_first_content_arrives_as_the_aggregator_writes_it() -> None:
+    """Time to first content is the aggregator's first token, not the end of the answer."""
+    slow_agg = Behavior(latency=Latency(ttft_s=0.05, per_token_s=0.04), tokens=20)
+    with FakeBackend(models={"agg": slow_agg}) as fb:
+        app = create_app(
+            {
+                "fake": fake_stack(
+                    fb.base_url,
+                    defaults={
+                        "provider": "openai",
+                        "base_url": fb.base_url,
+                        "max_tokens": 40,
+                        "retries": 0,
+                    },
+                )
+            },
+            api_keys=[],
+        )
+        with serve(app) as base:
+            t0 = time.monotonic()
+            arrivals: list[float] = []
+            stream = client(base).chat.completions.create(model="fake", messages=USER, stream=True)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    arrivals.append(time.monotonic() - t0)
+    # 20 tokens 40 ms apart: the first must arrive ~0.75 s before the last, not with it.
+    assert len(arrivals) >= 10
+    assert arrivals[-1] - arrivals[0] > 0.5, arrivals

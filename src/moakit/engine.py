@@ -84,6 +84,15 @@ class Stack(Model):
             self._models[key] = build_model(spec, self._pool)
         return self._models[key]
 
+    def models(self) -> list[Model]:
+        """Every distinct model this stack calls (built ones and overrides)."""
+        specs = [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
+        unique: dict[int, Model] = {}
+        for spec in specs:
+            model = self._model_for(spec)
+            unique.setdefault(id(model), model)
+        return list(unique.values())
+
     async def aclose(self) -> None:
         for model in self._models.values():
             await model.aclose()

@@ -43,6 +43,12 @@ from moakit.errors import ConfigError
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="info logs one JSON access line per request.",
 )
+@click.option(
+    "--preload/--no-preload",
+    default=True,
+    show_default=True,
+    help="Load embedded models at startup; /ready answers 503 until they are in memory.",
+)
 def serve_cmd(
     host: str,
     port: int,
@@ -50,6 +56,7 @@ def serve_cmd(
     max_concurrent: int,
     max_body_bytes: int,
     log_level: str,
+    preload: bool,
 ) -> None:
     """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint.
 
@@ -68,7 +75,9 @@ def serve_cmd(
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
         stacks[cfg.name] = cfg
-    app = create_app(stacks, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes)
+    app = create_app(
+        stacks, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes, preload=preload
+    )
     # moakit.server writes its own structured access line per request (id, model, status,
     # latency, tokens), so uvicorn's plain access log is off rather than doubled.
     uvicorn.run(

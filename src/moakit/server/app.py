@@ -5,6 +5,7 @@ Errors always have the OpenAI shape ``{"error": {"message", "type", "param", "co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -42,7 +43,7 @@ from moakit.events import (
     RunFinished,
     TextDelta,
 )
-from moakit.models.base import ChatRequest, Message
+from moakit.models.base import ChatRequest, Message, Model
 from moakit.result import Result
 
 log = logging.getLogger("moakit.server")
@@ -230,6 +231,7 @@ class _State:
     api_keys: list[bytes]
     max_concurrent: int
     max_body_bytes: int
+    preload: bool
     stacks: dict[str, Stack] = field(default_factory=dict)
     in_flight: int = 0
 
@@ -350,7 +352,11 @@ def create_app(
     api_keys: list[str] | None = None,
     max_concurrent: int = 64,
     max_body_bytes: int = 1_000_000,
+    preload: bool = False,
 ) -> Starlette:
+    """The ASGI app. ``stacks`` maps model names to stacks (default: every preset, resolved on
+    use); ``api_keys`` defaults to the comma-separated ``MOA_API_KEYS``; ``preload`` loads
+    embedded models at startup and holds /ready at 503 until they are in memory."""
     if api_keys is None:
         env = os.environ.get("MOA_API_KEYS", "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()]
@@ -359,6 +365,7 @@ def create_app(
         api_keys=[k.encode() for k in api_keys],
         max_concurrent=max_concurrent,
         max_body_bytes=max_body_bytes,
+        preload=preload,
     )
 
     def check_auth(request: Request) -> None:
@@ -536,12 +543,44 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        try:
-            for name in state.names():
-                state.config(name)
-        except (ConfigError, ApiError) as err:
-            return JSONResponse({"status": "not_ready", "error": str(err)}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """200 when queries can be served now: at least one stack is buildable (its keys are
+        set) and, with preloading on, every embedded model those stacks use is in memory.
+        Stacks that cannot run are listed with the reason but do not make the server unready:
+        they are unavailable by configuration, and requests for them get a clear 400."""
+        report: dict[str, dict[str, Any]] = {}
+        servable = 0
+        loading = False
+        for name in state.names():
+            try:
+                stack = state.stack(name)
+            except (ApiError, ConfigError) as err:
+                report[name] = {"ready": False, "reason": str(err)}
+                continue
+            servable += 1
+            unloaded = [m.name for m in stack.models() if _is_unloaded(m)]
+            if unloaded and state.preload:
+                loading = True
+                report[name] = {"ready": False, "reason": f"loading {', '.join(unloaded)}"}
+            else:
+                report[name] = {"ready": True}
+        ok = servable > 0 and not loading
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "models": report},
+            status_code=200 if ok else 503,
+        )
+
+    async def preload_embedded() -> None:
+        # Load embedded weights before the first query, so /ready means "answers without a
+        # multi-second first-use stall".
+        for name in state.names():
+            with contextlib.suppress(ApiError, ConfigError):
+                for model in state.stack(name).models():
+                    load = getattr(model, "load", None)
+                    if _is_unloaded(model) and load is not None:
+                        try:
+                            await load()
+                        except Exception:
+                            log.exception("preloading %s for %s failed", model.name, name)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return ApiError(404, f"no route {request.url.path}", code="not_found").response()
@@ -551,7 +590,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loader = asyncio.create_task(preload_embedded()) if state.preload else None
         yield
+        if loader is not None:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
         for stack in list(state.stacks.values()):
             with contextlib.suppress(Exception):
                 await stack.aclose()
@@ -569,6 +613,12 @@ def create_app(
     )
     app.state.moa = state
     return app
+
+
+def _is_unloaded(model: Model) -> bool:
+    # Embedded models expose loaded()/load(); remote ones have nothing to load.
+    loaded = getattr(model, "loaded", None)
+    return callable(loaded) and not loaded()
 
 
 def _render(event: Event) -> list[str]:
