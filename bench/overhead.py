@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
 from statistics import median
 from typing import Any
 
+from _procs import fake_backend, own_cpu_s, process_cpu_s
 from moakit import Stack, parse_config
 from moakit.models.base import ChatRequest, Chunk, Model, Usage
 from moakit.prompts import inject_references
@@ -46,37 +42,6 @@ def config(base_url: str, layers: int) -> dict[str, object]:
         "layers": [members] * layers,
         "aggregator": {"model": "agg"},
     }
-
-
-@contextmanager
-def backend_process(latency: float) -> Iterator[tuple[str, int]]:
-    """`moa fake-backend` in a child process; yields (base_url, pid)."""
-    moa = Path(sys.executable).with_name("moa")
-    proc = subprocess.Popen(
-        [str(moa), "fake-backend", "--port", "0", "--ttft", str(latency), "--tokens", "12"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        if not base_url.startswith("http"):
-            raise RuntimeError("fake backend did not start")
-        yield base_url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 async def concurrent(stack: Stack, n: int) -> float:
@@ -128,7 +93,7 @@ async def run_latency(latency: float, layers: int, concurrency: list[int], repea
     bound = (layers + 1) * latency
     print(f"\nL = {latency}s, lower bound {bound:.3f}s ({layers} layers x 6 + agg)")
     print(f"{'queries':>8} {'calls':>6} {'http':>7} {'engine':>7}   {'cpu/call: ours':>15} backend")
-    with backend_process(latency) as (base_url, pid):
+    with fake_backend("--ttft", str(latency), "--tokens", "12") as (base_url, pid):
         cfg = parse_config(config(base_url, layers))
         async with (
             Stack(cfg) as http,

@@ -23,22 +23,18 @@ import json
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from _procs import MOA, child, fake_backend, process_cpu_s
 from moakit import Stack, parse_config
 from moakit.events import TextDelta
 
-MOA = str(Path(sys.executable).with_name("moa"))
 QUESTION = [{"role": "user", "content": "What does a mixture of agents add?"}]
 
 
@@ -62,21 +58,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@contextmanager
-def process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, within_s: float = 30) -> None:
@@ -216,17 +197,17 @@ async def main() -> None:
     ap.add_argument("--per-token", type=float, default=0.005, help="backend delay per token, s")
     args = ap.parse_args()
 
-    backend_cmd = [MOA, "fake-backend", "--port", "0", "--ttft", str(args.latency)]
-    backend_cmd += ["--per-token", str(args.per_token), "--tokens", "16"]
-    with process(backend_cmd) as backend, tempfile.TemporaryDirectory() as tmp:
-        assert backend.stdout is not None
-        base_url = backend.stdout.readline().strip()
+    backend_flags = ["--ttft", str(args.latency), "--per-token", str(args.per_token)]
+    with (
+        fake_backend(*backend_flags, "--tokens", "16") as (base_url, _),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         config_path = Path(tmp) / "bench.toml"
         config_path.write_text(stack_toml(base_url))
         port = free_port()
         serve_cmd = [MOA, "serve", "--port", str(port), "--config", str(config_path)]
         serve_cmd += ["--max-concurrent", str(args.clients * 2), "--log-level", "warning"]
-        with process(serve_cmd) as server:
+        with child(serve_cmd) as server:
             root = f"http://127.0.0.1:{port}"
             url = f"{root}/v1/chat/completions"
             connector = aiohttp.TCPConnector(limit=0)
@@ -255,11 +236,11 @@ async def main() -> None:
 
                 total = args.clients * args.per_client
                 print(f"\n2) {args.clients} concurrent streaming clients, {total} queries")
-                c0 = cpu_s(server.pid)
+                c0 = process_cpu_s(server.pid)
                 served_load, wall = await load(
                     args.clients, args.per_client, lambda: served_query(session, url)
                 )
-                server_cpu = cpu_s(server.pid) - c0
+                server_cpu = process_cpu_s(server.pid) - c0
                 describe("served", served_load, wall)
                 direct_load, dwall = await load(
                     args.clients, args.per_client, lambda: direct_query(stack)
