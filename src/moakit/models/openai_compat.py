@@ -73,7 +73,11 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
+                # Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive (what
+                # vLLM, llama-cpp-python's server and LiteLLM run on) closes them under us:
+                # reusing a connection the server is closing fails with "Server disconnected".
+                # Servers with shorter keep-alives still race; the engine retries those.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
                 # No aiohttp timeouts: the engine's per-call timeout cancels the call.
                 timeout=aiohttp.ClientTimeout(total=None),
                 # Honour HTTP(S)_PROXY / NO_PROXY the way the official SDKs do.
