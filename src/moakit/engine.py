@@ -67,8 +67,11 @@ class Stack(Model):
         self.layer_specs = [config.layer_members(i) for i in range(len(config.layers))]
         self.aggregator_specs = config.aggregators()
         # Build every model now so a missing key or unknown provider fails before any call.
-        for spec in [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]:
+        for spec in self._all_specs():
             self._model_for(spec)
+
+    def _all_specs(self) -> list[MemberSpec]:
+        return [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
 
     def _model_for(self, spec: MemberSpec) -> Model:
         if spec.model in self._overrides:
@@ -86,9 +89,8 @@ class Stack(Model):
 
     def models(self) -> list[Model]:
         """Every distinct model this stack calls (built ones and overrides)."""
-        specs = [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
         unique: dict[int, Model] = {}
-        for spec in specs:
+        for spec in self._all_specs():
             model = self._model_for(spec)
             unique.setdefault(id(model), model)
         return list(unique.values())
