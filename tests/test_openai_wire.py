@@ -134,3 +134,13 @@ async def test_non_streaming_body_and_usage(monkeypatch: pytest.MonkeyPatch) -> 
     async with _model(handler, monkeypatch) as model:
         completion = await model.complete(REQUEST)
     assert completion.text == "ok" and completion.usage.prompt_tokens == 4
+
+
+async def test_stream_request_answered_with_one_json_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert (await request.json())["stream"] is True
+        return web.json_response(
+            {"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}]}
+        )
+
+    assert await streamed(handler, monkeypatch) == ("whole", "stop")

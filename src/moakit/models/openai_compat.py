@@ -124,15 +124,7 @@ class OpenAICompatModel(Model):
                 raw = await response.read()
         except _CONNECTION_ERRORS as exc:
             raise _connection_error(exc, ep.key) from None
-        data = _json(raw, "response body", ep.key)
-        choice = _first_choice(data, ep.key)
-        message = choice.get("message")
-        text = message.get("content") if isinstance(message, dict) else None
-        return Completion(
-            text=text if isinstance(text, str) else "",
-            finish_reason=choice.get("finish_reason"),
-            usage=_usage(data.get("usage")) or Usage(),
-        )
+        return _completion(_json(raw, "response body", ep.key), ep.key)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         ep = self._endpoint
@@ -144,6 +136,17 @@ class OpenAICompatModel(Model):
                 ep.url, data=self._body(request, stream=True), headers=headers
             ) as response:
                 await _raise_for_status(response, ep.key)
+                if response.content_type == "application/json":
+                    # Some servers and proxies ignore "stream": true and answer in one body.
+                    completion = _completion(
+                        _json(await response.read(), "response body", ep.key), ep.key
+                    )
+                    if completion.text:
+                        yield Chunk(text=completion.text)
+                    yield Chunk(
+                        finish_reason=completion.finish_reason or "stop", usage=completion.usage
+                    )
+                    return
                 async for data in _sse_data(response):
                     if data == "[DONE]":
                         break
@@ -221,6 +224,17 @@ def _json(raw: bytes, what: str, key: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelCallError(f"malformed {what}: not a JSON object", kind="malformed")
     return data
+
+
+def _completion(data: Mapping[str, Any], key: str) -> Completion:
+    choice = _first_choice(data, key)
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    return Completion(
+        text=text if isinstance(text, str) else "",
+        finish_reason=choice.get("finish_reason"),
+        usage=_usage(data.get("usage")) or Usage(),
+    )
 
 
 def _first_choice(data: Mapping[str, Any], key: str) -> dict[str, Any]:
