@@ -181,7 +181,7 @@ def test_preload_loads_embedded_models_before_ready() -> None:
             assert time.monotonic() < deadline, r.text
             time.sleep(0.05)
         stack = app.state.moa.stacks["tiny"]
-        assert all(getattr(m, "loaded", lambda: True)() for m in stack.models())
+        assert all(m.loaded() for m in stack.models())
 
 
 def test_auth(backend: FakeBackend) -> None:

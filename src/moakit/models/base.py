@@ -83,6 +83,13 @@ class Model(ABC):
     async def complete(self, request: ChatRequest) -> Completion:
         return await collect(self.stream(request))
 
+    def loaded(self) -> bool:
+        """Whether the model can answer without loading weights first. Remote models: always."""
+        return True
+
+    async def load(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
+        """Bring weights into memory ahead of the first call. Default: nothing to load."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release clients and connections. Default: nothing to release."""
 

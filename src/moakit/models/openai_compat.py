@@ -151,7 +151,7 @@ class OpenAICompatModel(Model):
                     if data == "[DONE]":
                         break
                     event = _json(data.encode(), "stream event", ep.key)
-                    _raise_stream_error(event, ep.key)
+                    _raise_error_field(event, ep.key)
                     usage = _usage(event.get("usage")) or usage
                     for choice in event.get("choices") or ():
                         if choice.get("finish_reason"):
@@ -173,7 +173,7 @@ async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     comments, ``event:`` and ``id:`` lines are skipped."""
     lines: list[str] = []
     async for raw in response.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:
             if lines:
                 yield "\n".join(lines)
@@ -205,15 +205,16 @@ async def _raise_for_status(response: aiohttp.ClientResponse, key: str) -> None:
     )
 
 
-def _raise_stream_error(event: Mapping[str, Any], key: str) -> None:
-    # vLLM, OpenRouter and others report a failure after the 200 as an event with "error".
+def _raise_error_field(event: Mapping[str, Any], key: str) -> None:
+    # vLLM, OpenRouter and others report a failure after the 200 as an event (or a body) with
+    # an "error" field.
     error = event.get("error")
     if not error:
         return
     message = error.get("message") if isinstance(error, dict) else str(error)
     code = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
-    raise ModelCallError(scrub(f"error in stream: {message}", key), kind="http", status=status)
+    raise ModelCallError(scrub(f"upstream error: {message}", key), kind="http", status=status)
 
 
 def _json(raw: bytes, what: str, key: str) -> dict[str, Any]:
@@ -238,9 +239,7 @@ def _completion(data: Mapping[str, Any], key: str) -> Completion:
 
 
 def _first_choice(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    error = data.get("error")
-    if error:
-        _raise_stream_error(data, key)
+    _raise_error_field(data, key)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ModelCallError("response has no choices", kind="malformed")

@@ -43,7 +43,7 @@ from moakit.events import (
     RunFinished,
     TextDelta,
 )
-from moakit.models.base import ChatRequest, Message, Model
+from moakit.models.base import ChatRequest, Message
 from moakit.result import Result
 
 log = logging.getLogger("moakit.server")
@@ -557,7 +557,7 @@ def create_app(
                 report[name] = {"ready": False, "reason": str(err)}
                 continue
             servable += 1
-            unloaded = [m.name for m in stack.models() if _is_unloaded(m)]
+            unloaded = [m.name for m in stack.models() if not m.loaded()]
             if unloaded and state.preload:
                 loading = True
                 report[name] = {"ready": False, "reason": f"loading {', '.join(unloaded)}"}
@@ -575,10 +575,9 @@ def create_app(
         for name in state.names():
             with contextlib.suppress(ApiError, ConfigError):
                 for model in state.stack(name).models():
-                    load = getattr(model, "load", None)
-                    if _is_unloaded(model) and load is not None:
+                    if not model.loaded():
                         try:
-                            await load()
+                            await model.load()
                         except Exception:
                             log.exception("preloading %s for %s failed", model.name, name)
 
@@ -613,12 +612,6 @@ def create_app(
     )
     app.state.moa = state
     return app
-
-
-def _is_unloaded(model: Model) -> bool:
-    # Embedded models expose loaded()/load(); remote ones have nothing to load.
-    loaded = getattr(model, "loaded", None)
-    return callable(loaded) and not loaded()
 
 
 def _render(event: Event) -> list[str]:
