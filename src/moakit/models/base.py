@@ -10,9 +10,9 @@ override it when its backend has a cheaper non-streaming call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +48,13 @@ class ChatRequest:
     max_tokens: int | None = None
     seed: int | None = None
     stop: Sequence[str] | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # OpenAI's shape: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name":
+    # ..., "schema": {...}, "strict": ...}}. ``None`` means free text. Only a model whose
+    # ``supports_response_format`` is true may be sent one.
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,10 @@ class Model(ABC):
     """Answers a conversation. ``name`` is what traces and results show."""
 
     name: str
+    # Capabilities the engine and the server check before sending a request a backend cannot
+    # honour (a clear error up front instead of a silently ignored parameter).
+    supports_response_format: ClassVar[bool] = False
+    supports_prefill: ClassVar[bool] = False  # continue a partial assistant message
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
