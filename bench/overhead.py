@@ -58,12 +58,12 @@ async def sequential(stack: Stack, layers: int) -> float:
     for li in range(layers):
         new = []
         for spec in stack.config.layer_members(li):
-            model = stack._model_for(spec)
+            model = stack.model_for(spec)
             c = await model.complete(ChatRequest(messages=inject_references(conv, refs)))
             new.append(c.text)
         refs = new
     agg = stack.config.aggregators()[0]
-    await stack._model_for(agg).complete(ChatRequest(messages=inject_references(conv, refs)))
+    await stack.model_for(agg).complete(ChatRequest(messages=inject_references(conv, refs)))
     return time.perf_counter() - t0
 
 

@@ -242,7 +242,7 @@ async def test_closing_the_event_stream_cancels_members() -> None:
         async for event in events:
             if isinstance(event, MemberFinished):
                 break
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
     await asyncio.wait_for(cancelled.wait(), 1)
 
 

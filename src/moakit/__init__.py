@@ -17,6 +17,7 @@ from moakit.config import (
     AggregatorSpec,
     LayerSpec,
     MemberSpec,
+    ResolvedMember,
     StackConfig,
     load_preset,
     parse_config,
@@ -33,6 +34,7 @@ from moakit.errors import (
     MoaError,
     ModelCallError,
     QueryFailed,
+    StackFailed,
 )
 from moakit.models.base import ChatRequest, Message, Model, Usage
 from moakit.result import MemberOutput, Result
@@ -88,9 +90,11 @@ __all__ = [
     "Model",
     "ModelCallError",
     "QueryFailed",
+    "ResolvedMember",
     "Result",
     "Stack",
     "StackConfig",
+    "StackFailed",
     "Usage",
     "arun",
     "as_messages",

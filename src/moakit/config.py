@@ -38,13 +38,15 @@ class MemberDefaults(_Strict):
     max_tokens: int | None = Field(default=None, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
+    max_concurrency: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class MemberSpec(_Strict):
     """One model call in a layer (or ``n`` samples of one model, the single-proposer variant)."""
 
-    provider: str = "openai"
+    # Unset means "the stack's default provider, else openai" (decided in ``resolve_member``).
+    provider: str | None = None
     model: str = Field(min_length=1)
     label: str | None = None
     base_url: str | None = None
@@ -56,6 +58,10 @@ class MemberSpec(_Strict):
     system: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
+    # At most this many calls at once to this member's endpoint (provider, base_url, key
+    # variable), shared by every member of the stack on that endpoint; the smallest limit set on
+    # an endpoint wins. Unset: no limit. A call waiting for a slot counts against its timeout.
+    max_concurrency: int | None = Field(default=None, ge=1)
     # n > 1 samples the same model n times with seeds seed, seed+1, ... and temperatures
     # temperature, temperature + temperature_step, ... (MoA's single-proposer variant).
     n: int = Field(default=1, ge=1, le=64)
@@ -69,6 +75,37 @@ class MemberSpec(_Strict):
     @property
     def display(self) -> str:
         return self.label or self.model
+
+
+class ResolvedMember(MemberSpec):
+    """A member exactly as the engine calls it: stack defaults applied, ``n`` expanded, the key
+    variable decided. Every field that has a default is set; ``None`` left in ``max_tokens``,
+    ``seed``, ``stop``, ``system``, ``base_url`` or ``api_key_env`` means "none" (the backend's
+    own default, no key), never "not decided yet"."""
+
+    provider: str
+    label: str
+    temperature: float = Field(ge=0, le=2)
+    timeout_s: float = Field(gt=0)
+    retries: int = Field(ge=0, le=10)
+
+
+# The one place that says which environment variable holds a provider's key by default. The
+# OpenAI-compatible provider only needs one for OpenAI itself: a self-hosted endpoint (vLLM,
+# Ollama, llama.cpp server) given by ``base_url`` usually wants none.
+DEFAULT_KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DEFAULT_PROVIDER = "openai"
+
+
+def key_env_for(spec: MemberSpec, provider: str | None = None) -> str | None:
+    """The variable holding ``spec``'s API key, or ``None`` when it needs no key. ``provider``
+    (an adapter naming itself) wins over ``spec.provider``."""
+    if spec.api_key_env:
+        return spec.api_key_env
+    provider = provider or spec.provider or DEFAULT_PROVIDER
+    if provider == "openai" and spec.base_url is not None:
+        return None
+    return DEFAULT_KEY_ENV.get(provider)
 
 
 class AggregatorSpec(MemberSpec):
@@ -122,6 +159,15 @@ class RetryPolicy(_Strict):
     max_retry_after_s: float = Field(default=60.0, ge=0)
 
 
+class ReferencesConfig(_Strict):
+    """How one layer's answers become the next layer's references: ``transforms`` run in order
+    (names registered in ``moakit.references``; none by default), then ``formatter`` writes the
+    block appended to the system prompt (``paper``: the reference implementation's, byte-exact)."""
+
+    transforms: list[str] = Field(default_factory=list)
+    formatter: str = "paper"
+
+
 class StackConfig(_Strict):
     name: str = "custom"
     description: str = ""
@@ -137,6 +183,10 @@ class StackConfig(_Strict):
     straggler: StragglerPolicy | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     aggregate_prompt: str = AGGREGATE_AND_SYNTHESIZE
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
+    # How the layers run (``moakit.engine.strategies``): "layered" is the paper's, one layer
+    # after another. Checked against the registered strategies when a Stack is built.
+    strategy: str = "layered"
 
     @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:
@@ -152,26 +202,26 @@ class StackConfig(_Strict):
 
     # -- resolution: what the engine actually runs -------------------------------------------
 
-    def layer_members(self, index: int) -> list[MemberSpec]:
-        """Layer ``index``'s members with defaults applied and ``n`` samples expanded."""
-        out: list[MemberSpec] = []
+    def layer_members(self, index: int) -> list[ResolvedMember]:
+        """Layer ``index`` (0-based position in ``layers``) resolved, ``n`` samples expanded."""
+        out: list[ResolvedMember] = []
         for spec in self.layers[index].members:
-            base = self._with_defaults(spec, self.proposer_temperature)
             for i in range(spec.n):
                 if spec.n == 1:
-                    out.append(base)
+                    out.append(self._resolve(spec, self.proposer_temperature))
                     continue
-                temperature = max(
-                    0.0, min(2.0, (base.temperature or 0.0) + i * spec.temperature_step)
-                )
+                base = spec.temperature
+                temperature = (
+                    self.proposer_temperature if base is None else base
+                ) + i * spec.temperature_step
                 out.append(
-                    base.model_copy(
-                        update={
-                            "n": 1,
-                            "seed": (spec.seed or 0) + i,
-                            "temperature": round(temperature, 4),
-                            "label": f"{spec.display}#{i + 1}",
-                        }
+                    self._resolve(
+                        spec,
+                        self.proposer_temperature,
+                        n=1,
+                        seed=(spec.seed or 0) + i,
+                        temperature=round(max(0.0, min(2.0, temperature)), 4),
+                        label=f"{spec.display}#{i + 1}",
                     )
                 )
         return _unique_labels(out)
@@ -179,41 +229,48 @@ class StackConfig(_Strict):
     def min_successful_for(self, index: int) -> int:
         return self.layers[index].min_successful or self.min_successful
 
-    def aggregators(self) -> list[MemberSpec]:
-        """The aggregator followed by its fallbacks, defaults applied."""
-        head = self._with_defaults(self.aggregator, self.aggregator_temperature)
-        head = (
-            head.model_copy(update={"fallbacks": []}) if isinstance(head, AggregatorSpec) else head
-        )
-        rest = [
-            self._with_defaults(f, self.aggregator_temperature) for f in self.aggregator.fallbacks
+    def aggregators(self) -> list[ResolvedMember]:
+        """The aggregator followed by its fallbacks, resolved."""
+        return [
+            self._resolve(spec, self.aggregator_temperature)
+            for spec in (self.aggregator, *self.aggregator.fallbacks)
         ]
-        return [head, *rest]
 
-    def _with_defaults(self, spec: MemberSpec, temperature: float) -> MemberSpec:
+    def _resolve(
+        self, spec: MemberSpec, default_temperature: float, **update: Any
+    ) -> ResolvedMember:
+        """Every default decided here, once: the member's own value, else the stack's
+        ``defaults``, else the stack-wide setting (temperature split, timeout, retries)."""
         d = self.defaults
-        explicit = spec.model_fields_set
-        update: dict[str, Any] = {}
-        for name in ("provider", "base_url", "api_key_env", "max_tokens", "timeout_s", "retries"):
-            value = getattr(d, name)
-            if value is not None and name not in explicit:
-                update[name] = value
-        if d.options:
-            update["options"] = {**d.options, **spec.options}
-        if spec.temperature is None:
-            update["temperature"] = temperature
-        if spec.timeout_s is None and "timeout_s" not in update:
-            update["timeout_s"] = self.default_timeout_s
-        if spec.retries is None and "retries" not in update:
-            update["retries"] = self.retry.retries
-        return spec.model_copy(update=update)
+        data = spec.model_dump(exclude={"fallbacks"})
+        for name in ("provider", "base_url", "api_key_env", "max_tokens", "timeout_s"):
+            if data[name] is None:
+                data[name] = getattr(d, name)
+        for name in ("retries", "max_concurrency"):
+            if data[name] is None:
+                data[name] = getattr(d, name)
+        data["options"] = {**d.options, **spec.options}
+        data["provider"] = data["provider"] or DEFAULT_PROVIDER
+        data["label"] = spec.display
+        if data["temperature"] is None:
+            data["temperature"] = default_temperature
+        if data["timeout_s"] is None:
+            data["timeout_s"] = self.default_timeout_s
+        if data["retries"] is None:
+            data["retries"] = self.retry.retries
+        data.update(update)
+        resolved = ResolvedMember.model_validate(data)
+        key_env = key_env_for(resolved)
+        if key_env != resolved.api_key_env:
+            resolved = resolved.model_copy(update={"api_key_env": key_env})
+        return resolved
 
 
-def _unique_labels(members: list[MemberSpec]) -> list[MemberSpec]:
+def _unique_labels(members: list[ResolvedMember]) -> list[ResolvedMember]:
     seen: dict[str, int] = {}
     out = []
     for m in members:
-        label = m.display
+        label = m.label
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             m = m.model_copy(update={"label": f"{label}#{seen[label]}"})

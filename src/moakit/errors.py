@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from moakit.models.base import Usage
     from moakit.result import Result
 
 
@@ -43,7 +44,15 @@ class MissingKeyError(ConfigError):
 
 
 CallErrorKind = Literal[
-    "timeout", "http", "connection", "malformed", "empty", "cancelled", "deadline", "other"
+    "timeout",
+    "http",
+    "connection",
+    "malformed",
+    "empty",
+    "cancelled",
+    "deadline",
+    "stack",
+    "other",
 ]
 
 # Statuses worth another attempt (openai-python's policy): timeouts, conflicts, rate limits and
@@ -52,7 +61,9 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
 class ModelCallError(MoaError):
-    """One call to one model failed."""
+    """One call to one model failed. ``usage``: tokens the failed call consumed, where the
+    backend reported them (a stream that died after its usage chunk, a nested stack's layers);
+    the engine counts them in the member's usage and the run's totals."""
 
     def __init__(
         self,
@@ -61,11 +72,13 @@ class ModelCallError(MoaError):
         kind: CallErrorKind = "other",
         status: int | None = None,
         retry_after_s: float | None = None,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.kind: CallErrorKind = kind
         self.status = status
         self.retry_after_s = retry_after_s
+        self.usage = usage
 
     @property
     def retryable(self) -> bool:
@@ -81,11 +94,16 @@ class ModelCallError(MoaError):
 
 
 class QueryFailed(MoaError):
-    """The query could not be answered. ``result`` holds everything that did happen."""
+    """The query could not be answered. ``result`` holds everything that did happen.
+    ``retryable``: the cause was transient (timeouts, 5xx, rate limits), so asking again may
+    work; a stack used as a model passes it on in its ``StackFailed``."""
 
-    def __init__(self, message: str, *, result: Result | None = None) -> None:
+    def __init__(
+        self, message: str, *, result: Result | None = None, retryable: bool = False
+    ) -> None:
         super().__init__(message)
         self.result = result
+        self.retryable = retryable
 
 
 class LayerFailed(QueryFailed):
@@ -100,12 +118,14 @@ class LayerFailed(QueryFailed):
         answered: int,
         needed: int,
         result: Result | None = None,
+        retryable: bool = False,
     ) -> None:
         listed = "; ".join(f"{label}: {reason}" for label, reason in failures)
         super().__init__(
             f"layer {layer}: {answered} of {answered + len(failures)} members answered, "
             f"{needed} needed ({listed})",
             result=result,
+            retryable=retryable,
         )
         self.layer = layer
         self.failures = failures
@@ -117,3 +137,23 @@ class AggregatorFailed(QueryFailed):
 
 class DeadlineExceeded(QueryFailed):
     """The per-query deadline passed before an answer could be produced."""
+
+    def __init__(self, message: str, *, result: Result | None = None) -> None:
+        # Like a timeout: another try, with a fresh deadline, may well answer.
+        super().__init__(message, result=result, retryable=True)
+
+
+class StackFailed(ModelCallError):
+    """A ``Stack`` used as a model (a member of another stack, a served model) could not answer.
+
+    It is the ``ModelCallError`` its caller expects: ``retryable`` where the inner failure was,
+    ``usage`` the tokens the inner run spent, ``result`` the inner partial result."""
+
+    def __init__(self, failure: QueryFailed, *, usage: Usage | None = None) -> None:
+        super().__init__(str(failure), kind="stack", usage=usage)
+        self.result = failure.result
+        self._retryable = failure.retryable
+
+    @property
+    def retryable(self) -> bool:
+        return self._retryable

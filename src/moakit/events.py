@@ -1,62 +1,148 @@
-"""Progress events a run emits, in order. The CLI draws them; the server turns them into SSE."""
+"""What a run emits, in order. Observers (the CLI, the server, a trace recorder, a live UI) see
+every event; ``Stack.events()`` yields the same sequence.
+
+Every event carries the run's id and ``ts`` (``time.time()`` epoch seconds) after its payload.
+Layers are numbered from 1 (the final aggregator's layer is ``len(layers) + 1``); members and
+aggregators are indexed from 0 (the aggregator is 0, its fallbacks 1, 2, ...).
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
+from moakit.models.base import ChatRequest
 from moakit.result import LayerResult, MemberOutput, Result
 
 
+class Stamp(TypedDict):
+    run_id: str
+    ts: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseEvent:
+    run_id: str
+    ts: float
+
+
 @dataclass(frozen=True)
-class LayerStarted:
-    layer: int  # 1-based
+class RunStarted(BaseEvent):
+    stack: str
+    config_hash: str  # sha256 of the stack config's canonical JSON: which stack answered
+
+
+@dataclass(frozen=True)
+class LayerStarted(BaseEvent):
+    layer: int
     members: list[str]
 
 
 @dataclass(frozen=True)
-class MemberFinished:
+class MemberStarted(BaseEvent):
+    """One attempt of one call is sent (proposers and aggregators alike); ``request`` is exactly
+    what the model receives."""
+
+    layer: int
+    index: int
+    label: str
+    provider: str
+    model: str
+    attempt: int  # 1-based
+    request: ChatRequest
+
+
+@dataclass(frozen=True)
+class MemberDelta(BaseEvent):
+    """Proposer text as it streams. A failed attempt's deltas are void (its MemberFinished or
+    the next MemberStarted of the same member says so)."""
+
+    layer: int
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class MemberFinished(BaseEvent):
     """A member answered, failed, or was cut. Emitted as each one completes."""
 
     output: MemberOutput
 
 
 @dataclass(frozen=True)
-class LayerFinished:
+class LayerFinished(BaseEvent):
     layer: LayerResult
 
 
 @dataclass(frozen=True)
-class AggregatorStarted:
+class AggregatorStarted(BaseEvent):
+    index: int
     label: str
     model: str
     references: int
 
 
 @dataclass(frozen=True)
-class AggregatorFailed:
-    """An aggregator attempt failed and another (a retry or a fallback) takes over.
-    ``discard_text``: it had streamed text, which the consumer must treat as void."""
+class AggregatorAttemptFailed(BaseEvent):
+    """An aggregator attempt failed. ``will_retry``: another attempt (a retry or a fallback)
+    follows. ``had_text``: it had produced text (with ``streaming=True`` that text was sent
+    as TextDelta, and the failure is then final)."""
 
     failed: MemberOutput
-    discard_text: bool
+    will_retry: bool
+    had_text: bool
+
+    @property
+    def discard_text(self) -> bool:
+        """Deprecated: the old ``AggregatorFailed`` event's name for ``had_text``."""
+        return self.had_text
 
 
 @dataclass(frozen=True)
-class TextDelta:
+class TextDelta(BaseEvent):
+    """Final answer text. Never text that is not the answer: with ``streaming=False`` it comes
+    once, when the aggregator attempt completed."""
+
     text: str
 
 
 @dataclass(frozen=True)
-class RunFinished:
+class RunFinished(BaseEvent):
+    result: Result
+
+
+@dataclass(frozen=True)
+class RunFailed(BaseEvent):
+    """The last event of a failed run, right before its ``QueryFailed`` is raised."""
+
+    error: str
     result: Result
 
 
 Event = (
-    LayerStarted
+    RunStarted
+    | LayerStarted
+    | MemberStarted
+    | MemberDelta
     | MemberFinished
     | LayerFinished
     | AggregatorStarted
-    | AggregatorFailed
+    | AggregatorAttemptFailed
     | TextDelta
     | RunFinished
+    | RunFailed
 )
+
+
+def __getattr__(name: str) -> Any:
+    # Transitional: the event was renamed so that no event shares a name with an error
+    # (``moakit.errors.AggregatorFailed``). Remove once every caller imports the new name.
+    if name == "AggregatorFailed":
+        warnings.warn(
+            "moakit.events.AggregatorFailed is now AggregatorAttemptFailed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AggregatorAttemptFailed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,10 +40,15 @@ def inject_references(
     block becomes a new leading system message. The caller's list is never mutated: every layer
     must see the original conversation, not the previous layer's rewrite of it.
     """
-    out = _copy(messages)
     if not references:
-        return out
-    block = references_block(references, prompt)
+        return _copy(messages)
+    return inject_block(messages, references_block(references, prompt))
+
+
+def inject_block(messages: Sequence[Message], block: str) -> list[Message]:
+    """A copy of ``messages`` with an already formatted references ``block`` in the system
+    message (appended after a blank line, or as a new leading system message)."""
+    out = _copy(messages)
     if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
         out[0]["content"] = out[0]["content"] + "\n\n" + block
     else:

@@ -8,12 +8,17 @@ from moakit.models.base import Usage
 
 
 class Attempt(BaseModel):
-    """One HTTP/inference call of a member. Retries add attempts; only the last may succeed."""
+    """One HTTP/inference call of a member. Retries add attempts; only the last may succeed.
+    A call cut by the straggler policy, the deadline or the caller is an attempt too (its error
+    says ``cancelled: ...``): the request was sent and may have cost tokens."""
 
-    number: int
-    started_s: float  # offset from the start of the query
+    number: int  # 1-based
+    started_s: float  # when this attempt started, seconds from the start of the query
     latency_s: float
+    ttft_s: float | None = None  # time to the first text chunk, from this attempt's start
     error: str | None = None
+    # What this attempt consumed, where the backend reported it (failed ones included).
+    usage: Usage = Field(default_factory=Usage)
 
 
 class MemberOutput(BaseModel):
@@ -27,8 +32,12 @@ class MemberOutput(BaseModel):
     finish_reason: str | None = None
     truncated: bool = False  # finish_reason "length": kept, but never passed off as complete
     cancelled: bool = False  # cut by the straggler policy, the deadline, or the caller
+    # started_s: when the call's first attempt started (seconds from the start of the query);
+    # latency_s: from then until the call ended, retries and backoff included.
     latency_s: float = 0.0
     started_s: float = 0.0
+    ttft_s: float | None = None  # time to first token of the successful attempt
+    # Every attempt's usage, failed and cancelled ones included: what the member cost.
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
@@ -39,7 +48,7 @@ class MemberOutput(BaseModel):
 
 
 class LayerResult(BaseModel):
-    index: int  # 1-based
+    layer: int  # 1-based, like ``MemberOutput.layer``
     members: list[MemberOutput]
     latency_s: float
     min_successful: int
@@ -49,9 +58,16 @@ class LayerResult(BaseModel):
     def answered(self) -> int:
         return sum(1 for m in self.members if m.ok)
 
+    @property
+    def index(self) -> int:
+        """Deprecated spelling of ``layer`` (1-based), kept until the server's renderer moves;
+        ``index`` elsewhere always means a 0-based position."""
+        return self.layer
+
 
 class Result(BaseModel):
     stack: str
+    run_id: str = ""
     final: str = ""
     layers: list[LayerResult] = Field(default_factory=list)
     # The aggregator that produced ``final`` is the last entry; earlier ones failed and a
@@ -83,8 +99,8 @@ class Result(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def llm_calls(self) -> int:
-        """Every request sent, retries included."""
-        return sum(max(1, len(m.attempts)) for m in self.calls() if m.attempts or m.ok)
+        """Every request sent: retries and cut stragglers included."""
+        return sum(len(m.attempts) for m in self.calls())
 
     @computed_field  # type: ignore[prop-decorator]
     @property

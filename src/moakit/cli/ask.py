@@ -1,4 +1,9 @@
-"""``moa ask`` and ``moa chat``: progress of the layers on stderr, the answer streamed on stdout."""
+"""``moa ask`` and ``moa chat``: progress of the layers on stderr, the answer streamed on stdout.
+
+The terminal is one observer of the run (``TerminalView``), like the server and a trace
+recorder. Everything a model or an upstream server wrote (answers, labels, error texts) is
+printed literally: never parsed as Rich markup or emoji codes, and progress lines never wrap.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,23 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from moakit.config import resolve_stack
 from moakit.engine import Stack
+from moakit.errors import QueryFailed
 from moakit.events import (
-    AggregatorFailed,
+    AggregatorAttemptFailed,
     AggregatorStarted,
+    Event,
     LayerFinished,
     LayerStarted,
     MemberFinished,
+    RunFailed,
     RunFinished,
     TextDelta,
 )
@@ -48,46 +57,77 @@ def with_stack_options(f: F) -> F:
     return f
 
 
-async def answer(
-    stack: Stack, messages: list[Message], *, progress: Console, out: Console | None
-) -> Result:
-    """Drive one run: progress lines to ``progress``, answer text to ``out`` as it streams."""
-    result: Result | None = None
-    async for event in stack.events(messages):
-        if isinstance(event, LayerStarted):
-            progress.print(f"[bold]layer {event.layer}[/]: {len(event.members)} members")
+def progress_console(*, quiet: bool = False) -> Console:
+    # markup/emoji off: untrusted text is only ever passed inside Text objects, and these
+    # flags make a slip harmless too. soft_wrap: a long line stays one line when piped.
+    return Console(
+        stderr=True, quiet=quiet, soft_wrap=True, markup=False, emoji=False, highlight=False
+    )
+
+
+class TerminalView:
+    """Draws a run: progress lines on ``progress``, the answer as it streams on ``out``.
+
+    Stream rule, terminal side: text once written is never taken back. If the run fails after
+    some answer text was written, the answer line is ended and the error (printed by ``moa``'s
+    error handler) goes to stderr alone, so stdout never holds two answers."""
+
+    def __init__(self, progress: Console, out: TextIO | None) -> None:
+        self.progress = progress
+        self.out = out
+        self.wrote_text = False
+
+    def line(self, *parts: str | tuple[str, str]) -> None:
+        self.progress.print(Text.assemble(*parts))
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            if self.out is not None and event.text:
+                self.out.write(event.text)
+                self.out.flush()
+                self.wrote_text = True
+        elif isinstance(event, LayerStarted):
+            self.line((f"layer {event.layer}", "bold"), f": {len(event.members)} members")
         elif isinstance(event, MemberFinished):
             m = event.output
             if m.ok:
-                note = " [yellow](truncated)[/]" if m.truncated else ""
-                progress.print(f"  [green]✓[/] {m.label} {m.latency_s:.2f}s{note}")
+                note = (" (truncated)", "yellow") if m.truncated else ""
+                self.line(("  ✓ ", "green"), m.label, f" {m.latency_s:.2f}s", note)
             else:
-                progress.print(f"  [red]✗[/] {m.label}: {m.error}", markup=True, highlight=False)
+                self.line(("  ✗ ", "red"), m.label, ": ", m.error or "no answer")
         elif isinstance(event, LayerFinished):
             layer = event.layer
-            progress.print(
-                f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s"
-            )
+            self.line(f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s")
         elif isinstance(event, AggregatorStarted):
-            progress.print(f"[bold]aggregator[/]: {event.label} on {event.references} references")
-        elif isinstance(event, AggregatorFailed):
-            progress.print(f"  [red]✗[/] {event.failed.label}: {event.failed.error}")
-            if event.discard_text and out is not None:
-                out.print("\n[aggregator failed mid-answer; restarting]\n", style="red")
-        elif isinstance(event, TextDelta) and out is not None:
-            out.file.write(event.text)
-            out.file.flush()
+            self.line(("aggregator", "bold"), f": {event.label} on {event.references} references")
+        elif isinstance(event, AggregatorAttemptFailed):
+            failed = event.failed
+            more = (" (trying again)", "yellow") if event.will_retry else ""
+            self.line(("  ✗ ", "red"), failed.label, ": ", failed.error or "failed", more)
         elif isinstance(event, RunFinished):
-            result = event.result
-    assert result is not None
-    if out is not None:
-        out.file.write("\n")
-    u = result.usage
-    progress.print(
-        f"[dim]{result.llm_calls} calls, {result.serial_rounds} rounds, "
-        f"{u.prompt_tokens}+{u.completion_tokens} tokens, {result.latency_s:.2f}s[/]"
-    )
-    return result
+            self._end_answer(always=True)
+            r = event.result
+            u = r.usage
+            self.line(
+                (
+                    f"{r.llm_calls} calls, {r.serial_rounds} rounds, "
+                    f"{u.prompt_tokens}+{u.completion_tokens} tokens, {r.latency_s:.2f}s",
+                    "dim",
+                )
+            )
+        elif isinstance(event, RunFailed):
+            self._end_answer(always=False)
+
+    def _end_answer(self, *, always: bool) -> None:
+        if self.out is not None and (always or self.wrote_text):
+            self.out.write("\n")
+            self.out.flush()
+        self.wrote_text = False
+
+
+async def answer(stack: Stack, messages: list[Message], view: TerminalView) -> Result:
+    # Streamed when the answer is shown as it comes; otherwise retries stay free.
+    return await stack.run(messages, observers=[view], streaming=view.out is not None)
 
 
 @click.command("ask")
@@ -106,16 +146,19 @@ def ask_cmd(
     if not question:
         raise click.UsageError("the question is empty")
     config = resolve_stack(preset, config_path)
-    progress = Console(stderr=True, quiet=quiet)
-    out = None if as_json else Console(file=sys.stdout)
+    view = TerminalView(progress_console(quiet=quiet), None if as_json else sys.stdout)
 
     async def go() -> Result:
         async with Stack(config) as stack:
-            return await answer(
-                stack, [{"role": "user", "content": question}], progress=progress, out=out
-            )
+            return await answer(stack, [{"role": "user", "content": question}], view)
 
-    result = asyncio.run(go())
+    try:
+        result = asyncio.run(go())
+    except QueryFailed as exc:
+        if as_json and exc.result is not None:
+            # The partial result (with its error) is still worth having; moa exits 3.
+            click.echo(json.dumps(exc.result.model_dump(mode="json"), indent=2))
+        raise
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
@@ -125,8 +168,8 @@ def ask_cmd(
 def chat_cmd(preset: str | None, config_path: Path | None) -> None:
     """Multi-turn chat: every layer sees the whole conversation. Ctrl-D or /exit quits."""
     config = resolve_stack(preset, config_path)
-    progress = Console(stderr=True)
-    out = Console(file=sys.stdout)
+    progress = progress_console()
+    view = TerminalView(progress, sys.stdout)
 
     async def go() -> None:
         history: list[Message] = []
@@ -141,7 +184,13 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                 if not line.strip():
                     continue
                 history.append({"role": "user", "content": line})
-                result = await answer(stack, history, progress=progress, out=out)
+                try:
+                    result = await answer(stack, history, view)
+                except QueryFailed as exc:
+                    # This turn failed; the conversation goes on without it.
+                    progress.print(Text.assemble(("error: ", "red"), str(exc)))
+                    history.pop()
+                    continue
                 history.append({"role": "assistant", "content": result.final})
 
     asyncio.run(go())

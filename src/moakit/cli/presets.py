@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import click
 
-from moakit.config import StackConfig, load_preset, preset_names, read_config_file
+from moakit.config import ResolvedMember, StackConfig, load_preset, preset_names, read_config_file
 
 
 def _summary(config: StackConfig) -> str:
@@ -15,16 +16,13 @@ def _summary(config: StackConfig) -> str:
     return f"layers [{sizes}] → {config.aggregator.display}"
 
 
-def _needed_keys(config: StackConfig) -> list[str]:
+def _resolved(config: StackConfig) -> list[ResolvedMember]:
     specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
-    specs += config.aggregators()
-    envs = set()
-    for s in specs:
-        if s.provider == "openai" and (s.api_key_env or s.base_url is None):
-            envs.add(s.api_key_env or "OPENAI_API_KEY")
-        elif s.provider == "anthropic":
-            envs.add(s.api_key_env or "ANTHROPIC_API_KEY")
-    return sorted(envs)
+    return specs + config.aggregators()
+
+
+def _needed_keys(config: StackConfig) -> list[str]:
+    return sorted({s.api_key_env for s in _resolved(config) if s.api_key_env})
 
 
 @click.group("presets", invoke_without_command=True)
@@ -40,8 +38,21 @@ def presets_group(ctx: click.Context) -> None:
 @presets_group.command("show")
 @click.argument("name")
 def presets_show(name: str) -> None:
-    """Print a preset as JSON, defaults applied."""
-    click.echo(load_preset(name).model_dump_json(indent=2))
+    """Print a preset as JSON: as written ("config") and every member exactly as the engine
+    calls it, defaults applied ("resolved")."""
+    config = load_preset(name)
+    layers = [
+        [m.model_dump(mode="json") for m in config.layer_members(i)]
+        for i in range(len(config.layers))
+    ]
+    doc = {
+        "config": config.model_dump(mode="json"),
+        "resolved": {
+            "layers": layers,
+            "aggregators": [m.model_dump(mode="json") for m in config.aggregators()],
+        },
+    }
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 @click.group("config")

@@ -12,7 +12,7 @@ from typing import Any
 
 import anthropic
 
-from moakit.config import MemberSpec
+from moakit.config import DEFAULT_KEY_ENV, MemberSpec, key_env_for
 from moakit.errors import MissingKeyError, ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Message, Model, Usage, message_text
 from moakit.models.registry import ResourcePool
@@ -85,7 +85,7 @@ def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:
-    env = spec.api_key_env or "ANTHROPIC_API_KEY"
+    env = key_env_for(spec, "anthropic") or DEFAULT_KEY_ENV["anthropic"]
     key = os.environ.get(env)
     if not key:
         raise MissingKeyError(env, who=f"model {spec.model!r}")

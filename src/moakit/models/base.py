@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -105,6 +106,18 @@ class Model(ABC):
         """Release clients and connections. Default: nothing to release."""
 
 
+@asynccontextmanager
+async def closing_stream(chunks: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIterator[Chunk]]:
+    """Close ``chunks`` on the way out, also when the consumer stops early or is cancelled, so a
+    half-read stream releases its connection (or semaphore slot) now, not when collected."""
+    try:
+        yield chunks
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
     parts: list[str] = []
     finish_reason: str | None = None
@@ -140,6 +153,7 @@ __all__ = [
     "Model",
     "Usage",
     "approx_tokens",
+    "closing_stream",
     "collect",
     "message_text",
 ]

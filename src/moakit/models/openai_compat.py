@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from moakit import __version__
-from moakit.config import MemberSpec
+from moakit.config import MemberSpec, key_env_for
 from moakit.errors import MissingKeyError, ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.registry import ResourcePool
@@ -36,9 +36,7 @@ _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
 
 
 def _api_key(spec: MemberSpec) -> str:
-    env = spec.api_key_env
-    if env is None and spec.base_url is None:
-        env = "OPENAI_API_KEY"
+    env = key_env_for(spec, "openai")
     if env is None:
         # A self-hosted endpoint (vLLM, Ollama, llama.cpp server) usually wants no key.
         return _NO_KEY

@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from moakit.config import MemberSpec
+from moakit.config import DEFAULT_PROVIDER, MemberSpec
 from moakit.errors import ConfigError
 from moakit.models.base import Model
 
@@ -62,12 +62,13 @@ def provider_names() -> list[str]:
 
 
 def build_model(spec: MemberSpec, pool: ResourcePool) -> Model:
-    factory = _registered.get(spec.provider)
+    provider = spec.provider or DEFAULT_PROVIDER
+    factory = _registered.get(provider)
     if factory is None:
-        target = _BUILTIN.get(spec.provider)
+        target = _BUILTIN.get(provider)
         if target is None:
             raise ConfigError(
-                f"unknown provider {spec.provider!r} for model {spec.model!r} "
+                f"unknown provider {provider!r} for model {spec.model!r} "
                 f"(known: {', '.join(provider_names())})",
                 field="provider",
             )

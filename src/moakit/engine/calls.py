@@ -1,0 +1,204 @@
+"""The one retry loop, shared by proposers and aggregators.
+
+A call is one member's (or aggregator's) request with its attempts. ``call_with_retries`` runs
+attempts until one answers, the error is not worth another try, the retries are spent or the
+deadline leaves no room; it never raises except ``CancelledError``. What to do with a failure
+(degrade the layer, fall back, fail the query) is the caller's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from moakit.config import ResolvedMember
+from moakit.engine.run import Run
+from moakit.errors import CallErrorKind, ModelCallError
+from moakit.events import MemberStarted
+from moakit.models.base import ChatRequest, Completion, Model, Usage, closing_stream
+from moakit.result import Attempt, MemberOutput
+from moakit.retry import backoff_delay
+
+OnText = Callable[[str], None]
+# (call, error, retrying): called after each failed attempt, before any backoff.
+OnFailure = Callable[["Call", ModelCallError, bool], None]
+
+
+@dataclass
+class Call:
+    """Mutable record of one call, readable even after its task was cancelled."""
+
+    spec: ResolvedMember
+    model: Model
+    request: ChatRequest
+    layer: int  # 1-based
+    index: int  # 0-based
+    attempts: list[Attempt] = field(default_factory=list)
+    error: ModelCallError | None = None  # the last failed attempt's
+    # The attempt in flight: its start, first-token time, text so far and reported usage.
+    live_started: float | None = None
+    live_ttft: float | None = None
+    live_parts: list[str] = field(default_factory=list)
+    live_usage: Usage | None = None
+
+    @property
+    def had_text(self) -> bool:
+        """The current (or last) attempt produced text."""
+        return bool(self.live_parts)
+
+    def begin(self, now: float) -> None:
+        self.live_started = now
+        self.live_ttft = None
+        self.live_parts = []
+        self.live_usage = None
+
+    def end(self, now: float, *, usage: Usage, error: str | None = None) -> None:
+        started = self.live_started if self.live_started is not None else now
+        self.attempts.append(
+            Attempt(
+                number=len(self.attempts) + 1,
+                started_s=round(started, 6),
+                latency_s=round(now - started, 6),
+                ttft_s=None if self.live_ttft is None else round(self.live_ttft, 6),
+                error=error,
+                usage=usage,
+            )
+        )
+        self.live_started = None
+
+    def cut(self, now: float, reason: str) -> None:
+        """Record the attempt in flight as cancelled (straggler cut-off, deadline, caller)."""
+        if self.live_started is not None:
+            self.end(now, usage=self.live_usage or Usage(), error=reason)
+
+    def output(
+        self,
+        now: float,
+        *,
+        text: str | None = None,
+        completion: Completion | None = None,
+        error: str | None = None,
+        cancelled: bool = False,
+    ) -> MemberOutput:
+        spec = self.spec
+        usage = Usage()
+        for attempt in self.attempts:
+            usage = usage + attempt.usage
+        started = self.attempts[0].started_s if self.attempts else now
+        return MemberOutput(
+            layer=self.layer,
+            index=self.index,
+            label=spec.label,
+            provider=spec.provider,
+            model=spec.model,
+            output=text if completion is not None else None,
+            error=error,
+            finish_reason=completion.finish_reason if completion else None,
+            truncated=bool(completion and completion.truncated),
+            cancelled=cancelled,
+            started_s=round(started, 6),
+            latency_s=round(now - started, 6),
+            ttft_s=self.attempts[-1].ttft_s if completion and self.attempts else None,
+            usage=usage,
+            cost_usd=cost(spec, usage),
+            attempts=list(self.attempts),
+        )
+
+
+async def call_with_retries(
+    run: Run,
+    call: Call,
+    *,
+    deadline_at: float | None,
+    on_text: OnText | None = None,
+    final_after_text: bool = False,
+    on_failure: OnFailure | None = None,
+) -> Completion | None:
+    """Attempts until one answers (its ``Completion``) or the call gives up (``None``; the
+    reason is ``call.error``). ``final_after_text``: an attempt that failed after producing
+    text is not retried (the stream rule: that text has been shown)."""
+    retries = call.spec.retries
+    for number in range(retries + 1):
+        completion = await _attempt(run, call, deadline_at, on_text)
+        if completion is not None:
+            return completion
+        error = call.error
+        assert error is not None
+        retrying = (
+            number < retries
+            and error.retryable
+            and error.kind != "deadline"
+            and not (final_after_text and call.had_text)
+        )
+        delay = backoff_delay(run.config.retry, number, error.retry_after_s) if retrying else None
+        retrying = delay is not None and run.time_left(delay, deadline_at)
+        if on_failure is not None:
+            on_failure(call, error, retrying)
+        if not retrying or delay is None:
+            return None
+        await asyncio.sleep(delay)
+    return None
+
+
+async def _attempt(
+    run: Run, call: Call, deadline_at: float | None, on_text: OnText | None
+) -> Completion | None:
+    spec = call.spec
+    started = run.now()
+    call.begin(started)
+    run.emit(
+        MemberStarted(
+            layer=call.layer,
+            index=call.index,
+            label=spec.label,
+            provider=spec.provider,
+            model=spec.model,
+            attempt=len(call.attempts) + 1,
+            request=call.request,
+            **run.stamp(),
+        )
+    )
+    timeout, binding = run.timeout(spec, deadline_at)
+    parts = call.live_parts
+    finish_reason: str | None = None
+    error: ModelCallError | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            async with closing_stream(call.model.stream(call.request)) as chunks:
+                async for chunk in chunks:
+                    if chunk.text:
+                        if not parts:
+                            call.live_ttft = run.now() - started
+                        parts.append(chunk.text)
+                        if on_text is not None:
+                            on_text(chunk.text)
+                    if chunk.finish_reason is not None:
+                        finish_reason = chunk.finish_reason
+                    if chunk.usage is not None:
+                        call.live_usage = chunk.usage
+        if not "".join(parts).strip():
+            error = ModelCallError("empty answer", kind="empty")
+    except TimeoutError:
+        kind: CallErrorKind = "deadline" if binding else "timeout"
+        error = ModelCallError(f"no answer within {timeout:.2f}s", kind=kind)
+    except ModelCallError as exc:
+        error = exc
+    except Exception as exc:  # an adapter bug must fail this call, not the query
+        error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
+    usage = call.live_usage or Usage()
+    if error is not None:
+        call.error = error
+        call.end(run.now(), usage=error.usage or usage, error=error.describe())
+        return None
+    call.end(run.now(), usage=usage)
+    return Completion(text="".join(parts), finish_reason=finish_reason or "stop", usage=usage)
+
+
+def cost(spec: ResolvedMember, usage: Usage) -> float | None:
+    if spec.price_in_per_mtok is None or spec.price_out_per_mtok is None:
+        return None
+    return (
+        usage.prompt_tokens * spec.price_in_per_mtok
+        + usage.completion_tokens * spec.price_out_per_mtok
+    ) / 1e6

@@ -1,0 +1,111 @@
+"""One query's state, shared by the strategy, the retry loop and the aggregator: the clock and
+deadlines, the partial result, the event queue, and how a member's request is built."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from moakit.config import ResolvedMember
+from moakit.events import Event, Stamp
+from moakit.models.base import ChatRequest
+from moakit.prompts import inject_block, with_system_prompt
+from moakit.result import Result
+
+if TYPE_CHECKING:
+    from moakit.engine.stack import Stack
+
+# Share of the deadline kept for the final aggregator: proposer layers are cut this early so a
+# query that hits its deadline can still be answered from the references it has.
+AGGREGATOR_RESERVE = 0.3
+
+# Fields of the incoming request that steer the FINAL aggregator only (proposers answer
+# freely). ``messages`` is the conversation every layer re-sees.
+FINAL_OVERRIDES = (
+    "temperature",
+    "max_tokens",
+    "seed",
+    "stop",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+)
+
+
+class Strategy(Protocol):
+    """How a run is carried out (layered; later chunk-wise). It emits events through ``run``,
+    fills ``run.result`` and raises a ``QueryFailed`` when no answer is possible."""
+
+    async def execute(self, run: Run) -> None: ...
+
+
+class Run:
+    def __init__(self, stack: Stack, request: ChatRequest, *, run_id: str, streaming: bool):
+        self.stack = stack
+        self.config = stack.config
+        self.request = request
+        self.id = run_id
+        # streaming: final text goes out as it is written, so a failure after the first
+        # TextDelta is final (the stream rule). Otherwise text is committed per attempt.
+        self.streaming = streaming
+        # x1: every layer and the aggregator re-see exactly this conversation.
+        self.conversation = [dict(m) for m in request.messages]
+        self.t0 = time.monotonic()
+        self.result = Result(stack=self.config.name, run_id=run_id)
+        deadline = self.config.deadline_s
+        self.deadline_at = self.t0 + deadline if deadline else None
+        self.proposers_deadline_at = (
+            self.t0 + deadline * (1 - AGGREGATOR_RESERVE) if deadline else None
+        )
+        self.final_overrides: dict[str, Any] = {
+            name: getattr(request, name)
+            for name in FINAL_OVERRIDES
+            if getattr(request, name) is not None
+        }
+        # ``None`` ends the stream of events (put by the stack when the strategy returns).
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+
+    def now(self) -> float:
+        """Seconds since the query started."""
+        return time.monotonic() - self.t0
+
+    def stamp(self) -> Stamp:
+        return {"run_id": self.id, "ts": time.time()}
+
+    def emit(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    def member_request(
+        self, spec: ResolvedMember, block: str | None, *, final: bool = False
+    ) -> ChatRequest:
+        """What ``spec`` is sent: x1 with its own system prompt and the references ``block``;
+        the final aggregator also gets the caller's sampling overrides."""
+        messages = with_system_prompt(self.conversation, spec.system)
+        if block is not None:
+            messages = inject_block(messages, block)
+        request = ChatRequest(
+            messages=messages,
+            temperature=spec.temperature,
+            max_tokens=spec.max_tokens,
+            seed=spec.seed,
+            stop=spec.stop,
+        )
+        if final and self.final_overrides:
+            request = dataclasses.replace(request, **self.final_overrides)
+        return request
+
+    def timeout(self, spec: ResolvedMember, deadline_at: float | None) -> tuple[float, bool]:
+        """Per-call timeout, clipped by the deadline. Second value: the deadline is binding."""
+        timeout = spec.timeout_s
+        if deadline_at is not None:
+            left = max(0.0, deadline_at - time.monotonic())
+            if left < timeout:
+                return left, True
+        return timeout, False
+
+    @staticmethod
+    def time_left(delay: float, deadline_at: float | None) -> bool:
+        return deadline_at is None or time.monotonic() + delay < deadline_at

@@ -1,0 +1,216 @@
+"""``Stack``: a MoA stack as a ``Model`` (a mixture is a model), so it can be served, evaluated,
+or used as a member of another stack by code that only knows the model interface.
+
+Every model a stack calls is resolved here once: built from its member spec (or taken from
+``models=``), capped by the endpoint's shared concurrency limiter, then passed through ``wrap=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any
+
+from moakit.config import MemberSpec, ResolvedMember, StackConfig
+from moakit.engine.observers import Observer, Observers
+from moakit.engine.run import Run
+from moakit.engine.strategies import strategy_for
+from moakit.errors import QueryFailed, StackFailed
+from moakit.events import Event, RunFailed, RunFinished, RunStarted, TextDelta
+from moakit.models.base import ChatRequest, Chunk, Completion, Message, Model
+from moakit.models.registry import ResourcePool, build_model
+from moakit.models.wrappers import ConcurrencyLimitedModel
+from moakit.references import ReferencePipeline
+from moakit.result import Result
+
+Wrap = Callable[[Model, ResolvedMember], Model]
+
+
+def endpoint_of(spec: MemberSpec) -> tuple[Any, ...]:
+    """Calls to one endpoint share one concurrency limiter."""
+    return (spec.provider, spec.base_url, spec.api_key_env)
+
+
+class Stack(Model):
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        models: Mapping[str, Model] | None = None,
+        wrap: Wrap | None = None,
+        references: ReferencePipeline | None = None,
+    ) -> None:
+        self.config = config
+        self.name = f"moa:{config.name}"
+        self.config_hash = hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+        self.strategy = strategy_for(config.strategy)
+        self.references = references or ReferencePipeline.from_config(config.references)
+        self._overrides = dict(models or {})
+        self._pool = ResourcePool()
+        self._built: dict[Any, Model] = {}
+        self.layer_specs = [config.layer_members(i) for i in range(len(config.layers))]
+        self.aggregator_specs = config.aggregators()
+        self._limiters = self._endpoint_limiters()
+        # Every model is built now, so a missing key or unknown provider fails before any call.
+        self.layer_models = [[self._member_model(s, wrap) for s in ss] for ss in self.layer_specs]
+        self.aggregator_models = [self._member_model(s, wrap) for s in self.aggregator_specs]
+
+    def _all_specs(self) -> list[ResolvedMember]:
+        return [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
+
+    def _endpoint_limiters(self) -> dict[tuple[Any, ...], asyncio.Semaphore]:
+        limits: dict[tuple[Any, ...], int] = {}
+        for spec in self._all_specs():
+            if spec.max_concurrency is not None:
+                key = endpoint_of(spec)
+                limits[key] = min(limits.get(key, spec.max_concurrency), spec.max_concurrency)
+        return {key: asyncio.Semaphore(n) for key, n in limits.items()}
+
+    def model_for(self, spec: MemberSpec) -> Model:
+        """The bare model for ``spec``: an override by model name, else built (one per
+        provider, model, endpoint and options)."""
+        if spec.model in self._overrides:
+            return self._overrides[spec.model]
+        key = (*endpoint_of(spec), spec.model, repr(sorted(spec.options.items())))
+        if key not in self._built:
+            self._built[key] = build_model(spec, self._pool)
+        return self._built[key]
+
+    def _member_model(self, spec: ResolvedMember, wrap: Wrap | None) -> Model:
+        model = self.model_for(spec)
+        limiter = self._limiters.get(endpoint_of(spec))
+        if limiter is not None:
+            model = ConcurrencyLimitedModel(model, limiter)
+        return wrap(model, spec) if wrap is not None else model
+
+    def models(self) -> list[Model]:
+        """Every distinct model this stack calls, as it calls them (wrapped)."""
+        unique: dict[int, Model] = {}
+        for model in itertools.chain(*self.layer_models, self.aggregator_models):
+            unique.setdefault(id(model), model)
+        return list(unique.values())
+
+    async def aclose(self) -> None:
+        for model in self._built.values():
+            await model.aclose()
+        self._built.clear()
+        await self._pool.aclose()
+
+    async def __aenter__(self) -> Stack:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- public surfaces ---------------------------------------------------------------------
+
+    async def events(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        run_id: str | None = None,
+        observers: Sequence[Observer] = (),
+        streaming: bool = True,
+    ) -> AsyncGenerator[Event, None]:
+        """Run the stack, yielding every event (``observers`` see each one first), ending
+        with ``RunFinished``, or ``RunFailed`` followed by the ``QueryFailed`` (carrying the
+        partial result) it describes.
+
+        Closing the generator early (or cancelling its consumer) cancels every in-flight call.
+        ``streaming``: the final text is sent as it is written (see ``engine.aggregate`` for
+        the stream rule); otherwise it comes as one TextDelta once an attempt completed.
+        """
+        if not isinstance(request, ChatRequest):
+            request = ChatRequest(messages=list(request))
+        run = Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
+        watchers = Observers(observers)
+        task = asyncio.create_task(self._execute(run))
+        try:
+            while True:
+                event = await run.queue.get()
+                if event is None:
+                    break
+                if watchers:
+                    await watchers.notify(event)
+                yield event
+            await task  # re-raises the run's QueryFailed
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _execute(self, run: Run) -> None:
+        try:
+            run.emit(
+                RunStarted(stack=self.config.name, config_hash=self.config_hash, **run.stamp())
+            )
+            await self.strategy.execute(run)
+        except QueryFailed as exc:
+            result = exc.result or run.result
+            result.error = result.error or str(exc)
+            result.latency_s = round(run.now(), 6)
+            run.emit(RunFailed(error=str(exc), result=result, **run.stamp()))
+            raise
+        except BaseException as exc:
+            run.result.error = run.result.error or str(exc) or type(exc).__name__
+            run.result.latency_s = round(run.now(), 6)
+            raise
+        else:
+            run.result.latency_s = round(run.now(), 6)
+            run.emit(RunFinished(result=run.result, **run.stamp()))
+        finally:
+            run.queue.put_nowait(None)
+
+    async def run(
+        self,
+        request: ChatRequest | Sequence[Message],
+        *,
+        run_id: str | None = None,
+        observers: Sequence[Observer] = (),
+        streaming: bool = False,
+    ) -> Result:
+        """The whole result. Non-streaming by default: retries and fallbacks stay free."""
+        async with aclosing(
+            self.events(request, run_id=run_id, observers=observers, streaming=streaming)
+        ) as events:
+            async for event in events:
+                if isinstance(event, RunFinished):
+                    return event.result
+        raise AssertionError("a run always ends with RunFinished or an exception")
+
+    # -- the Model interface: a failing stack raises the ModelCallError its caller expects ----
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        try:
+            async with aclosing(self.events(request)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield Chunk(text=event.text)
+                    elif isinstance(event, RunFinished):
+                        agg = event.result.aggregator
+                        yield Chunk(
+                            finish_reason=(agg.finish_reason if agg else None) or "stop",
+                            usage=event.result.usage,
+                        )
+        except QueryFailed as exc:
+            raise _as_call_error(exc) from exc
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        try:
+            result = await self.run(request)
+        except QueryFailed as exc:
+            raise _as_call_error(exc) from exc
+        agg = result.aggregator
+        return Completion(
+            text=result.final,
+            finish_reason=(agg.finish_reason if agg else None) or "stop",
+            usage=result.usage,
+        )
+
+
+def _as_call_error(exc: QueryFailed) -> StackFailed:
+    return StackFailed(exc, usage=exc.result.usage if exc.result is not None else None)

@@ -1,0 +1,28 @@
+"""Run strategies by name (``strategy = "layered"`` in a stack config). A second strategy, such
+as chunk-wise aggregation that starts the aggregator before the proposers finish, registers
+here and reuses the shared pieces: ``calls.call_with_retries``, ``aggregate.aggregate``, the
+``Run`` state and the reference pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from moakit.engine.layered import LayeredStrategy
+from moakit.engine.run import Strategy
+from moakit.errors import ConfigError
+
+_STRATEGIES: dict[str, Callable[[], Strategy]] = {"layered": LayeredStrategy}
+
+
+def register_strategy(name: str, factory: Callable[[], Strategy]) -> None:
+    _STRATEGIES[name] = factory
+
+
+def strategy_for(name: str) -> Strategy:
+    factory = _STRATEGIES.get(name)
+    if factory is None:
+        raise ConfigError(
+            f"strategy: unknown strategy {name!r} (known: {', '.join(sorted(_STRATEGIES))})",
+            field="strategy",
+        )
+    return factory()

@@ -1,0 +1,106 @@
+"""The reference pipeline: how one layer's answers reach the next layer's prompt.
+
+    layer outputs ─▶ [Reference records] ─▶ transform ─▶ transform ... ─▶ formatter ─▶ prompt block
+
+References are records, not bare strings, so that a transform can decide by who said what
+(fencing, outlier filtering, trust labels). The chain is empty (identity) by default and the
+default formatter writes the paper's byte-exact block (``moakit.prompts.references_block``).
+Transforms and formatters are registered by name so a stack config can pick them; a ``Stack``
+also accepts a ``ReferencePipeline`` object directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from moakit.config import ReferencesConfig
+from moakit.errors import ConfigError
+from moakit.prompts import references_block
+from moakit.result import MemberOutput
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One answer passed on as a reference."""
+
+    text: str
+    label: str
+    model: str
+    layer: int  # 1-based layer that produced it
+    index: int  # 0-based position in that layer
+    truncated: bool = False  # the answer hit max_tokens: kept, but marked
+
+
+ReferenceTransform = Callable[[Sequence[Reference]], Sequence[Reference]]
+# (references, the stack's aggregate prompt) -> the block appended to the system message.
+ReferenceFormatter = Callable[[Sequence[Reference], str], str]
+
+
+def paper_formatter(references: Sequence[Reference], prompt: str) -> str:
+    """The reference implementation's block: the prompt, then ``\\n{i}. {text}`` from 1."""
+    return references_block([r.text for r in references], prompt)
+
+
+_TRANSFORMS: dict[str, ReferenceTransform] = {}
+_FORMATTERS: dict[str, ReferenceFormatter] = {"paper": paper_formatter}
+
+
+def register_transform(name: str, transform: ReferenceTransform) -> None:
+    _TRANSFORMS[name] = transform
+
+
+def register_formatter(name: str, formatter: ReferenceFormatter) -> None:
+    _FORMATTERS[name] = formatter
+
+
+def from_outputs(members: Sequence[MemberOutput]) -> list[Reference]:
+    """The answers of a layer that answered, in member order, as references."""
+    return [
+        Reference(
+            text=m.output,
+            label=m.label,
+            model=m.model,
+            layer=m.layer,
+            index=m.index,
+            truncated=m.truncated,
+        )
+        for m in members
+        if m.ok and m.output is not None
+    ]
+
+
+@dataclass(frozen=True)
+class ReferencePipeline:
+    transforms: tuple[ReferenceTransform, ...] = ()
+    formatter: ReferenceFormatter = paper_formatter
+
+    @classmethod
+    def from_config(cls, config: ReferencesConfig) -> ReferencePipeline:
+        transforms = []
+        for i, name in enumerate(config.transforms):
+            if name not in _TRANSFORMS:
+                known = ", ".join(sorted(_TRANSFORMS)) or "none registered"
+                raise ConfigError(
+                    f"references.transforms.{i}: unknown transform {name!r} (known: {known})",
+                    field=f"references.transforms.{i}",
+                )
+            transforms.append(_TRANSFORMS[name])
+        formatter = _FORMATTERS.get(config.formatter)
+        if formatter is None:
+            raise ConfigError(
+                f"references.formatter: unknown formatter {config.formatter!r} "
+                f"(known: {', '.join(sorted(_FORMATTERS))})",
+                field="references.formatter",
+            )
+        return cls(tuple(transforms), formatter)
+
+    def apply(self, references: Sequence[Reference]) -> list[Reference]:
+        out = list(references)
+        for transform in self.transforms:
+            out = list(transform(out))
+        return out
+
+    def block(self, references: Sequence[Reference], prompt: str) -> str | None:
+        """The formatted block, or ``None`` when there is nothing to inject (layer 1)."""
+        return self.formatter(references, prompt) if references else None
