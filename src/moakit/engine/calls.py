@@ -16,7 +16,7 @@ from moakit.config import ResolvedMember
 from moakit.engine.run import Run
 from moakit.errors import CallErrorKind, ModelCallError
 from moakit.events import MemberStarted
-from moakit.models.base import ChatRequest, Completion, Model, Usage, closing_stream
+from moakit.models.base import ChatRequest, Completion, Model, Usage
 from moakit.result import Attempt, MemberOutput
 from moakit.retry import backoff_delay
 
@@ -82,8 +82,9 @@ class Call:
         cancelled: bool = False,
     ) -> MemberOutput:
         spec = self.spec
-        usage = Usage()
-        for attempt in self.attempts:
+        attempts = self.attempts
+        usage = attempts[0].usage if attempts else Usage()
+        for attempt in attempts[1:]:
             usage = usage + attempt.usage
         started = self.attempts[0].started_s if self.attempts else now
         return MemberOutput(
@@ -165,7 +166,8 @@ async def _attempt(
     error: ModelCallError | None = None
     try:
         async with asyncio.timeout(timeout):
-            async with closing_stream(call.model.stream(call.request)) as chunks:
+            chunks = call.model.stream(call.request)
+            try:
                 async for chunk in chunks:
                     if chunk.text:
                         if not parts:
@@ -177,6 +179,11 @@ async def _attempt(
                         finish_reason = chunk.finish_reason
                     if chunk.usage is not None:
                         call.live_usage = chunk.usage
+            except BaseException:
+                # Stopped early (timeout, cancellation, error): close the stream now, so it
+                # releases its connection or limiter slot at once, not when collected.
+                await _close(chunks)
+                raise
         if not "".join(parts).strip():
             error = ModelCallError("empty answer", kind="empty")
     except TimeoutError:
@@ -193,6 +200,12 @@ async def _attempt(
         return None
     call.end(run.now(), usage=usage)
     return Completion(text="".join(parts), finish_reason=finish_reason or "stop", usage=usage)
+
+
+async def _close(chunks: object) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def cost(spec: ResolvedMember, usage: Usage) -> float | None:

@@ -130,13 +130,11 @@ class Stack(Model):
         watchers = Observers(observers)
         task = asyncio.create_task(self._execute(run))
         try:
-            while True:
-                event = await run.queue.get()
-                if event is None:
-                    break
-                if watchers:
-                    await watchers.notify(event)
-                yield event
+            while batch := await run.channel.batch():
+                for event in batch:
+                    if watchers:
+                        await watchers.notify(event)
+                    yield event
             await task  # re-raises the run's QueryFailed
         finally:
             if not task.done():
@@ -163,7 +161,7 @@ class Stack(Model):
             run.result.latency_s = round(run.now(), 6)
             run.emit(RunFinished(result=run.result, **run.stamp()))
         finally:
-            run.queue.put_nowait(None)
+            run.channel.close()
 
     async def run(
         self,
