@@ -1,0 +1,166 @@
+"""Run identity, observers and the live-view events (issue 9: hooks the next capabilities need)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from moakit import Stack, parse_config
+from moakit.events import (
+    AggregatorStarted,
+    BaseEvent,
+    Event,
+    LayerFinished,
+    LayerStarted,
+    MemberDelta,
+    MemberFinished,
+    MemberStarted,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+)
+from moakit.models.base import ChatRequest
+from moakit.testing.models import echo_model
+
+CONV = [{"role": "user", "content": "What is MoA?"}]
+
+
+def two_layers(**extra: Any) -> Any:
+    return parse_config(
+        {
+            "layers": [[{"model": "a"}, {"model": "b"}], [{"model": "c"}]],
+            "aggregator": {"model": "agg"},
+            **extra,
+        }
+    )
+
+
+def models(delay_s: float = 0.0) -> dict[str, Any]:
+    return {n: echo_model(n, delay_s=delay_s) for n in ("a", "b", "c", "agg")}
+
+
+async def test_every_event_carries_the_run_id_and_a_timestamp() -> None:
+    seen: list[Event] = []
+    before = time.time()
+    async with Stack(two_layers(), models=models()) as stack:
+        result = await stack.run(CONV, run_id="req-123", observers=[seen.append])
+    assert result.run_id == "req-123"
+    assert seen and all(isinstance(e, BaseEvent) for e in seen)
+    assert {e.run_id for e in seen} == {"req-123"}
+    stamps = [e.ts for e in seen]
+    assert stamps == sorted(stamps) and before <= stamps[0] <= stamps[-1] <= time.time()
+    assert isinstance(seen[0], RunStarted) and isinstance(seen[-1], RunFinished)
+    assert seen[0].stack == "custom" and len(seen[0].config_hash) == 64
+
+
+async def test_run_ids_default_to_fresh_uuids() -> None:
+    async with Stack(two_layers(), models=models()) as stack:
+        first = await stack.run(CONV)
+        second = await stack.run(CONV)
+    assert len(first.run_id) == 32 and first.run_id != second.run_id
+
+
+async def test_events_is_an_async_generator_with_the_same_sequence_observers_see() -> None:
+    seen: list[Event] = []
+    async with Stack(two_layers(), models=models()) as stack:
+        events = stack.events(CONV, observers=[seen.append])
+        assert isinstance(events, AsyncGenerator)
+        yielded = [e async for e in events]
+    assert yielded == seen
+
+
+async def test_member_started_carries_the_exact_request_and_deltas_stream() -> None:
+    seen: list[Event] = []
+    mods = models()
+    async with Stack(two_layers(), models=mods) as stack:
+        await stack.run(ChatRequest(messages=CONV, max_tokens=9), observers=[seen.append])
+    started = [e for e in seen if isinstance(e, MemberStarted)]
+    by_who = {(e.layer, e.index): e for e in started}
+    # Layer numbers 1-based, member indexes 0-based; the aggregator's layer is len(layers)+1.
+    assert sorted(by_who) == [(1, 0), (1, 1), (2, 0), (3, 0)]
+    assert by_who[(1, 1)].label == "b" and by_who[(1, 1)].attempt == 1
+    assert by_who[(2, 0)].request is mods["c"].requests[0]
+    assert by_who[(3, 0)].request is mods["agg"].requests[0]
+    assert by_who[(3, 0)].request.max_tokens == 9  # the caller's override, aggregator only
+    assert by_who[(1, 0)].request.max_tokens is None
+    # Proposer text streams as MemberDelta and adds up to the member's answer.
+    layer1 = next(e for e in seen if isinstance(e, LayerFinished)).layer
+    a_text = "".join(
+        e.text for e in seen if isinstance(e, MemberDelta) and e.layer == 1 and e.index == 0
+    )
+    assert a_text == layer1.members[0].output == "a: What is MoA?"
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds.index("LayerStarted") < kinds.index("MemberStarted") < kinds.index("MemberDelta")
+    assert kinds.index("MemberDelta") < kinds.index("MemberFinished")
+
+
+async def test_time_to_first_token_is_recorded_for_every_call() -> None:
+    async with Stack(two_layers(), models=models(delay_s=0.05)) as stack:
+        result = await stack.run(CONV)
+    for call in result.calls():
+        assert call.ttft_s is not None and 0.04 <= call.ttft_s <= call.latency_s
+        assert call.attempts[-1].ttft_s == call.ttft_s
+
+
+async def test_started_s_is_the_calls_own_start() -> None:
+    async with Stack(two_layers(), models=models(delay_s=0.05)) as stack:
+        result = await stack.run(CONV)
+    layer1, layer2 = result.layers
+    agg = result.aggregators[0]
+    assert layer2.members[0].started_s >= max(m.started_s + m.latency_s for m in layer1.members)
+    assert agg.started_s >= layer2.members[0].started_s + layer2.members[0].latency_s
+    assert agg.started_s == agg.attempts[0].started_s
+
+
+async def test_async_observer_objects_are_awaited_in_order() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.kinds: list[str] = []
+
+        async def __call__(self, event: Event) -> None:
+            self.kinds.append(type(event).__name__)
+
+    sink = Sink()
+    async with Stack(two_layers(), models=models()) as stack:
+        await stack.run(CONV, observers=[sink])
+    assert sink.kinds[0] == "RunStarted" and sink.kinds[-1] == "RunFinished"
+    assert sink.kinds.count("LayerStarted") == 2 and "AggregatorStarted" in sink.kinds
+
+
+async def test_a_raising_observer_is_detached_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+
+    def broken(event: Event) -> None:
+        calls.append(type(event).__name__)
+        if isinstance(event, LayerStarted):
+            raise RuntimeError("sink is down")
+
+    good: list[Event] = []
+    with caplog.at_level(logging.ERROR, logger="moakit.engine"):
+        async with Stack(two_layers(), models=models()) as stack:
+            result = await stack.run(CONV, observers=[broken, good.append])
+    assert result.final == "agg: What is MoA?"
+    assert calls == ["RunStarted", "LayerStarted"]  # detached after raising
+    assert isinstance(good[-1], RunFinished)  # the others still see everything
+    assert len([r for r in caplog.records if "detached" in r.getMessage()]) == 1
+
+
+async def test_non_streaming_run_commits_the_answer_as_one_delta() -> None:
+    seen: list[Event] = []
+    async with Stack(two_layers(), models=models()) as stack:
+        result = await stack.run(CONV, observers=[seen.append])
+        streamed: list[Event] = []
+        await stack.run(CONV, observers=[streamed.append], streaming=True)
+    deltas = [e.text for e in seen if isinstance(e, TextDelta)]
+    assert deltas == [result.final]
+    live = [e.text for e in streamed if isinstance(e, TextDelta)]
+    assert len(live) > 1 and "".join(live) == result.final
+    agg_started = next(e for e in seen if isinstance(e, AggregatorStarted))
+    assert (agg_started.index, agg_started.label, agg_started.references) == (0, "agg", 1)
+    assert isinstance(next(e for e in seen if isinstance(e, MemberFinished)), MemberFinished)
