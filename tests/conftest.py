@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 import pytest
+
+from moakit.config import DEFAULT_KEY_ENV
 
 _real_connect = socket.socket.connect
 
@@ -29,3 +32,21 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOAKIT_HOME", str(tmp_path / "moakit-home"))
+
+
+# Provider and client keys a developer may have exported. Removed from the test process's
+# environment, so no test and no subprocess a test starts (they inherit it) can make a paid
+# call or leak one. Tests that need a key set a fake one themselves.
+PROVIDER_KEY_VARS = frozenset({*DEFAULT_KEY_ENV.values(), "TOGETHER_API_KEY", "MOA_API_KEYS"})
+
+
+def is_key_variable(name: str) -> bool:
+    upper = name.upper()
+    return upper in PROVIDER_KEY_VARS or "API_KEY" in upper
+
+
+@pytest.fixture(autouse=True)
+def _no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if is_key_variable(name):
+            monkeypatch.delenv(name)

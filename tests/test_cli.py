@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import PROVIDER_KEY_VARS, is_key_variable
 
 
 def moa(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,9 +49,44 @@ def test_config_check_names_missing_key_variable(tmp_path: Path) -> None:
 
 def test_missing_key_is_one_line_error(tmp_path: Path) -> None:
     proc = moa("ask", "--preset", "claude-trio", "hi")
-    if "ANTHROPIC_API_KEY" not in proc.stderr:
-        raise AssertionError(proc.stderr)
-    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "ANTHROPIC_API_KEY" in lines[0]
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_child_processes_see_no_provider_keys() -> None:
+    # Probe (run directly, and by the test below with keys exported): a child the suite starts
+    # inherits the test process's environment, which conftest scrubs.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print('\\n'.join(os.environ))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    leaked = [name for name in proc.stdout.splitlines() if is_key_variable(name)]
+    assert leaked == []
+
+
+def test_keys_in_the_developers_environment_never_reach_children() -> None:
+    exported = {name: "sk-real-looking-0123456789" for name in sorted(PROVIDER_KEY_VARS)}
+    exported["SOME_VENDOR_API_KEY"] = "sk-another-0123456789"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_child_processes_see_no_provider_keys",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **exported},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def test_unknown_preset() -> None:
@@ -57,8 +95,6 @@ def test_unknown_preset() -> None:
 
 
 def test_user_preset_dir(tmp_path: Path, monkeypatch: object) -> None:
-    import os
-
     home = Path(os.environ["MOAKIT_HOME"])
     (home / "presets").mkdir(parents=True)
     (home / "presets" / "mine.yaml").write_text(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moakit import MissingKeyError, Stack, parse_config
-from moakit.errors import ModelCallError
+from moakit import LayerFailed, MissingKeyError, Stack, parse_config
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, expected_content
 
 
@@ -79,7 +78,9 @@ def test_missing_key_names_variable_not_value(monkeypatch: pytest.MonkeyPatch) -
 async def test_key_never_appears_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-test-" + "x" * 24
     monkeypatch.setenv("MOA_TEST_KEY", secret)
-    async with FakeBackend(default=Behavior(fault=Fault("http_500"))) as fb:
+    # The backend's 401 echoes the key it received, as real providers' messages do.
+    echo = Behavior(fault=Fault("http_401_echo_key"))
+    async with FakeBackend(default=echo) as fb:
         cfg = parse_config(
             {
                 "defaults": {"base_url": fb.base_url, "api_key_env": "MOA_TEST_KEY", "retries": 0},
@@ -88,9 +89,14 @@ async def test_key_never_appears_in_errors(monkeypatch: pytest.MonkeyPatch) -> N
             }
         )
         async with Stack(cfg) as stack:
-            with pytest.raises(Exception) as info:
+            with pytest.raises(LayerFailed) as info:
                 await stack.run([{"role": "user", "content": "hi"}])
+    assert fb.stats.faults_by_kind == {"http_401_echo_key": 1}
+    member = info.value.result.layers[0].members[0] if info.value.result else None
+    assert member is not None and member.error is not None
+    # The upstream message did arrive (scrubbed), so the check below could catch a leak.
+    assert (
+        member.error.startswith("http 401: ") and "Incorrect API key provided: ***" in member.error
+    )
     assert secret not in str(info.value)
-    result = getattr(info.value, "result", None)
-    assert result is not None and secret not in result.model_dump_json()
-    assert isinstance(ModelCallError("x"), Exception)
+    assert info.value.result is not None and secret not in info.value.result.model_dump_json()

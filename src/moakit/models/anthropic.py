@@ -50,8 +50,10 @@ class AnthropicModel(Model):
         if system:
             params["system"] = system
         if request.temperature is not None:
-            # Anthropic's range is 0..1; OpenAI-style configs may say up to 2.
-            params["temperature"] = min(1.0, request.temperature)
+            # Anthropic's range is 0..1; OpenAI-style configs may say up to 2. Sent as a raw
+            # body field: the SDK's typed signature no longer lists the sampling parameters
+            # (a keyword argument raises TypeError), the Messages API still takes them.
+            params["extra_body"] = {"temperature": min(1.0, request.temperature)}
         if request.stop:
             params["stop_sequences"] = list(request.stop)
         try:
@@ -68,6 +70,29 @@ class AnthropicModel(Model):
         yield Chunk(finish_reason=_FINISH.get(final.stop_reason or "", "stop"), usage=usage)
 
 
+# Anthropic's error types and the HTTP status each stands for (docs: "HTTP errors").
+_ERROR_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _error_type(body: object) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return str(error["type"])
+    return ""
+
+
 def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
     message = scrub(str(exc), key)
     if isinstance(exc, anthropic.APITimeoutError):
@@ -75,10 +100,15 @@ def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
     if isinstance(exc, anthropic.APIConnectionError):
         return ModelCallError(message, kind="connection")
     if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        if status < 400:
+            # An ``error`` event inside a 200 stream: its type says what happened (an
+            # ``overloaded_error`` mid-answer is a 529 like any other, worth a retry).
+            status = _ERROR_EVENT_STATUS.get(_error_type(exc.body), 500)
         return ModelCallError(
             message,
             kind="http",
-            status=exc.status_code,
+            status=status,
             retry_after_s=parse_retry_after(exc.response.headers),
         )
     return ModelCallError(message, kind="other")

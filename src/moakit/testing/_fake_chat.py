@@ -156,6 +156,10 @@ class ChatEndpoint:
                 headers.append((b"retry-after", f"{ra:g}".encode()))
                 headers.append((b"retry-after-ms", str(round(ra * 1000)).encode()))
             return await _send_json(send, status, wire.error_body(status, model), headers)
+        if kind == "http_401_echo_key":
+            token = _bearer_token(scope)
+            body = wire.error_body(401, model, message=f"Incorrect API key provided: {token}.")
+            return await _send_json(send, 401, body)
 
         messages: list[dict[str, Any]] = req["messages"]
         n = behavior.tokens
@@ -252,6 +256,13 @@ class ChatEndpoint:
             # "returned without completing response".
             await conn.until_gone(max_wait_s=1.0)
         return "aborted"
+
+
+def _bearer_token(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            return str(value.decode("latin-1").removeprefix("Bearer ").strip())
+    return ""
 
 
 def validate_request(req: Any) -> str | None:

@@ -19,6 +19,9 @@ FaultKind = Literal[
     "http_500",
     "http_503",
     "http_429",
+    # 401 whose message echoes the Bearer token it got, as real providers do ("Incorrect API
+    # key provided: sk-..."): what a key-leak test needs to be able to fail.
+    "http_401_echo_key",
     "hang",
     "reset_mid_stream",
     "malformed_json",

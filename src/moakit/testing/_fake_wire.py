@@ -49,6 +49,7 @@ _ERROR_INFO: dict[int, tuple[str, str]] = {
     500: ("server_error", "internal_error"),
     503: ("server_error", "service_unavailable"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
+    401: ("invalid_request_error", "invalid_api_key"),
 }
 
 
@@ -132,12 +133,12 @@ def completion_body(
     )
 
 
-def error_body(status: int, model: str) -> bytes:
+def error_body(status: int, model: str, *, message: str | None = None) -> bytes:
     err_type, code = _ERROR_INFO.get(status, ("server_error", "error"))
     return _dumps(
         {
             "error": {
-                "message": f"fake backend: injected HTTP {status} for model {model!r}",
+                "message": message or f"fake backend: injected HTTP {status} for model {model!r}",
                 "type": err_type,
                 "param": None,
                 "code": code,

@@ -1,0 +1,119 @@
+"""``moa ask`` against the fault backend: untrusted text printed literally, progress lines that
+never wrap when piped, the partial result on ``--json`` failure, and the stream rule on the
+terminal (stdout never holds two answers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, expected_content
+
+# Model names are echoed in the backend's error texts, so they carry the hostile strings.
+MARKUP = "m[/INST] [bold]ok:100:"
+LONG = "member-" + "x" * 150
+
+
+def moa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "moakit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    with FakeBackend() as fb:
+        yield fb
+
+
+def write_stack(
+    tmp_path: Path, base_url: str, members: list[str], *, fallback: bool = False
+) -> Path:
+    listed = ", ".join(json.dumps({"model": m}) for m in members).replace('":', '" =')
+    fallbacks = '\nfallbacks = [{ model = "backup" }]' if fallback else ""
+    path = tmp_path / "stack.toml"
+    path.write_text(
+        f'[defaults]\nbase_url = "{base_url}"\nmax_tokens = 30\n'
+        '[retry]\ninitial_s = 0.01\nmax_s = 0.02\n'
+        f"[[layers]]\nmembers = [{listed}]\n"
+        f'[aggregator]\nmodel = "agg"{fallbacks}\n'
+    )
+    return path
+
+
+def test_untrusted_error_text_is_printed_literally(tmp_path: Path, backend: FakeBackend) -> None:
+    backend.set_behavior(MARKUP, Behavior(fault=Fault("http_500")))
+    stack = write_stack(tmp_path, backend.base_url, [MARKUP, "good"])
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if "✗" in line]
+    assert len(failed) == 1
+    # Markup stays text, emoji codes stay text.
+    assert failed[0].startswith(f"  ✗ {MARKUP}: http 500: ")
+    assert failed[0].endswith(f"injected HTTP 500 for model '{MARKUP}'")
+    assert "💯" not in proc.stderr
+    assert proc.stdout.startswith("agg saw")
+
+
+def test_progress_lines_never_wrap_when_piped(tmp_path: Path, backend: FakeBackend) -> None:
+    backend.set_behavior(LONG, Behavior(fault=Fault("http_500")))
+    stack = write_stack(tmp_path, backend.base_url, [LONG, "good"])
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    failed = [line for line in lines if "✗" in line]
+    assert len(failed) == 1 and len(failed[0]) > 300
+    assert failed[0].endswith(f"injected HTTP 500 for model '{LONG}'")
+    assert all(line.strip() for line in lines)  # no wrapped remainder lines
+
+
+def test_json_failure_prints_the_partial_result_and_exits_3(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    backend.set_default(Behavior(fault=Fault("http_500")))
+    backend.set_behavior("good", Behavior())
+    stack = write_stack(tmp_path, backend.base_url, ["good"])
+    # The aggregator (default behaviour: http 500) fails; layer 1 answered.
+    proc = moa("ask", "--json", "--config", str(stack), "hi")
+    assert proc.returncode == 3, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["error"].startswith("every aggregator failed")
+    assert result["layers"][0]["members"][0]["output"].startswith("good saw")
+    assert result["aggregators"][0]["error"].startswith("http 500")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {result['error']}"]
+
+
+def test_mid_stream_failure_leaves_one_partial_answer_and_exits_3(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    backend.set_behavior("agg", Behavior(fault=Fault("reset_mid_stream"), tokens=30))
+    stack = write_stack(tmp_path, backend.base_url, ["p1", "p2"], fallback=True)
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 3, proc.stderr
+    # stdout: the part of the one answer that was sent, ended by a newline; nothing else.
+    partial = proc.stdout.removesuffix("\n")
+    assert proc.stdout.endswith("\n") and "\n" not in partial
+    agg_messages = next(b for b in backend.stats.received if b["model"] == "agg")["messages"]
+    assert partial and expected_content("agg", agg_messages, 30).startswith(partial)
+    assert backend.stats.requests_by_model["agg"] == 1
+    assert "backup" not in backend.stats.requests_by_model
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "aggregator agg failed mid-answer" in errors[0]
+
+
+def test_answer_streams_to_stdout_exactly(tmp_path: Path, backend: FakeBackend) -> None:
+    stack = write_stack(tmp_path, backend.base_url, ["p1"])
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 0, proc.stderr
+    agg_messages = next(b for b in backend.stats.received if b["model"] == "agg")["messages"]
+    assert proc.stdout == expected_content("agg", agg_messages, 12) + "\n"
