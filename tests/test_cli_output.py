@@ -42,7 +42,7 @@ def write_stack(
     path = tmp_path / "stack.toml"
     path.write_text(
         f'[defaults]\nbase_url = "{base_url}"\nmax_tokens = 30\n'
-        '[retry]\ninitial_s = 0.01\nmax_s = 0.02\n'
+        "[retry]\ninitial_s = 0.01\nmax_s = 0.02\n"
         f"[[layers]]\nmembers = [{listed}]\n"
         f'[aggregator]\nmodel = "agg"{fallbacks}\n'
     )

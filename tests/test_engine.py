@@ -269,3 +269,35 @@ def test_config_errors_name_field_and_value() -> None:
                 }
             )
         )
+
+
+async def test_deadline_ends_aggregator_retries_as_it_ends_member_retries() -> None:
+    models = {"a": echo_model("a"), "agg": echo_model("agg", delay_s=10)}
+    async with Stack(config([["a"]], deadline_s=0.5), models=models) as stack:
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:
+            await stack.run(CONV)
+        assert time.monotonic() - t0 < 2
+    assert info.value.result is not None
+    agg = info.value.result.aggregators[0]
+    assert len(agg.attempts) == 1 and (agg.attempts[0].error or "").startswith("deadline")
+
+
+async def test_every_sampling_override_reaches_the_final_aggregator_only() -> None:
+    models = {n: echo_model(n) for n in ("a", "agg")}
+    fmt = {"type": "json_object"}
+    request = ChatRequest(
+        messages=CONV,
+        top_p=0.5,
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        response_format=fmt,
+        stop=["\n\n"],
+    )
+    async with Stack(config([["a"]]), models=models) as stack:
+        await stack.run(request)
+    agg = models["agg"].requests[0]
+    assert (agg.top_p, agg.presence_penalty, agg.frequency_penalty) == (0.5, 0.1, 0.2)
+    assert agg.response_format == fmt and list(agg.stop or []) == ["\n\n"]
+    proposer = models["a"].requests[0]
+    assert (proposer.top_p, proposer.response_format, proposer.stop) == (None, None, None)
