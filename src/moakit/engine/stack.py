@@ -127,12 +127,12 @@ class Stack(Model):
         if not isinstance(request, ChatRequest):
             request = ChatRequest(messages=list(request))
         run = Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
-        watchers = Observers(observers)
+        watchers = Observers(observers) if observers else None
         task = asyncio.create_task(self._execute(run))
         try:
             while batch := await run.channel.batch():
                 for event in batch:
-                    if watchers:
+                    if watchers is not None:
                         await watchers.notify(event)
                     yield event
             await task  # re-raises the run's QueryFailed
