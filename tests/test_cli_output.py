@@ -117,3 +117,23 @@ def test_answer_streams_to_stdout_exactly(tmp_path: Path, backend: FakeBackend) 
     assert proc.returncode == 0, proc.stderr
     agg_messages = next(b for b in backend.stats.received if b["model"] == "agg")["messages"]
     assert proc.stdout == expected_content("agg", agg_messages, 12) + "\n"
+
+
+def test_chat_goes_on_after_a_failed_turn(tmp_path: Path, backend: FakeBackend) -> None:
+    # The first turn's aggregator fails (once); the second turn answers with the whole history.
+    backend.set_behavior("agg", Behavior(fault=Fault("http_500", times=3)))
+    stack = write_stack(tmp_path, backend.base_url, ["p1"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "moakit.cli.main", "chat", "--config", str(stack)],
+        input="first\nsecond\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: every aggregator failed")
+    answers = [line for line in proc.stdout.split("you> ") if line.strip()]
+    assert len(answers) == 1 and answers[0].startswith("agg saw")
+    last = [b for b in backend.stats.received if b["model"] == "agg"][-1]["messages"]
+    assert [m["content"] for m in last if m["role"] == "user"] == ["second"]
