@@ -137,3 +137,39 @@ def test_chat_goes_on_after_a_failed_turn(tmp_path: Path, backend: FakeBackend) 
     assert len(answers) == 1 and answers[0].startswith("agg saw")
     last = [b for b in backend.stats.received if b["model"] == "agg"][-1]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == ["second"]
+
+
+def test_control_characters_are_shown_not_obeyed(tmp_path: Path, backend: FakeBackend) -> None:
+    # ESC would recolour the terminal (or worse); BEL rings; CR rewrites the line.
+    hostile = "m\x1b[2J\x1b]0;pwned\x07\rgone"
+    backend.set_behavior(hostile, Behavior(fault=Fault("http_500")))
+    stack = write_stack(tmp_path, backend.base_url, [hostile])
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 3
+    for char in "\x1b\x07\r":
+        assert char not in proc.stderr
+    shown = "m\\x1b[2J\\x1b]0;pwned\\x07\\x0dgone"
+    assert any(line.startswith(f"  ✗ {shown}: http 500") for line in proc.stderr.splitlines())
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and shown in errors[0]
+
+
+@pytest.mark.parametrize(("tty", "expected"), [(True, "a\\x1b[31mb\n"), (False, "a\x1b[31mb\n")])
+def test_answer_text_is_escaped_on_a_terminal_and_exact_when_piped(
+    tty: bool, expected: str
+) -> None:
+    import io
+
+    from moakit.cli.ask import TerminalView, progress_console
+    from moakit.events import RunFinished, TextDelta
+    from moakit.result import Result
+
+    class Out(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    out = Out()
+    view = TerminalView(progress_console(quiet=True), out)
+    view(TextDelta(text="a\x1b[31mb", run_id="r", ts=0.0))
+    view(RunFinished(result=Result(stack="s"), run_id="r", ts=0.0))
+    assert out.getvalue() == expected

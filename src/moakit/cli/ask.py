@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from moakit.cli.literal import literal, one_line
 from moakit.config import resolve_stack
 from moakit.engine import Stack
 from moakit.errors import QueryFailed
@@ -75,15 +76,23 @@ class TerminalView:
     def __init__(self, progress: Console, out: TextIO | None) -> None:
         self.progress = progress
         self.out = out
+        # On a terminal, control characters in the answer are shown, not obeyed; piped
+        # output stays byte-exact for the program reading it.
+        self.show: Callable[[str], str] = (
+            literal if out is not None and out.isatty() else (lambda text: text)
+        )
         self.wrote_text = False
 
     def line(self, *parts: str | tuple[str, str]) -> None:
-        self.progress.print(Text.assemble(*parts))
+        """One progress line. Plain ``str`` parts are untrusted (labels, error texts)."""
+        self.progress.print(
+            Text.assemble(*(one_line(p) if isinstance(p, str) else p for p in parts))
+        )
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TextDelta):
             if self.out is not None and event.text:
-                self.out.write(event.text)
+                self.out.write(self.show(event.text))
                 self.out.flush()
                 self.wrote_text = True
         elif isinstance(event, LayerStarted):
@@ -188,7 +197,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                     result = await answer(stack, history, view)
                 except QueryFailed as exc:
                     # This turn failed; the conversation goes on without it.
-                    progress.print(Text.assemble(("error: ", "red"), str(exc)))
+                    progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))
                     history.pop()
                     continue
                 history.append({"role": "assistant", "content": result.final})

@@ -9,6 +9,7 @@ import click
 
 from moakit.cli.ask import ask_cmd, chat_cmd
 from moakit.cli.fake_backend import fake_backend_cmd
+from moakit.cli.literal import one_line
 from moakit.cli.presets import config_group, presets_group
 from moakit.cli.serve import serve_cmd
 from moakit.errors import ConfigError, MoaError, QueryFailed
@@ -40,13 +41,13 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_CONFIG)
     except QueryFailed as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(EXIT_QUERY)
     except MoaError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(1)
 
 
