@@ -164,3 +164,17 @@ async def test_non_streaming_run_commits_the_answer_as_one_delta() -> None:
     agg_started = next(e for e in seen if isinstance(e, AggregatorStarted))
     assert (agg_started.index, agg_started.label, agg_started.references) == (0, "agg", 1)
     assert isinstance(next(e for e in seen if isinstance(e, MemberFinished)), MemberFinished)
+
+
+async def test_events_without_observers_still_yield_live_events() -> None:
+    async with Stack(two_layers(), models=models()) as stack:
+        kinds = {type(e).__name__ async for e in stack.events(CONV)}
+        watched: list[Event] = []
+        observed = await stack.run(CONV, observers=[watched.append])
+        unobserved = await stack.run(CONV)
+    assert {"MemberStarted", "MemberDelta"} <= kinds
+    # A run nobody watches skips building those events, and nothing else changes.
+    assert observed.final == unobserved.final
+    assert observed.llm_calls == unobserved.llm_calls == 4
+    assert [m.output for m in observed.calls()] == [m.output for m in unobserved.calls()]
+    assert [m.ttft_s is not None for m in unobserved.calls()] == [True] * 4

@@ -148,18 +148,19 @@ async def _attempt(
     spec = call.spec
     started = run.now()
     call.begin(started)
-    run.emit(
-        MemberStarted(
-            layer=call.layer,
-            index=call.index,
-            label=spec.label,
-            provider=spec.provider,
-            model=spec.model,
-            attempt=len(call.attempts) + 1,
-            request=call.request,
-            **run.stamp(),
+    if run.live:
+        run.emit(
+            MemberStarted(
+                layer=call.layer,
+                index=call.index,
+                label=spec.label,
+                provider=spec.provider,
+                model=spec.model,
+                attempt=len(call.attempts) + 1,
+                request=call.request,
+                **run.stamp(),
+            )
         )
-    )
     timeout, binding = run.timeout(spec, deadline_at)
     parts = call.live_parts
     finish_reason: str | None = None

@@ -122,7 +122,7 @@ async def _propose(run: Run, call: Call) -> MemberOutput:
         run.emit(MemberDelta(layer=call.layer, index=call.index, text=text, **run.stamp()))
 
     completion = await call_with_retries(
-        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text
+        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text if run.live else None
     )
     if completion is None:
         assert call.error is not None

@@ -105,6 +105,8 @@ class Run:
             if getattr(request, name) is not None
         }
         self.channel = EventChannel()
+        # False when nobody can see per-call live events (a Stack.run() without observers).
+        self.live = True
 
     def now(self) -> float:
         """Seconds since the query started."""

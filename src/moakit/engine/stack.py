@@ -124,9 +124,22 @@ class Stack(Model):
         ``streaming``: the final text is sent as it is written (see ``engine.aggregate`` for
         the stream rule); otherwise it comes as one TextDelta once an attempt completed.
         """
+        async for event in self._events(request, run_id, observers, streaming, live=True):
+            yield event
+
+    async def _events(
+        self,
+        request: ChatRequest | Sequence[Message],
+        run_id: str | None,
+        observers: Sequence[Observer],
+        streaming: bool,
+        *,
+        live: bool,
+    ) -> AsyncGenerator[Event, None]:
         if not isinstance(request, ChatRequest):
             request = ChatRequest(messages=list(request))
         run = Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
+        run.live = live
         watchers = Observers(observers) if observers else None
         task = asyncio.create_task(self._execute(run))
         try:
@@ -172,8 +185,11 @@ class Stack(Model):
         streaming: bool = False,
     ) -> Result:
         """The whole result. Non-streaming by default: retries and fallbacks stay free."""
+        # With no observer, nobody can see the per-call live events (MemberStarted,
+        # MemberDelta): they are not built. Everything else, and the result, is the same.
+        live = bool(observers)
         async with aclosing(
-            self.events(request, run_id=run_id, observers=observers, streaming=streaming)
+            self._events(request, run_id, observers, streaming, live=live)
         ) as events:
             async for event in events:
                 if isinstance(event, RunFinished):
