@@ -46,8 +46,16 @@ def config(base_url: str, layers: int) -> dict[str, object]:
 
 async def concurrent(stack: Stack, n: int) -> float:
     t0 = time.perf_counter()
-    await asyncio.gather(*(stack.run([{"role": "user", "content": f"q{i}"}]) for i in range(n)))
-    return time.perf_counter() - t0
+    outcomes = await asyncio.gather(
+        *(stack.run([{"role": "user", "content": f"q{i}"}]) for i in range(n)),
+        return_exceptions=True,
+    )
+    wall = time.perf_counter() - t0
+    # Every query has finished either way, so a failed round leaves nothing running behind.
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return wall
 
 
 async def sequential(stack: Stack, layers: int) -> float:
