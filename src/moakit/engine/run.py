@@ -74,6 +74,16 @@ class EventChannel:
         return items
 
 
+class Discard(EventChannel):
+    """The channel of a run nobody watches (``Stack.run`` without observers): events are
+    dropped as they come, so an unobserved run pays for none of them."""
+
+    __slots__ = ()
+
+    def put(self, event: Event) -> None:
+        pass
+
+
 class Strategy(Protocol):
     """How a run is carried out (layered; later chunk-wise). It emits events through ``run``,
     fills ``run.result`` and raises a ``QueryFailed`` when no answer is possible."""
@@ -105,8 +115,14 @@ class Run:
             if getattr(request, name) is not None
         }
         self.channel = EventChannel()
-        # False when nobody can see per-call live events (a Stack.run() without observers).
+        # False when nobody can see the events at all (a Stack.run() without observers): the
+        # per-call ones (MemberStarted, MemberDelta) are then not even built.
         self.live = True
+
+    def unwatched(self) -> Run:
+        self.channel = Discard()
+        self.live = False
+        return self
 
     def now(self) -> float:
         """Seconds since the query started."""

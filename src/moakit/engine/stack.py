@@ -124,22 +124,7 @@ class Stack(Model):
         ``streaming``: the final text is sent as it is written (see ``engine.aggregate`` for
         the stream rule); otherwise it comes as one TextDelta once an attempt completed.
         """
-        async for event in self._events(request, run_id, observers, streaming, live=True):
-            yield event
-
-    async def _events(
-        self,
-        request: ChatRequest | Sequence[Message],
-        run_id: str | None,
-        observers: Sequence[Observer],
-        streaming: bool,
-        *,
-        live: bool,
-    ) -> AsyncGenerator[Event, None]:
-        if not isinstance(request, ChatRequest):
-            request = ChatRequest(messages=list(request))
-        run = Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
-        run.live = live
+        run = self._new_run(request, run_id, streaming)
         watchers = Observers(observers) if observers else None
         task = asyncio.create_task(self._execute(run))
         try:
@@ -153,6 +138,13 @@ class Stack(Model):
             if not task.done():
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def _new_run(
+        self, request: ChatRequest | Sequence[Message], run_id: str | None, streaming: bool
+    ) -> Run:
+        if not isinstance(request, ChatRequest):
+            request = ChatRequest(messages=list(request))
+        return Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
 
     async def _execute(self, run: Run) -> None:
         try:
@@ -185,11 +177,14 @@ class Stack(Model):
         streaming: bool = False,
     ) -> Result:
         """The whole result. Non-streaming by default: retries and fallbacks stay free."""
-        # With no observer, nobody can see the per-call live events (MemberStarted,
-        # MemberDelta): they are not built. Everything else, and the result, is the same.
-        live = bool(observers)
+        if not observers:
+            # Nobody can see this run's events: run it directly and drop them unbuilt (the
+            # per-call ones) or as they come. The result is the same.
+            run = self._new_run(request, run_id, streaming).unwatched()
+            await self._execute(run)
+            return run.result
         async with aclosing(
-            self._events(request, run_id, observers, streaming, live=live)
+            self.events(request, run_id=run_id, observers=observers, streaming=streaming)
         ) as events:
             async for event in events:
                 if isinstance(event, RunFinished):
