@@ -28,6 +28,7 @@ from moakit.server.runner import (
     Query,
     answer,
     prepare,
+    request_stacks_disabled,
     result_of,
     unless_disconnected,
 )
