@@ -68,9 +68,9 @@ def settings(backend_url: str, **caps: Any) -> ServerSettings:
     )
 
 
-def post(base: str, moa: Any, **body: Any) -> httpx.Response:
+def post(base: str, moa: Any, timeout: float = 30, **body: Any) -> httpx.Response:
     payload = {"model": "mine", "messages": USER, "moa": moa, **body}
-    return httpx.post(f"{base}/chat/completions", json=payload, timeout=30)
+    return httpx.post(f"{base}/chat/completions", json=payload, timeout=timeout)
 
 
 def ok_member(model: str = "p1") -> dict[str, Any]:
@@ -94,6 +94,13 @@ def test_request_stacks_are_off_by_default(
 
 # Every way a stack could carry the operator's authority: a URL, a key variable, a provider.
 EXFILTRATION = [
+    (  # the attack as reported: every member pointed at the attacker, with the operator's key
+        {
+            "layers": [[{"model": "x", "base_url": "TRAP", "api_key_env": "OPENAI_API_KEY"}]],
+            "aggregator": {"model": "x", "base_url": "TRAP", "api_key_env": "OPENAI_API_KEY"},
+        },
+        "moa.layers.0.members.0.base_url",
+    ),
     (
         {"layers": [[{"endpoint": "fake", "model": "p1"}, {"model": "x", "base_url": "TRAP"}]]},
         "moa.layers.0.members.1.base_url",
@@ -147,13 +154,16 @@ def test_exfiltration_attempt_is_400_and_nothing_connects(
     moa.setdefault("aggregator", {"endpoint": "fake", "model": "agg"})
     app = create_app({}, api_keys=[], settings=settings(backend.base_url))
     with serve(app) as base:
-        r = post(base, moa)
-    assert r.status_code == 400, r.text
+        try:
+            r: httpx.Response | None = post(base, moa, timeout=3)
+        except httpx.ReadTimeout:  # a server that dialled the trap waits on it
+            r = None
+        assert_untouched(trap)
+    assert r is not None and r.status_code == 400, r and r.text
     err = r.json()["error"]
     assert err["param"] == param, err
     assert err["code"] == "forbidden_field"
     assert CANARY not in r.text
-    assert_untouched(trap)
     assert backend.stats.requests == 0  # rejected before any model was called
 
 
