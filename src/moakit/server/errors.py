@@ -137,7 +137,9 @@ def from_validation(
     code = (
         "unsupported_parameter"
         if kind in ("tool_calls", "unsupported_content")
-        else ("invalid_unicode" if kind == "invalid_unicode" else "invalid_value")
+        else (
+            "invalid_unicode" if kind in ("invalid_unicode", "string_unicode") else "invalid_value"
+        )
     )
     where = f" ({param})" if param else ""
     return bad_request(f"{err['msg']}{where}", param, code)
