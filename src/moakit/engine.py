@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moakit.config import MemberSpec, StackConfig
@@ -429,7 +429,14 @@ class _Run:
         ``yield`` (a timeout there would cancel whatever the *consumer* is awaiting).
         """
         model = self.stack._model_for(spec)
-        request = self._member_request(spec, references)
+        # The client's sampling and format parameters apply to the final aggregator only
+        # (proposers answer freely). Minimal until the engine branch's generic override lands.
+        extra = {
+            k: getattr(self.request, k)
+            for k in ("top_p", "presence_penalty", "frequency_penalty", "response_format")
+            if getattr(self.request, k) is not None
+        }
+        request = replace(self._member_request(spec, references), **extra)
         timeout, binding = self._timeout(spec, self.deadline_at)
         queue: asyncio.Queue[Chunk | ModelCallError | None] = asyncio.Queue()
 
