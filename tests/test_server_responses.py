@@ -137,3 +137,16 @@ def test_models_retrieve_and_unknown_routes(backend: FakeBackend) -> None:
     message = missing.json()["error"]["message"]
     assert "POST /v1/chat/completions" in message and "POST /v1/responses" in message
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_langchain_responses_api(backend: FakeBackend) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
+    with serve(app) as base:
+        llm = langchain_openai.ChatOpenAI(
+            base_url=base, api_key="x", model="fake", use_responses_api=True, max_retries=0
+        )
+        answer = llm.invoke("hello")
+        streamed = "".join(str(c.text) for c in llm.stream("hello"))
+    assert str(answer.text).startswith("agg")
+    assert streamed.startswith("agg")
