@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -320,3 +324,37 @@ def test_ready_reveals_nothing_to_unauthenticated_callers(
         assert "MOA_UNSET_READY_KEY" not in r.text and "keyed" not in r.text
     assert operator.json()["models"]["fake"] == {"ready": True}
     assert "MOA_UNSET_READY_KEY" in operator.json()["models"]["keyed"]["reason"]
+
+
+def test_moa_serve_server_config_file(tmp_path: Any, backend: FakeBackend) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        "[request_stacks]\nmax_tokens = 12\n"
+        f'[endpoints.fake]\nbase_url = "{backend.base_url}"\nmodels = ["p1", "agg"]\n'
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    moa = str(Path(sys.executable).with_name("moa"))
+    args = ["serve", "--port", str(port), "--no-preload", "--server-config", str(config)]
+    proc = subprocess.Popen([moa, *args, "--allow-request-stacks"], stderr=subprocess.DEVNULL)
+    try:
+        root = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{root}/health").status_code == 200:
+                    break
+            assert proc.poll() is None, "moa serve exited"
+            assert time.monotonic() < deadline, "moa serve did not start"
+            time.sleep(0.1)
+        stack = {"layers": [[ok_member("p1")]], "aggregator": ok_member("agg")}
+        ok = post(f"{root}/v1", stack)
+        over = post(f"{root}/v1", stack, max_tokens=13)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["message"]["content"].startswith("agg")
+    assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
