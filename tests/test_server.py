@@ -319,8 +319,10 @@ def test_moa_serve_command_logs_json_access_lines(tmp_path: Any, backend: FakeBa
         root = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while True:
+            # /ready, not /health: while --preload loads the embedded model, llama.cpp
+            # silences the process's stderr (issue 8 item 8), which would swallow log lines.
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{root}/health").status_code == 200:
+                if httpx.get(f"{root}/ready").status_code == 200:
                     break
             assert proc.poll() is None, "moa serve exited"
             assert time.monotonic() < deadline, "moa serve did not start"
@@ -341,7 +343,7 @@ def test_moa_serve_command_logs_json_access_lines(tmp_path: Any, backend: FakeBa
         for line in stderr.splitlines()
         if " moakit.server " in line
     ]
-    # /health probes are not logged; the model list, the answer and the refusal are.
+    # Probes are not logged; the model list, the answer and the refusal are.
     assert [(entry["model"], entry["status"]) for entry in lines] == [
         (None, 200),
         ("mine", 200),
