@@ -41,7 +41,23 @@ def post_raw(base: str, body: bytes) -> httpx.Response:
 def test_deep_nesting_is_a_json_400(backend: FakeBackend) -> None:
     app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
     with serve(app) as base:
-        for body in (b"[" * 200_000 + b"]" * 200_000, b'{"model": ' + b'{"a":' * 100_000):
+        deep_schema: dict[str, Any] = {"type": "object"}
+        for _ in range(300):  # json.loads takes it; jsonschema's recursion would not
+            deep_schema = {"type": "object", "properties": {"a": deep_schema}}
+        schema_body = {
+            "model": "fake",
+            "messages": USER,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "deep", "schema": deep_schema},
+            },
+        }
+        bodies = (
+            b"[" * 200_000 + b"]" * 200_000,
+            b'{"model": ' + b'{"a":' * 100_000,
+            json.dumps(schema_body).encode(),
+        )
+        for body in bodies:
             r = post_raw(base, body)
             assert r.status_code == 400, r.text[:200]
             assert r.json()["error"]["code"] == "invalid_json"
