@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -248,7 +249,8 @@ def test_concurrency_limit_429() -> None:
             fb.wait_idle_blocking(3)
 
 
-def test_client_disconnect_cancels_query() -> None:
+def test_client_disconnect_cancels_query(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="moakit.server")
     with FakeBackend(models={"agg": Behavior(fault=Fault("hang"))}) as fb:
         app = create_app({"fake": fake_stack(fb.base_url)}, api_keys=[])
         with serve(app) as base:
@@ -266,6 +268,8 @@ def test_client_disconnect_cancels_query() -> None:
                 assert time.monotonic() < deadline, (fb.stats.in_flight, fb.stats.cancelled)
                 time.sleep(0.02)
             assert app.state.moa.in_flight == 0
+    access = [json.loads(r.message) for r in caplog.records if r.message.startswith("{")]
+    assert [(a["model"], a["status"]) for a in access] == [("fake", 499)]
 
 
 @pytest.mark.embedded

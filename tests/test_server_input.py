@@ -18,6 +18,7 @@ from moakit.models.base import ChatRequest
 from moakit.server import create_app
 from moakit.server.settings import parse_server_settings
 from moakit.server.wire import ChatCompletionRequest
+from moakit.server.wire_responses import ResponsesRequest
 from moakit.testing.fake_backend import Behavior, FakeBackend
 from moakit.testing.models import FunctionModel
 from server_harness import USER, fake_stack, serve
@@ -175,13 +176,49 @@ def _check(r: httpx.Response) -> None:
         for line in r.text.splitlines():
             if line.startswith("data:") and line != "data: [DONE]":
                 event = json.loads(line[5:])
-                assert "error" not in event, event
+                assert "error" not in event and event.get("type") != "response.failed", event
     else:
         body = r.json()
-        assert ("error" in body) == (r.status_code >= 400)
+        assert bool(body.get("error")) == (r.status_code >= 400), body
 
 
-def test_fuzzed_requests_always_get_json_2xx_or_4xx_quickly(backend: FakeBackend) -> None:
+_input_item = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "tool"]),
+        "content": st.one_of(
+            _strings,
+            st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.sampled_from(["input_text", "input_image"]), "text": _strings}
+                ),
+                max_size=2,
+            ),
+            _json,
+        ),
+    },
+    optional={"type": st.sampled_from(["message", "function_call", "reasoning"])},
+)
+_responses_fields = sorted(ResponsesRequest.model_fields)
+_responses_body = st.fixed_dictionaries(
+    {
+        "model": st.one_of(st.just("fake"), _strings),
+        "input": st.one_of(_strings, st.lists(_input_item, min_size=1, max_size=2), _json),
+    },
+    optional={
+        **{n: _json for n in _responses_fields if n not in ("model", "input", "stream")},
+        "stream": st.one_of(st.booleans(), _json),
+        "surprise": _json,
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "bodies", "examples"),
+    [("/chat/completions", _body, 120), ("/responses", _responses_body, 60)],
+)
+def test_fuzzed_requests_always_get_json_2xx_or_4xx_quickly(
+    backend: FakeBackend, path: str, bodies: st.SearchStrategy[Any], examples: int
+) -> None:
     cfg = fake_stack(backend.base_url)
     aggregator = FunctionModel(lambda request: "agg answer", name="agg")
     stack = Stack(cfg, models={"agg": aggregator})
@@ -194,16 +231,16 @@ def test_fuzzed_requests_always_get_json_2xx_or_4xx_quickly(backend: FakeBackend
     with serve(app) as base, httpx.Client(timeout=10) as http:
 
         @settings(
-            max_examples=120,
+            max_examples=examples,
             deadline=None,
             derandomize=True,
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
-        @given(body=_body)
+        @given(body=bodies)
         def one(body: dict[str, Any]) -> None:
             t0 = time.monotonic()
-            r = http.post(f"{base}/chat/completions", content=json.dumps(body).encode())
+            r = http.post(f"{base}{path}", content=json.dumps(body).encode())
             assert time.monotonic() - t0 < 5, body
             _check(r)
 
