@@ -269,3 +269,36 @@ def test_429_carries_the_queue_estimate() -> None:
             )
     assert second.status_code == 429
     assert 28 <= int(second.headers["retry-after"]) <= 30
+
+
+def test_response_format_is_sent_to_an_openai_compatible_aggregator(backend: FakeBackend) -> None:
+    app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
+    with serve(app) as base:
+        r = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "fake", "messages": USER, "response_format": {"type": "json_object"}},
+        )
+    agg = next(b for b in backend.stats.received if b["model"] == "agg")
+    assert agg["response_format"] == {"type": "json_object"}
+    assert all("response_format" not in b for b in backend.stats.received if b["model"] != "agg")
+    # The fake backend answers in prose whatever it is asked: that is not a JSON answer.
+    assert r.status_code == 502 and r.json()["error"]["code"] == "invalid_output"
+
+
+def test_penalties_on_an_anthropic_aggregator_are_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "unused")
+    proposer = FunctionModel(city_json, name="p1")
+    cfg = parse_config(
+        {
+            "layers": [[{"model": "p1", "base_url": "http://127.0.0.1:9/v1"}]],
+            "aggregator": {"provider": "anthropic", "model": "claude-x"},
+        }
+    )
+    stack = Stack(cfg, models={"p1": proposer})
+    with serve(create_app({"claude": stack}, api_keys=[])) as base:
+        r = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "claude", "messages": USER, "frequency_penalty": 0.5, "top_p": 0.9},
+        )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "frequency_penalty"
+    assert proposer.requests == []
