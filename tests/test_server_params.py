@@ -5,6 +5,7 @@ cannot fix say so; 429's Retry-After follows the queue."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -302,3 +303,22 @@ def test_penalties_on_an_anthropic_aggregator_are_400(monkeypatch: pytest.Monkey
         )
     assert r.status_code == 400 and r.json()["error"]["param"] == "frequency_penalty"
     assert proposer.requests == []
+
+
+def test_schema_with_a_remote_ref_is_400_and_never_fetched() -> None:
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(1)
+    trap.settimeout(0.5)
+    agg, proposer = FormatModel(city_json, name="agg"), FormatModel(city_json, name="p1")
+    url = f"http://127.0.0.1:{trap.getsockname()[1]}/city.json"
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": {"$ref": url}}}
+    with trap, serve(create_app({"json": json_stack(agg, proposer)}, api_keys=[])) as base:
+        r = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "json", "messages": USER, "response_format": fmt},
+        )
+        with pytest.raises(TimeoutError):
+            trap.accept()
+    assert r.status_code == 400 and "$ref" in r.json()["error"]["message"]
+    assert agg.requests == []

@@ -130,16 +130,18 @@ def from_validation(
         return bad_request(
             f"unrecognized request argument supplied: {param}", param, "unknown_parameter"
         )
-    if kind in ("missing",):
+    if kind == "missing":
         return bad_request(
             f"missing required parameter: {param}", param, "missing_required_parameter"
         )
-    code = (
-        "unsupported_parameter"
-        if kind in ("tool_calls", "unsupported_content")
-        else (
-            "invalid_unicode" if kind in ("invalid_unicode", "string_unicode") else "invalid_value"
-        )
-    )
     where = f" ({param})" if param else ""
-    return bad_request(f"{err['msg']}{where}", param, code)
+    return bad_request(f"{err['msg']}{where}", param, _CODES.get(kind, "invalid_value"))
+
+
+# pydantic error types (ours from wire.py, and pydantic's own) -> OpenAI-style error codes.
+_CODES = {
+    "tool_calls": "unsupported_parameter",
+    "unsupported_content": "unsupported_parameter",
+    "invalid_unicode": "invalid_unicode",
+    "string_unicode": "invalid_unicode",
+}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
+import referencing.exceptions
 from starlette.types import Receive
 
 from moakit import events as engine_events
@@ -101,13 +102,30 @@ def check_response_format(response_format: Mapping[str, Any] | None) -> None:
     schema = response_format.get("json_schema", {}).get("schema")
     if schema is None:
         return
+    param = "response_format.json_schema.schema"
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise bad_request(
-            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
-            "response_format.json_schema.schema",
-        ) from None
+        raise bad_request(f"{param} is not a valid JSON Schema: {exc.message}", param) from None
+    for ref in _refs(schema):
+        if not ref.startswith("#"):
+            # The schema is the client's; resolving it must never reach out anywhere.
+            raise bad_request(f"{param}: only local $ref ('#/...') are supported", param)
+
+
+def _refs(schema: Any) -> list[str]:
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                found.append(ref)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _aggregator_models(stack: Stack) -> list[tuple[str, Any]]:
@@ -194,6 +212,11 @@ def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
         except jsonschema.ValidationError as exc:
             raise _invalid_output(
                 f"the aggregator's answer does not match the schema: {exc.message}"
+            ) from None
+        except referencing.exceptions.Unresolvable as exc:
+            raise bad_request(
+                f"response_format.json_schema.schema has an unresolvable $ref: {exc}",
+                "response_format.json_schema.schema",
             ) from None
 
 
