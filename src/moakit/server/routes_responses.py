@@ -36,7 +36,9 @@ ResponseFn = Callable[..., dict[str, Any]]
 async def responses(state: ServerState, request: Request, access: Access) -> Response:
     body = validate(ResponsesRequest, await read_body(state, request, access), UNSUPPORTED)
     access.model = body.model
-    query = await prepare(state, body.model, body.chat_request(), None)
+    query = await prepare(
+        state, body.model, body.chat_request(), None, schema_param="text.format.schema"
+    )
     slot = await admit(state, query)
     item_id = f"msg_{uuid.uuid4().hex}"
     if body.stream:

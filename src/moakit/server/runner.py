@@ -70,10 +70,19 @@ class Query:
             await self.stack.aclose()
 
 
+# Where the client put the format's schema (named in a 400): chat and Responses differ.
+CHAT_SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
 async def prepare(
-    state: ServerState, model: str, request: ChatRequest, custom: RequestStack | None
+    state: ServerState,
+    model: str,
+    request: ChatRequest,
+    custom: RequestStack | None,
+    *,
+    schema_param: str = CHAT_SCHEMA_PARAM,
 ) -> Query:
-    check_response_format(request.response_format)
+    check_response_format(request.response_format, schema_param)
     if custom is None:
         query = Query(model, request, state.stack(model), owned=False)
     else:
@@ -96,13 +105,12 @@ async def prepare(
     return query
 
 
-def check_response_format(response_format: Mapping[str, Any] | None) -> None:
+def check_response_format(response_format: Mapping[str, Any] | None, param: str) -> None:
     if not response_format or response_format.get("type") != "json_schema":
         return
     schema = response_format.get("json_schema", {}).get("schema")
     if schema is None:
         return
-    param = "response_format.json_schema.schema"
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -214,10 +222,7 @@ def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
                 f"the aggregator's answer does not match the schema: {exc.message}"
             ) from None
         except referencing.exceptions.Unresolvable as exc:
-            raise bad_request(
-                f"response_format.json_schema.schema has an unresolvable $ref: {exc}",
-                "response_format.json_schema.schema",
-            ) from None
+            raise bad_request(f"the schema has an unresolvable $ref: {exc}", None) from None
 
 
 def _invalid_output(message: str) -> ApiError:
