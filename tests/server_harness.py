@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import uvicorn
+from pydantic import BaseModel
 from starlette.applications import Starlette
 
 from moakit import parse_config
 from moakit.config import StackConfig
+from moakit.engine import Stack
+from moakit.models.base import ChatRequest
+from moakit.testing.models import FunctionModel
 
 USER = [{"role": "user", "content": "hello"}]
 
@@ -57,6 +62,30 @@ def serve(app: Starlette) -> Iterator[str]:
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+class FormatModel(FunctionModel):
+    supports_response_format: ClassVar[bool] = True
+
+
+def city_json(request: ChatRequest) -> str:
+    # Answers in the requested format when asked, in prose otherwise.
+    if request.response_format is None:
+        return "Paris is the capital, with about two million people."
+    return json.dumps({"name": "Paris", "population": 2_100_000})
+
+
+def json_stack(agg: FunctionModel, proposer: FunctionModel) -> Stack:
+    member = {"model": "p1", "base_url": "http://127.0.0.1:9/v1"}
+    cfg = parse_config(
+        {"name": "json", "layers": [[member]], "aggregator": {**member, "model": "agg"}}
+    )
+    return Stack(cfg, models={"p1": proposer, "agg": agg})
 
 
 def client(base: str, key: str = "unused") -> openai.OpenAI:

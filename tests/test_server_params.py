@@ -7,45 +7,19 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
 
 from moakit.config import parse_config
 from moakit.engine import Stack
-from moakit.models.base import ChatRequest
 from moakit.server import create_app
 from moakit.server.limits import QueryLimiter
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault
 from moakit.testing.models import FunctionModel
-from server_harness import USER, client, fake_stack, serve
-
-
-class City(BaseModel):
-    name: str
-    population: int
-
-
-class FormatModel(FunctionModel):
-    supports_response_format: ClassVar[bool] = True
-
-
-def city_json(request: ChatRequest) -> str:
-    # Answers in the requested format when asked, in prose otherwise.
-    if request.response_format is None:
-        return "Paris is the capital, with about two million people."
-    return json.dumps({"name": "Paris", "population": 2_100_000})
-
-
-def json_stack(agg: FunctionModel, proposer: FunctionModel) -> Stack:
-    member = {"model": "p1", "base_url": "http://127.0.0.1:9/v1"}
-    cfg = parse_config(
-        {"name": "json", "layers": [[member]], "aggregator": {**member, "model": "agg"}}
-    )
-    return Stack(cfg, models={"p1": proposer, "agg": agg})
+from server_harness import USER, City, FormatModel, city_json, client, fake_stack, json_stack, serve
 
 
 @pytest.fixture

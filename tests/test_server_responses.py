@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from moakit.server import create_app
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, Latency
-from server_harness import client, fake_stack, serve
+from server_harness import City, FormatModel, city_json, client, fake_stack, json_stack, serve
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -150,3 +150,13 @@ def test_langchain_responses_api(backend: FakeBackend) -> None:
         streamed = "".join(str(c.text) for c in llm.stream("hello"))
     assert str(answer.text).startswith("agg")
     assert streamed.startswith("agg")
+
+
+def test_responses_parse_structured_output() -> None:
+    agg, proposer = FormatModel(city_json, name="agg"), FormatModel(city_json, name="p1")
+    with serve(create_app({"json": json_stack(agg, proposer)}, api_keys=[])) as base:
+        done = client(base).responses.parse(model="json", input="Which city?", text_format=City)
+    assert done.output_parsed == City(name="Paris", population=2_100_000)
+    fmt = agg.requests[0].response_format
+    assert fmt is not None and fmt["type"] == "json_schema"
+    assert proposer.requests[0].response_format is None
