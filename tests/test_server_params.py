@@ -296,3 +296,15 @@ def test_schema_with_a_remote_ref_is_400_and_never_fetched() -> None:
             trap.accept()
     assert r.status_code == 400 and "$ref" in r.json()["error"]["message"]
     assert agg.requests == []
+
+
+def test_a_previous_answer_can_be_sent_back(backend: FakeBackend) -> None:
+    app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
+    with serve(app) as base:
+        sdk = client(base)
+        first = sdk.chat.completions.create(model="fake", messages=USER).choices[0].message
+        echoed = first.model_dump()  # role, content, refusal/tool_calls/audio... all empty
+        assert "tool_calls" in echoed and echoed["tool_calls"] is None
+        follow = [*USER, echoed, {"role": "user", "content": "and then?"}]
+        again = sdk.chat.completions.create(model="fake", messages=follow)  # type: ignore[arg-type]
+    assert again.choices[0].message.content

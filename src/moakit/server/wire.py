@@ -55,6 +55,9 @@ def _parts(value: Any) -> Any:
 Content = Annotated[list[TextPart], BeforeValidator(_parts)]
 
 
+_EMPTY_OK = frozenset({"tool_calls", "function_call", "audio", "annotations", "refusal"})
+
+
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant"]
     content: Content
@@ -70,7 +73,8 @@ class ChatMessage(_Wire):
                 raise PydanticCustomError("tool_calls", "tool calls are not supported")
             if data.get("role") == "assistant" and data.get("content") is None:
                 data = {**data, "content": ""}
-            data = {k: v for k, v in data.items() if not (k == "tool_calls" and v == [])}
+            # An assistant message echoed back from a previous response carries these empty.
+            data = {k: v for k, v in data.items() if not (k in _EMPTY_OK and v in (None, []))}
         return data
 
     def wire(self) -> Message:
