@@ -13,6 +13,8 @@ import pytest
 
 from moakit.config import parse_config
 from moakit.engine import Stack
+from moakit.errors import AggregatorFailed
+from moakit.events import TextDelta
 from moakit.server import create_app
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, Latency, expected_content
 from server_harness import USER, client, fake_stack, serve, wait_until
@@ -136,3 +138,28 @@ def test_access_lines_for_400_before_the_model_and_for_500s(
         ("broken", 500),
     ]
     assert access[1]["id"] == rid
+
+
+def test_engine_stream_rule_failure_becomes_an_error_event() -> None:
+    """The engine's rule (contract.md): after the first TextDelta a failure raises
+    AggregatorFailed. Scripted here, so the server side is tested whatever the engine does."""
+    member = {"model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    stack = Stack(parse_config({"layers": [[member]], "aggregator": member}))
+
+    async def scripted(*args: Any, **kwargs: Any) -> Any:
+        yield TextDelta(text="partial ")
+        raise AggregatorFailed("aggregator failed after it started streaming")
+
+    stack.events = scripted  # type: ignore[method-assign]
+    with serve(create_app({"scripted": stack}, api_keys=[])) as base:
+        r = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "scripted", "messages": USER, "stream": True},
+        )
+    data = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    contents = [
+        json.loads(d)["choices"][0]["delta"].get("content") for d in data[:-1] if d != "[DONE]"
+    ]
+    assert contents == ["", "partial "]
+    assert json.loads(data[-1])["error"]["code"] == "aggregator_failed"
+    assert "[DONE]" not in data
