@@ -89,7 +89,7 @@ def test_models_health_ready(backend: FakeBackend, monkeypatch: pytest.MonkeyPat
         models = client(base).models.list()
         root = base.removesuffix("/v1")
         assert httpx.get(f"{root}/health").json() == {"status": "ok"}
-        ready = httpx.get(f"{root}/ready")
+        ready = httpx.get(f"{root}/ready", timeout=60)  # first use imports every SDK
     ids = [m.id for m in models.data]
     assert "local" in ids and len(ids) >= 2
     # Servable stacks make the server ready; one missing its key is listed with the reason.

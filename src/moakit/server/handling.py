@@ -13,17 +13,21 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from moakit.server.errors import ApiError, internal_error
+from moakit.server.errors import ApiError, bad_request, from_validation, internal_error
+from moakit.server.limits import check_auth, read_json
 from moakit.server.runner import ClientGone
+from moakit.server.state import ServerState
 
 log = logging.getLogger("moakit.server")
+M = TypeVar("M", bound=BaseModel)
 
 # nginx's "client closed request": the client left before its answer was ready.
 CLIENT_GONE = 499
@@ -117,3 +121,22 @@ class EventStream(StreamingResponse):
                     with contextlib.suppress(Exception):
                         await aclose()
                 await self._on_close()
+
+
+async def read_body(state: ServerState, request: Request, access: Access) -> dict[str, Any]:
+    """Authenticate and read the JSON object body."""
+    check_auth(state.api_keys, request)
+    body = await read_json(request, state.max_body_bytes)
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object", None, "invalid_json")
+    if isinstance(body.get("model"), str):
+        access.model = body["model"][:200]  # logged even if the rest is invalid
+    return body
+
+
+def validate(schema: type[M], body: dict[str, Any], unsupported: Mapping[str, str]) -> M:
+    """``body`` as ``schema``; ``unsupported`` words the 400 for parameters MoA refuses."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc, unsupported=unsupported) from None

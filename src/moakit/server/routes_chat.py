@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moakit.errors import QueryFailed
 from moakit.events import LayerFinished, TextDelta
-from moakit.result import Result
 from moakit.server.errors import (
     UNSUPPORTED,
     ApiError,
-    bad_request,
-    from_validation,
     internal_error,
     query_error,
 )
-from moakit.server.handling import Access, EventStream, sse
-from moakit.server.limits import check_auth, read_json
+from moakit.server.handling import Access, EventStream, read_body, sse, validate
 from moakit.server.runner import (
     Query,
+    admit,
     answer,
     prepare,
     request_stacks_disabled,
-    result_of,
-    unless_disconnected,
+    run_to_result,
 )
 from moakit.server.state import ServerState
 from moakit.server.wire import (
@@ -44,48 +40,6 @@ from moakit.server.wire import (
 
 log = logging.getLogger("moakit.server")
 M = TypeVar("M", bound=BaseModel)
-
-
-async def read_body(state: ServerState, request: Request, access: Access) -> dict[str, Any]:
-    """Authenticate and read the JSON object body."""
-    check_auth(state.api_keys, request)
-    body = await read_json(request, state.max_body_bytes)
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object", None, "invalid_json")
-    if isinstance(body.get("model"), str):
-        access.model = body["model"][:200]  # logged even if the rest is invalid
-    return body
-
-
-def validate(schema: type[M], body: dict[str, Any], unsupported: Mapping[str, str]) -> M:
-    """``body`` as ``schema``; ``unsupported`` words the 400 for parameters MoA refuses."""
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation(exc, unsupported=unsupported) from None
-
-
-async def admit(state: ServerState, query: Query) -> int:
-    """A concurrency slot for the query, or a 429 (after releasing what the query holds)."""
-    try:
-        return state.limiter.acquire()
-    except ApiError:
-        await query.aclose()
-        raise
-
-
-async def run_to_result(state: ServerState, request: Request, query: Query, slot: int) -> Result:
-    """The non-streaming path: the answer, or the query cancelled when the client leaves."""
-    completed = False
-    try:
-        result = await unless_disconnected(result_of(query), request.receive)
-        completed = True
-        return result
-    except QueryFailed as err:
-        raise query_error(err) from None
-    finally:
-        state.limiter.release(slot, completed=completed)
-        await query.aclose()
 
 
 async def chat(state: ServerState, request: Request, access: Access) -> Response:

@@ -16,9 +16,8 @@ from moakit.errors import QueryFailed
 from moakit.events import TextDelta
 from moakit.result import Result
 from moakit.server.errors import ApiError, internal_error, query_error
-from moakit.server.handling import Access, EventStream, sse
-from moakit.server.routes_chat import admit, read_body, run_to_result, validate
-from moakit.server.runner import Query, answer, prepare
+from moakit.server.handling import Access, EventStream, read_body, sse, validate
+from moakit.server.runner import Query, admit, answer, prepare, run_to_result
 from moakit.server.state import ServerState
 from moakit.server.wire_responses import (
     UNSUPPORTED,

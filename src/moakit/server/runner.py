@@ -18,14 +18,16 @@ from typing import Any, TypeVar
 
 import jsonschema
 import referencing.exceptions
+from starlette.requests import Request
 from starlette.types import Receive
 
 from moakit import events as engine_events
 from moakit.engine import Stack
+from moakit.errors import QueryFailed
 from moakit.events import LayerFinished, RunFinished, TextDelta
 from moakit.models.base import ChatRequest
 from moakit.result import Result
-from moakit.server.errors import ApiError, bad_request
+from moakit.server.errors import ApiError, bad_request, query_error
 from moakit.server.request_stack import RequestStack, translate
 from moakit.server.state import ServerState, build_stack
 
@@ -256,3 +258,26 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     if task.cancelled():
         raise ClientGone
     return task.result()
+
+
+async def admit(state: ServerState, query: Query) -> int:
+    """A concurrency slot for the query, or a 429 (after releasing what the query holds)."""
+    try:
+        return state.limiter.acquire()
+    except ApiError:
+        await query.aclose()
+        raise
+
+
+async def run_to_result(state: ServerState, request: Request, query: Query, slot: int) -> Result:
+    """The non-streaming path: the answer, or the query cancelled when the client leaves."""
+    completed = False
+    try:
+        result = await unless_disconnected(result_of(query), request.receive)
+        completed = True
+        return result
+    except QueryFailed as err:
+        raise query_error(err) from None
+    finally:
+        state.limiter.release(slot, completed=completed)
+        await query.aclose()
