@@ -4,6 +4,7 @@ The fuzz test drives a real server with generated requests over the request sche
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +40,8 @@ def post_raw(base: str, body: bytes) -> httpx.Response:
     )
 
 
-def test_deep_nesting_is_a_json_400(backend: FakeBackend) -> None:
+def test_deep_nesting_is_a_json_400(backend: FakeBackend, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="moakit.server")
     app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
     with serve(app) as base:
         deep_schema: dict[str, Any] = {"type": "object"}
@@ -62,6 +64,9 @@ def test_deep_nesting_is_a_json_400(backend: FakeBackend) -> None:
             r = post_raw(base, body)
             assert r.status_code == 400, r.text[:200]
             assert r.json()["error"]["code"] == "invalid_json"
+    access = [json.loads(r.message) for r in caplog.records if r.message.startswith("{")]
+    # Refused before the model is known, and logged all the same.
+    assert [(a["model"], a["status"]) for a in access] == [(None, 400)] * 3
 
 
 @pytest.mark.parametrize(
