@@ -23,6 +23,19 @@ from moakit.errors import ConfigError
     help="Stack config file, served under its name next to the presets.",
 )
 @click.option(
+    "--server-config",
+    "server_config",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Server settings (TOML): endpoints and caps for request-supplied stacks.",
+)
+@click.option(
+    "--allow-request-stacks/--no-request-stacks",
+    default=None,
+    help="Let requests send their own stack (`moa` in the body), limited to the endpoints and "
+    "caps of --server-config and the embedded models. Off unless turned on here or there.",
+)
+@click.option(
     "--max-concurrent",
     default=64,
     show_default=True,
@@ -53,6 +66,8 @@ def serve_cmd(
     host: str,
     port: int,
     config_path: Path | None,
+    server_config: Path | None,
+    allow_request_stacks: bool | None,
     max_concurrent: int,
     max_body_bytes: int,
     log_level: str,
@@ -66,17 +81,26 @@ def serve_cmd(
     import uvicorn
 
     from moakit.server import create_app
+    from moakit.server.settings import ServerSettings, read_server_settings
 
     stacks: dict[str, StackConfig] | None = None
-    if config_path is not None:
-        try:
+    settings = ServerSettings()
+    try:
+        if config_path is not None:
             stacks = dict(list_presets())
             cfg = read_config_file(config_path)
-        except ConfigError as err:
-            raise click.ClickException(str(err)) from None
-        stacks[cfg.name] = cfg
+            stacks[cfg.name] = cfg
+        if server_config is not None:
+            settings = read_server_settings(server_config)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
     app = create_app(
-        stacks, max_concurrent=max_concurrent, max_body_bytes=max_body_bytes, preload=preload
+        stacks,
+        max_concurrent=max_concurrent,
+        max_body_bytes=max_body_bytes,
+        preload=preload,
+        settings=settings,
+        allow_request_stacks=allow_request_stacks,
     )
     # moakit.server writes its own structured access line per request (id, model, status,
     # latency, tokens), so uvicorn's plain access log is off rather than doubled.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anthropic
 
@@ -35,6 +35,10 @@ def split_system(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
 
 
 class AnthropicModel(Model):
+    # The Messages API has no presence/frequency penalties; the server refuses them with a
+    # 400 up front when this model aggregates, rather than dropping them.
+    supports_penalties: ClassVar[bool] = False
+
     def __init__(self, spec: MemberSpec, client: anthropic.AsyncAnthropic, key: str) -> None:
         self.name = spec.model
         self._client = client
@@ -56,6 +60,11 @@ class AnthropicModel(Model):
             params["extra_body"] = {"temperature": min(1.0, request.temperature)}
         if request.stop:
             params["stop_sequences"] = list(request.stop)
+        if request.top_p is not None:
+            params["top_p"] = request.top_p
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, name) is not None:
+                raise ModelCallError(f"{name} is not supported by Anthropic models", kind="other")
         try:
             async with self._client.messages.stream(**params) as stream:
                 async for text in stream.text_stream:

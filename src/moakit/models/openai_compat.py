@@ -91,6 +91,10 @@ class Endpoint:
 
 
 class OpenAICompatModel(Model):
+    # Sent as OpenAI's response_format; whether the endpoint honours it is checked on the
+    # answer (the server validates the final text against the format).
+    supports_response_format = True
+
     def __init__(self, spec: MemberSpec, endpoint: Endpoint) -> None:
         self.name = spec.model
         self._endpoint = endpoint
@@ -106,6 +110,12 @@ class OpenAICompatModel(Model):
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = list(request.stop)
+        for name in ("top_p", "presence_penalty", "frequency_penalty"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.response_format is not None:
+            body["response_format"] = dict(request.response_format)
         if stream:
             body["stream"] = True
             if self._stream_usage:

@@ -1,0 +1,283 @@
+"""The one query runner behind every route (chat streamed and not, Responses streamed and not).
+
+``prepare`` turns a validated request into a ``Query`` (which stack, which request) or a 400
+before any model is called; ``answer`` runs it and yields what the client may see: the final
+text as it is written, layer progress, and the ``Result``. The stream rule lives here: once a
+piece of answer text has been yielded, that text is part of the answer, so a failure of the
+attempt that wrote it ends the query with an error, never with another attempt's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jsonschema
+import referencing.exceptions
+from starlette.requests import Request
+from starlette.types import Receive
+
+from moakit import events as engine_events
+from moakit.engine import Stack
+from moakit.errors import QueryFailed
+from moakit.events import LayerFinished, RunFinished, TextDelta
+from moakit.models.base import ChatRequest
+from moakit.result import Result
+from moakit.server.errors import ApiError, bad_request, query_error
+from moakit.server.request_stack import RequestStack, translate
+from moakit.server.state import ServerState, build_stack
+
+T = TypeVar("T")
+
+# Until the engine's stream rule (contract.md) lands, the engine retries an aggregator after it
+# streamed text and says so with this event; the runner then ends the stream itself. The engine
+# branch renames the event AggregatorAttemptFailed, so either name is recognised.
+_ATTEMPT_FAILED: tuple[type, ...] = tuple(
+    cls
+    for cls in (
+        getattr(engine_events, n, None) for n in ("AggregatorAttemptFailed", "AggregatorFailed")
+    )
+    if isinstance(cls, type)
+)
+# The engine branch adds ``streaming=`` (False: retries after partial text stay free).
+_TAKES_STREAMING = "streaming" in inspect.signature(Stack.events).parameters
+
+
+def request_stacks_disabled() -> ApiError:
+    return bad_request(
+        "request-supplied stacks are disabled on this server (the operator enables them with "
+        "`moa serve --allow-request-stacks`)",
+        "moa",
+        "request_stacks_disabled",
+    )
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+@dataclass
+class Query:
+    model: str  # the name the client asked for, echoed in responses
+    request: ChatRequest
+    stack: Stack
+    owned: bool  # built for this request (a request stack): closed when it ends
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.stack.aclose()
+
+
+# Where the client put the format's schema (named in a 400): chat and Responses differ.
+CHAT_SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
+async def prepare(
+    state: ServerState,
+    model: str,
+    request: ChatRequest,
+    custom: RequestStack | None,
+    *,
+    schema_param: str = CHAT_SCHEMA_PARAM,
+) -> Query:
+    check_response_format(request.response_format, schema_param)
+    if custom is None:
+        query = Query(model, request, state.stack(model), owned=False)
+    else:
+        caps = state.settings.request_stacks
+        if not caps.enabled:
+            raise request_stacks_disabled()
+        config = translate(custom, state.settings)
+        if request.max_tokens is not None and request.max_tokens > caps.max_tokens:
+            raise bad_request(
+                f"max_tokens exceeds this server's cap for request stacks ({caps.max_tokens})",
+                "max_tokens",
+                "limit_exceeded",
+            )
+        query = Query(model, request, build_stack(config, reveal_key_names=False), owned=True)
+    try:
+        check_capabilities(query.stack, request)
+    except ApiError:
+        await query.aclose()
+        raise
+    return query
+
+
+def check_response_format(response_format: Mapping[str, Any] | None, param: str) -> None:
+    if not response_format or response_format.get("type") != "json_schema":
+        return
+    schema = response_format.get("json_schema", {}).get("schema")
+    if schema is None:
+        return
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise bad_request(f"{param} is not a valid JSON Schema: {exc.message}", param) from None
+    for ref in _refs(schema):
+        if not ref.startswith("#"):
+            # The schema is the client's; resolving it must never reach out anywhere.
+            raise bad_request(f"{param}: only local $ref ('#/...') are supported", param)
+
+
+def _refs(schema: Any) -> list[str]:
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                found.append(ref)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _aggregator_models(stack: Stack) -> list[tuple[str, Any]]:
+    # The final aggregator and its fallbacks: whichever answers gets the client's parameters.
+    return [(spec.display, stack._model_for(spec)) for spec in stack.aggregator_specs]
+
+
+def check_capabilities(stack: Stack, request: ChatRequest) -> None:
+    """A 400 before any call when the aggregator cannot honour what the client asked."""
+    for label, model in _aggregator_models(stack):
+        if request.response_format is not None and not model.supports_response_format:
+            raise bad_request(
+                f"response_format is not supported by this stack: its aggregator {label!r} "
+                "cannot be constrained to a format",
+                "response_format",
+                "unsupported_parameter",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, name) is not None and not getattr(
+                model, "supports_penalties", True
+            ):
+                raise bad_request(
+                    f"{name} is not supported by this stack's aggregator {label!r}",
+                    name,
+                    "unsupported_parameter",
+                )
+
+
+def _stream_broken(failed: Any) -> ApiError:
+    reason = getattr(getattr(failed, "failed", None), "error", None) or "failed"
+    return ApiError(
+        502,
+        f"the aggregator failed after it had started answering ({reason}); the partial "
+        "answer is void",
+        type="upstream_error",
+        code="aggregator_failed",
+        headers={"x-should-retry": "false"},
+    )
+
+
+async def answer(
+    query: Query, *, streaming: bool
+) -> AsyncIterator[TextDelta | LayerFinished | Result]:
+    """Run the query. Raises ``QueryFailed`` (or ``ApiError``) when there is no answer."""
+    kwargs: dict[str, Any] = {"streaming": streaming} if _TAKES_STREAMING else {}
+    events = query.stack.events(query.request, **kwargs)
+    sent_text = False
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if event.text:
+                    sent_text = True
+                    if streaming:
+                        yield event
+            elif isinstance(event, LayerFinished):
+                yield event
+            elif streaming and sent_text and isinstance(event, _ATTEMPT_FAILED):
+                raise _stream_broken(event)
+            elif isinstance(event, RunFinished):
+                check_output(event.result.final, query.request.response_format)
+                yield event.result
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
+    """The aggregator was asked for a format; a text that does not match it is not an answer."""
+    if not response_format or response_format.get("type") not in ("json_object", "json_schema"):
+        return
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _invalid_output("the aggregator's answer is not valid JSON") from None
+    if response_format["type"] == "json_object":
+        if not isinstance(value, dict):
+            raise _invalid_output("the aggregator's answer is JSON but not an object")
+        return
+    schema = response_format.get("json_schema", {}).get("schema")
+    if schema is not None:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            raise _invalid_output(
+                f"the aggregator's answer does not match the schema: {exc.message}"
+            ) from None
+        except referencing.exceptions.Unresolvable as exc:
+            raise bad_request(f"the schema has an unresolvable $ref: {exc}", None) from None
+
+
+def _invalid_output(message: str) -> ApiError:
+    return ApiError(502, message, type="upstream_error", code="invalid_output")
+
+
+async def result_of(query: Query) -> Result:
+    async for item in answer(query, streaming=False):
+        if isinstance(item, Result):
+            return item
+    raise AssertionError("a run ends with its result or an exception")
+
+
+async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work`` while watching the connection: a client that leaves cancels it (its
+    upstream calls and its concurrency slot go with it) and ``ClientGone`` is raised."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(watcher, task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def admit(state: ServerState, query: Query) -> int:
+    """A concurrency slot for the query, or a 429 (after releasing what the query holds)."""
+    try:
+        return state.limiter.acquire()
+    except ApiError:
+        await query.aclose()
+        raise
+
+
+async def run_to_result(state: ServerState, request: Request, query: Query, slot: int) -> Result:
+    """The non-streaming path: the answer, or the query cancelled when the client leaves."""
+    completed = False
+    try:
+        result = await unless_disconnected(result_of(query), request.receive)
+        completed = True
+        return result
+    except QueryFailed as err:
+        raise query_error(err) from None
+    finally:
+        state.limiter.release(slot, completed=completed)
+        await query.aclose()
