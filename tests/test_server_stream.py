@@ -147,7 +147,7 @@ def test_engine_stream_rule_failure_becomes_an_error_event() -> None:
     stack = Stack(parse_config({"layers": [[member]], "aggregator": member}))
 
     async def scripted(*args: Any, **kwargs: Any) -> Any:
-        yield TextDelta(text="partial ")
+        yield TextDelta(text="partial ", run_id="scripted", ts=0.0)
         raise AggregatorFailed("aggregator failed after it started streaming")
 
     stack.events = scripted  # type: ignore[method-assign]

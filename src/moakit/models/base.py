@@ -87,6 +87,7 @@ class Model(ABC):
     # honour (a clear error up front instead of a silently ignored parameter).
     supports_response_format: ClassVar[bool] = False
     supports_prefill: ClassVar[bool] = False  # continue a partial assistant message
+    supports_penalties: ClassVar[bool] = True  # presence_penalty / frequency_penalty
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:

@@ -24,6 +24,7 @@ class WrapperModel(Model):
         self.__dict__.update(
             supports_response_format=wrapped.supports_response_format,
             supports_prefill=wrapped.supports_prefill,
+            supports_penalties=wrapped.supports_penalties,
         )
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:

@@ -49,7 +49,7 @@ async def chat(state: ServerState, request: Request, access: Access) -> Response
         raise request_stacks_disabled()
     body = validate(ChatCompletionRequest, raw, UNSUPPORTED)
     access.model = body.model
-    query = await prepare(state, body.model, body.chat_request(), body.moa)
+    query = await prepare(state, body.model, body.chat_request(), body.moa, run_id=access.id)
     slot = await admit(state, query)
     created = int(time.time())
     if body.stream:

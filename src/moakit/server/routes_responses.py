@@ -36,7 +36,12 @@ async def responses(state: ServerState, request: Request, access: Access) -> Res
     body = validate(ResponsesRequest, await read_body(state, request, access), UNSUPPORTED)
     access.model = body.model
     query = await prepare(
-        state, body.model, body.chat_request(), None, schema_param="text.format.schema"
+        state,
+        body.model,
+        body.chat_request(),
+        None,
+        run_id=access.id,
+        schema_param="text.format.schema",
     )
     slot = await admit(state, query)
     item_id = f"msg_{uuid.uuid4().hex}"

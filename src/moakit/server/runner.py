@@ -10,10 +10,10 @@ attempt that wrote it ends the query with an error, never with another attempt's
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import jsonschema
@@ -21,30 +21,17 @@ import referencing.exceptions
 from starlette.requests import Request
 from starlette.types import Receive
 
-from moakit import events as engine_events
 from moakit.engine import Stack
+from moakit.engine.observers import Observer
 from moakit.errors import QueryFailed
 from moakit.events import LayerFinished, RunFinished, TextDelta
-from moakit.models.base import ChatRequest
+from moakit.models.base import ChatRequest, Model
 from moakit.result import Result
 from moakit.server.errors import ApiError, bad_request, query_error
 from moakit.server.request_stack import RequestStack, translate
 from moakit.server.state import ServerState, build_stack
 
 T = TypeVar("T")
-
-# Until the engine's stream rule (contract.md) lands, the engine retries an aggregator after it
-# streamed text and says so with this event; the runner then ends the stream itself. The engine
-# branch renames the event AggregatorAttemptFailed, so either name is recognised.
-_ATTEMPT_FAILED: tuple[type, ...] = tuple(
-    cls
-    for cls in (
-        getattr(engine_events, n, None) for n in ("AggregatorAttemptFailed", "AggregatorFailed")
-    )
-    if isinstance(cls, type)
-)
-# The engine branch adds ``streaming=`` (False: retries after partial text stay free).
-_TAKES_STREAMING = "streaming" in inspect.signature(Stack.events).parameters
 
 
 def request_stacks_disabled() -> ApiError:
@@ -66,6 +53,8 @@ class Query:
     request: ChatRequest
     stack: Stack
     owned: bool  # built for this request (a request stack): closed when it ends
+    run_id: str | None = None  # the request id, so logs, traces and results share one id
+    observers: Sequence[Observer] = field(default_factory=tuple)  # e.g. the trace recorder
 
     async def aclose(self) -> None:
         if self.owned:
@@ -82,11 +71,12 @@ async def prepare(
     request: ChatRequest,
     custom: RequestStack | None,
     *,
+    run_id: str,
     schema_param: str = CHAT_SCHEMA_PARAM,
 ) -> Query:
     check_response_format(request.response_format, schema_param)
     if custom is None:
-        query = Query(model, request, state.stack(model), owned=False)
+        query = Query(model, request, state.stack(model), owned=False, run_id=run_id)
     else:
         caps = state.settings.request_stacks
         if not caps.enabled:
@@ -98,7 +88,9 @@ async def prepare(
                 "max_tokens",
                 "limit_exceeded",
             )
-        query = Query(model, request, build_stack(config, reveal_key_names=False), owned=True)
+        query = Query(
+            model, request, build_stack(config, reveal_key_names=False), owned=True, run_id=run_id
+        )
     try:
         check_capabilities(query.stack, request)
     except ApiError:
@@ -138,9 +130,12 @@ def _refs(schema: Any) -> list[str]:
     return found
 
 
-def _aggregator_models(stack: Stack) -> list[tuple[str, Any]]:
+def _aggregator_models(stack: Stack) -> list[tuple[str, Model]]:
     # The final aggregator and its fallbacks: whichever answers gets the client's parameters.
-    return [(spec.display, stack._model_for(spec)) for spec in stack.aggregator_specs]
+    return [
+        (spec.display, model)
+        for spec, model in zip(stack.aggregator_specs, stack.aggregator_models, strict=True)
+    ]
 
 
 def check_capabilities(stack: Stack, request: ChatRequest) -> None:
@@ -154,9 +149,7 @@ def check_capabilities(stack: Stack, request: ChatRequest) -> None:
                 "unsupported_parameter",
             )
         for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(request, name) is not None and not getattr(
-                model, "supports_penalties", True
-            ):
+            if getattr(request, name) is not None and not model.supports_penalties:
                 raise bad_request(
                     f"{name} is not supported by this stack's aggregator {label!r}",
                     name,
@@ -164,43 +157,27 @@ def check_capabilities(stack: Stack, request: ChatRequest) -> None:
                 )
 
 
-def _stream_broken(failed: Any) -> ApiError:
-    reason = getattr(getattr(failed, "failed", None), "error", None) or "failed"
-    return ApiError(
-        502,
-        f"the aggregator failed after it had started answering ({reason}); the partial "
-        "answer is void",
-        type="upstream_error",
-        code="aggregator_failed",
-        headers={"x-should-retry": "false"},
-    )
-
-
 async def answer(
     query: Query, *, streaming: bool
 ) -> AsyncIterator[TextDelta | LayerFinished | Result]:
-    """Run the query. Raises ``QueryFailed`` (or ``ApiError``) when there is no answer."""
-    kwargs: dict[str, Any] = {"streaming": streaming} if _TAKES_STREAMING else {}
-    events = query.stack.events(query.request, **kwargs)
-    sent_text = False
-    try:
+    """Run the query. Raises ``QueryFailed`` (or ``ApiError``) when there is no answer.
+
+    The stream rule is the engine's (``streaming=True``): once answer text was emitted, a
+    failure of the attempt that wrote it raises ``AggregatorFailed`` instead of retrying, so
+    a client never sees text that is not the answer."""
+    events = query.stack.events(
+        query.request, run_id=query.run_id, observers=query.observers, streaming=streaming
+    )
+    async with aclosing(events):
         async for event in events:
             if isinstance(event, TextDelta):
-                if event.text:
-                    sent_text = True
-                    if streaming:
-                        yield event
+                if event.text and streaming:
+                    yield event
             elif isinstance(event, LayerFinished):
                 yield event
-            elif streaming and sent_text and isinstance(event, _ATTEMPT_FAILED):
-                raise _stream_broken(event)
             elif isinstance(event, RunFinished):
                 check_output(event.result.final, query.request.response_format)
                 yield event.result
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
