@@ -183,7 +183,8 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
             member = node.add(_call_line(call))
             if call.references:
                 member.add(Text(f"shown {len(call.references)} references", style="dim"))
-            for attempt in call.attempts:
+            # One attempt's error is the call's error: list attempts only when it retried.
+            for attempt in call.attempts if len(call.attempts) > 1 else []:
                 if attempt.error:
                     member.add(Text(f"attempt {attempt.number}: {attempt.error}", style="red"))
             if call.status_message is not None:
