@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moakit.prompts import inject_references, with_system_prompt
@@ -51,21 +51,39 @@ def config_hash(config: StackConfig) -> str:
     return content_hash(config.model_dump(mode="json"))
 
 
+_CONFIGS: dict[int, tuple[StackConfig, str, dict[str, Any]]] = {}
+
+
+def config_record(config: StackConfig) -> tuple[str, dict[str, Any]]:
+    """``(hash, JSON dump)`` of a stack config, computed once per config object (a server runs
+    the same few stacks for every query; dumping one per query is measurable)."""
+    cached = _CONFIGS.get(id(config))
+    if cached is None or cached[0] is not config:
+        dump = config.model_dump(mode="json")
+        cached = (config, content_hash(dump), dump)
+        if len(_CONFIGS) > 256:
+            _CONFIGS.clear()
+        _CONFIGS[id(config)] = cached
+    return cached[1], cached[2]
+
+
+_PARAMETERS = (
+    "temperature",
+    "max_tokens",
+    "seed",
+    "stop",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+)
+
+
 def request_parameters(source: Any) -> dict[str, Any]:
     """The sampling parameters of a ``ChatRequest`` or a ``MemberSpec`` that are set."""
-    names = (
-        "temperature",
-        "max_tokens",
-        "seed",
-        "stop",
-        "top_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "response_format",
-    )
     out: dict[str, Any] = {}
-    for name in names:
-        value = getattr(source, name, None)
+    for name in _PARAMETERS:
+        value = _field(source, name)
         if value is not None:
             out[name] = list(value) if name == "stop" else value
     return out
@@ -237,7 +255,7 @@ class RunCollector:
         q = self.query
         start = self._starts.get((out.layer, out.index))
         begin = q.start_time + out.started_s
-        ttft: float | None = getattr(out, "ttft_s", None)
+        ttft: float | None = _field(out, "ttft_s")
         if (
             ttft is None
             and aggregator
@@ -276,18 +294,27 @@ class RunCollector:
                     started_s=a.started_s,
                     latency_s=a.latency_s,
                     error=a.error,
-                    ttft_s=getattr(a, "ttft_s", None),
+                    ttft_s=_field(a, "ttft_s"),
                 )
                 for a in out.attempts
             ],
             level=_level(out),
             status_message=out.error,
         )
-        if call.input is not None:
-            call.input_hash = content_hash(call.input)
+        # Records handed to sinks are never mutated afterwards, so they are shared, not copied.
+        # Hashes are left to the sinks, which compute them off the event loop.
         self._calls[(out.layer, out.index)] = call
         for sink in self.sinks:
-            sink.call_finished(replace(call))
+            sink.call_finished(call)
+
+
+def _field(model: object, name: str) -> Any:
+    """A field that newer ``MemberOutput``/``Attempt`` versions have (``ttft_s``), else None.
+    Checked on the class: a missing attribute on a pydantic model is a slow exception path."""
+    fields = getattr(type(model), "model_fields", None)
+    if isinstance(fields, dict):
+        return getattr(model, name) if name in fields else None
+    return getattr(model, name, None)
 
 
 def _ts(event: object) -> float:
@@ -315,7 +342,7 @@ def _reference_from_output(m: MemberOutput) -> ReferenceShown:
         label=m.label,
         model=m.model,
         text=text,
-        text_hash=content_hash(text),
+        text_hash=None,
         truncated=m.truncated,
     )
 
@@ -329,6 +356,6 @@ def _reference(ref: Any) -> ReferenceShown:
         label=str(getattr(ref, "label", "")),
         model=str(getattr(ref, "model", "")),
         text=text,
-        text_hash=content_hash(text),
+        text_hash=None,
         truncated=bool(getattr(ref, "truncated", False)),
     )

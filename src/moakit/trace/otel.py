@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from moakit.trace.records import CallRecord, QueryRecord
+from moakit.trace.records import CallRecord, QueryRecord, call_input_hash
 from moakit.trace.redact import Redactor
 
 INSTRUMENTATION = "moakit"
@@ -180,8 +180,9 @@ class OtelSink:
             attrs["moakit.ttft_s"] = call.ttft_s
         if call.cost_usd is not None:
             attrs["moakit.cost_usd"] = call.cost_usd
-        if call.input_hash:
-            attrs["moakit.input_hash"] = call.input_hash
+        input_hash = call_input_hash(call)
+        if input_hash:
+            attrs["moakit.input_hash"] = input_hash
         if self.include_prompts and call.input is not None:
             messages = r.value(call.input)
             attrs["input.value"] = json.dumps(messages, ensure_ascii=False)

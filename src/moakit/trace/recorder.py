@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from moakit.models.base import ChatRequest
-from moakit.trace.collector import RunCollector, TraceSink, config_hash, request_parameters
+from moakit.trace.collector import RunCollector, TraceSink, config_record, request_parameters
 from moakit.trace.records import QueryRecord, content_hash
 
 if TYPE_CHECKING:
@@ -67,11 +67,12 @@ class TraceRecorder:
         stack = stack or self.stack
         messages = [dict(m) for m in request.messages]
         config = stack.config if stack is not None else None
+        cfg_hash, cfg_json = config_record(config) if config is not None else (None, None)
         query = QueryRecord(
             id=run_id,
             stack_name=config.name if config is not None else "unknown",
-            config_hash=config_hash(config) if config is not None else None,
-            stack_config=config.model_dump(mode="json") if config is not None else None,
+            config_hash=cfg_hash,
+            stack_config=cfg_json,
             source=self.source,
             start_time=ts if ts is not None else time.time(),
             input=messages,

@@ -27,13 +27,14 @@ Level = Literal["DEFAULT", "WARNING", "ERROR"]
 @dataclass
 class ReferenceShown:
     """One reference a call was shown (a previous layer's answer, as injected into its prompt).
-    ``text`` is None when prompts are not stored; ``text_hash`` is always set."""
+    ``text`` is None when prompts are not stored; ``text_hash`` is always set once stored (a
+    sink computes it, off the event loop, with ``reference_hash``)."""
 
     layer: int
     index: int
     label: str
     model: str
-    text_hash: str
+    text_hash: str | None
     text: str | None = None
     truncated: bool = False
 
@@ -61,7 +62,7 @@ class CallRecord:
     model_name: str
     model_parameters: dict[str, Any] = field(default_factory=dict)
     input: list[dict[str, Any]] | None = None  # the messages sent; None when not stored/known
-    input_hash: str | None = None
+    input_hash: str | None = None  # set by sinks when None (see ``call_input_hash``)
     references: list[ReferenceShown] = field(default_factory=list)
     output: str | None = None
     finish_reason: str | None = None
@@ -136,3 +137,14 @@ def canonical_json(value: Any) -> str:
 def content_hash(value: Any) -> str:
     """``sha256:<hex>`` of ``value``'s canonical JSON (a string hashes as its JSON string)."""
     return "sha256:" + hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def call_input_hash(call: CallRecord) -> str | None:
+    """The call's input hash: the recorded one, else computed from its input."""
+    if call.input_hash is not None or call.input is None:
+        return call.input_hash
+    return content_hash(call.input)
+
+
+def reference_hash(ref: ReferenceShown) -> str:
+    return ref.text_hash or content_hash(ref.text or "")

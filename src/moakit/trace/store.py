@@ -35,6 +35,7 @@ from moakit.trace.records import (
     QueryRecord,
     ReferenceShown,
     TraceRecord,
+    reference_hash,
 )
 from moakit.trace.redact import Redactor
 from moakit.trace.writer import Writer
@@ -116,11 +117,11 @@ class TraceStore:
         self._writer.put("query", replace(query))
 
     def call_finished(self, call: CallRecord) -> None:
-        self._writer.put("call", replace(call))
+        # Call records are immutable once handed over (the collector's rule): no copy.
+        self._writer.put("call", call)
 
     def query_finished(self, query: QueryRecord, calls: Sequence[CallRecord]) -> None:
-        for call in calls:
-            self._writer.put("call", replace(call))
+        # Every call already came through call_finished; only the query's end is new.
         self._writer.put("finish", replace(query))
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -272,6 +273,13 @@ def _query(row: sqlite3.Row) -> QueryRecord:
     )
 
 
+def _reference(data: dict[str, Any]) -> ReferenceShown:
+    ref = ReferenceShown(**data)
+    if ref.text_hash is None and ref.text is not None:
+        ref.text_hash = reference_hash(ref)
+    return ref
+
+
 def _call(row: sqlite3.Row) -> CallRecord:
     return CallRecord(
         query_id=row["query_id"],
@@ -284,7 +292,7 @@ def _call(row: sqlite3.Row) -> CallRecord:
         model_parameters=_loads(row["model_parameters"], {}),
         input=_loads(row["input"], None),
         input_hash=row["input_hash"],
-        references=[ReferenceShown(**r) for r in _loads(row["references_shown"], [])],
+        references=[_reference(r) for r in _loads(row["references_shown"], [])],
         output=row["output"],
         finish_reason=row["finish_reason"],
         truncated=bool(row["truncated"]),

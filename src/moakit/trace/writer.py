@@ -16,10 +16,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from moakit.trace.records import CallRecord, QueryRecord, ReferenceShown
+from moakit.trace.records import (
+    CallRecord,
+    QueryRecord,
+    ReferenceShown,
+    call_input_hash,
+    reference_hash,
+)
 from moakit.trace.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,8 @@ class Writer:
         self.store_prompts = store_prompts
         self._fixed_redactor = redactor
         self._redactors: dict[str, Redactor] = {}
+        self._configs_written: set[str] = set()
+        self._env_names: dict[int, tuple[dict[str, Any] | None, set[str]]] = {}
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -135,6 +143,8 @@ class Writer:
         for attempt in range(LOCKED_RETRIES):
             try:
                 db.execute("BEGIN IMMEDIATE")
+                # No voluntary GIL yield is needed: every execute() releases the GIL, so the
+                # event loop waits at most one record's Python work (~0.1 ms) for it.
                 for op in ops:
                     self._apply(db, op)
                 db.execute("COMMIT")
@@ -159,7 +169,12 @@ class Writer:
             return self._fixed_redactor
         found = self._redactors.get(query_id)
         if found is None:
-            found = Redactor.from_environment(_config_env_names(config))
+            key = id(config)
+            names = self._env_names.get(key)
+            if names is None or names[0] is not config:
+                names = (config, _config_env_names(config))
+                self._env_names = {key: names}  # the last config seen: the common case
+            found = Redactor.from_environment(names[1])
             self._redactors[query_id] = found
         return found
 
@@ -167,13 +182,20 @@ class Writer:
         r = self._redactor(q.id, q.stack_config)
         if final:
             self._redactors.pop(q.id, None)
-        if q.stack_config is not None and q.config_hash is not None:
+        if (
+            q.stack_config is not None
+            and q.config_hash is not None
+            and q.config_hash not in self._configs_written
+        ):
             db.execute(
                 "INSERT OR IGNORE INTO stack_configs (config_hash, name, config, first_seen)"
                 " VALUES (?, ?, ?, ?)",
                 (q.config_hash, r.text(q.stack_name), _dumps(r.value(q.stack_config)), time.time()),
             )
-        stored_input = r.value(q.input) if self.store_prompts and q.input is not None else None
+            # Remembered only after commit would be stricter; a rolled-back batch is retried
+            # whole, and INSERT OR IGNORE makes a repeat harmless either way.
+            self._configs_written.add(q.config_hash)
+        stored_input = r.messages(q.input) if self.store_prompts and q.input is not None else None
         row = {
             "id": q.id,
             "stack_name": r.text(q.stack_name),
@@ -198,7 +220,7 @@ class Writer:
     def _write_call(self, db: sqlite3.Connection, c: CallRecord) -> None:
         r = self._redactor(c.query_id)
         refs = [self._reference(ref, r) for ref in c.references]
-        stored_input = r.value(c.input) if self.store_prompts and c.input is not None else None
+        stored_input = r.messages(c.input) if self.store_prompts and c.input is not None else None
         row = {
             "query_id": c.query_id,
             "layer": c.layer,
@@ -209,7 +231,7 @@ class Writer:
             "model_name": r.text(c.model_name),
             "model_parameters": _dumps(r.value(c.model_parameters)),
             "input": _dumps(stored_input) if stored_input is not None else None,
-            "input_hash": c.input_hash,
+            "input_hash": call_input_hash(c),
             "references_shown": _dumps(refs),
             "output": r.text(c.output),
             "finish_reason": c.finish_reason,
@@ -222,15 +244,35 @@ class Writer:
             "end_time": c.end_time,
             "latency_s": c.latency_s,
             "ttft_s": c.ttft_s,
-            "attempts": _dumps([r.value(asdict(a)) for a in c.attempts]),
+            "attempts": _dumps(
+                [
+                    {
+                        "number": a.number,
+                        "started_s": a.started_s,
+                        "latency_s": a.latency_s,
+                        "error": r.text(a.error),
+                        "ttft_s": a.ttft_s,
+                    }
+                    for a in c.attempts
+                ]
+            ),
             "level": c.level,
             "status_message": r.text(c.status_message),
         }
         _upsert(db, "calls", row, key=("query_id", "layer", "idx"))
 
     def _reference(self, ref: ReferenceShown, r: Redactor) -> dict[str, Any]:
-        kept = replace(ref, text=r.text(ref.text) if self.store_prompts else None)
-        return asdict(replace(kept, label=r.text(kept.label) or ""))
+        return {
+            "layer": ref.layer,
+            "index": ref.index,
+            "label": r.text(ref.label) or "",
+            "model": r.text(ref.model) or "",
+            # With the text stored its hash is redundant (the reader recomputes it): the
+            # references are a large share of a trace's bytes.
+            "text_hash": None if self.store_prompts else reference_hash(ref),
+            "text": r.text(ref.text) if self.store_prompts else None,
+            "truncated": ref.truncated,
+        }
 
 
 def _upsert(
