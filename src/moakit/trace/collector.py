@@ -79,6 +79,10 @@ _PARAMETERS = (
 )
 
 
+# A stack's specs are resolved once and reused by every query: their parameters too.
+_SPEC_PARAMETERS: dict[int, tuple[MemberSpec, dict[str, Any]]] = {}
+
+
 def request_parameters(source: Any) -> dict[str, Any]:
     """The sampling parameters of a ``ChatRequest`` or a ``MemberSpec`` that are set."""
     out: dict[str, Any] = {}
@@ -243,9 +247,15 @@ class RunCollector:
         texts = [r.text or "" for r in self._references]
         messages = with_system_prompt(self.conversation, spec.system)
         messages = inject_references(messages, texts, self.stack.config.aggregate_prompt)
+        params = _SPEC_PARAMETERS.get(id(spec))
+        if params is None or params[0] is not spec:
+            params = (spec, request_parameters(spec))
+            if len(_SPEC_PARAMETERS) > 4096:
+                _SPEC_PARAMETERS.clear()
+            _SPEC_PARAMETERS[id(spec)] = params
         return _Start(
             input=messages,
-            parameters={**request_parameters(spec), **overrides},
+            parameters={**params[1], **overrides},
             references=list(self._references),
             start_time=now,
             exact=False,
@@ -308,13 +318,14 @@ class RunCollector:
             sink.call_finished(call)
 
 
-def _field(model: object, name: str) -> Any:
-    """A field that newer ``MemberOutput``/``Attempt`` versions have (``ttft_s``), else None.
-    Checked on the class: a missing attribute on a pydantic model is a slow exception path."""
-    fields = getattr(type(model), "model_fields", None)
-    if isinstance(fields, dict):
-        return getattr(model, name) if name in fields else None
-    return getattr(model, name, None)
+def _field(obj: object, name: str) -> Any:
+    """A field that only some versions of a record have (``ttft_s``, ``top_p``), else None.
+    Read from the instance dict (pydantic models and dataclasses keep fields there): getattr
+    of a missing name on a pydantic model takes a slow exception path, on every call."""
+    values = getattr(obj, "__dict__", None)
+    if values is not None:
+        return values.get(name)
+    return getattr(obj, name, None)
 
 
 def _ts(event: object) -> float:

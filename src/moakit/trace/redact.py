@@ -40,10 +40,25 @@ def secret_values(
 
 
 class Redactor:
-    """Scrubs strings, and the strings inside JSON-like values, of a fixed set of secrets."""
+    """Scrubs strings, and the strings inside JSON-like values, of a fixed set of secrets.
+
+    Results are memoized: one query's records repeat the same texts many times (labels, the
+    question in every call's input, each answer again as a reference of the next layer)."""
+
+    MEMO_LIMIT = 4096
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(secrets)
+        self._memo: dict[str, str] = {}
+
+    def _scrub(self, text: str) -> str:
+        done = self._memo.get(text)
+        if done is None:
+            done = scrub(text, *self.secrets)
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[text] = done
+        return done
 
     @classmethod
     def from_environment(cls, extra_env_names: Iterable[str] = ()) -> Redactor:
@@ -52,7 +67,7 @@ class Redactor:
     def text(self, value: str | None) -> str | None:
         if value is None:
             return None
-        return scrub(value, *self.secrets)
+        return self._scrub(value)
 
     def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``value`` for a message list, with a fast path for messages whose values are all
@@ -60,7 +75,7 @@ class Redactor:
         out: list[dict[str, Any]] = []
         for m in messages:
             if all(isinstance(v, str) for v in m.values()):
-                out.append({str(k): scrub(v, *self.secrets) for k, v in m.items()})
+                out.append({str(k): self._scrub(v) for k, v in m.items()})
             else:
                 out.append(self.value(m))
         return out
@@ -68,7 +83,7 @@ class Redactor:
     def value(self, value: Any) -> Any:
         """A copy of a JSON-like value with every string (keys included) scrubbed."""
         if isinstance(value, str):
-            return scrub(value, *self.secrets)
+            return self._scrub(value)
         if isinstance(value, Mapping):
             return {self.value(str(k)): self.value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

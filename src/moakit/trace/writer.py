@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 # One batch: at most this many records per transaction (bounds a transaction's lock time).
 BATCH_LIMIT = 500
+# Under a backlog the writer works at most this share of the time, pausing up to MAX_PAUSE_S
+# between batches: recording is bookkeeping and must not compete with serving queries. A
+# finished call is still on disk within milliseconds whenever the process is not saturated.
+DUTY_CYCLE = 0.25
+MAX_PAUSE_S = 0.05
 # Attempts at a batch that keeps hitting "database is locked" (another process holding the write
 # lock past the busy timeout) before it is logged and dropped.
 LOCKED_RETRIES = 5
@@ -128,25 +133,38 @@ class Writer:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                started = time.perf_counter()
                 self._write(db, [op for op in batch if op.record is not None])
                 for op in batch:
                     if op.done is not None:
                         op.done.set()
                 if any(op.kind == "stop" for op in batch):
                     return
+                if not self._queue.empty():
+                    # A backlog means the process is busy: yield to it (the event loop serving
+                    # queries shares our GIL), at most DUTY_CYCLE of the time spent writing.
+                    busy = time.perf_counter() - started
+                    time.sleep(min(MAX_PAUSE_S, busy * (1 - DUTY_CYCLE) / DUTY_CYCLE))
         finally:
             db.close()
 
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         if not ops:
             return
+        # Rows are built before the transaction (the write lock is held only for SQLite's own
+        # work) and consecutive rows of one statement go in one executemany.
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for op in ops:
+            for sql, row in self._rows(op):
+                if statements and statements[-1][0] == sql:
+                    statements[-1][1].append(row)
+                else:
+                    statements.append((sql, [row]))
         for attempt in range(LOCKED_RETRIES):
             try:
                 db.execute("BEGIN IMMEDIATE")
-                # No voluntary GIL yield is needed: every execute() releases the GIL, so the
-                # event loop waits at most one record's Python work (~0.1 ms) for it.
-                for op in ops:
-                    self._apply(db, op)
+                for sql, rows in statements:
+                    db.executemany(sql, rows)
                 db.execute("COMMIT")
                 return
             except sqlite3.OperationalError as exc:
@@ -158,11 +176,12 @@ class Writer:
         self.dropped += len(ops)
         log.error("trace store: %d records dropped, database stayed locked", len(ops))
 
-    def _apply(self, db: sqlite3.Connection, op: _Op) -> None:
+    def _rows(self, op: _Op) -> list[tuple[str, tuple[Any, ...]]]:
         if op.kind == "call" and isinstance(op.record, CallRecord):
-            self._write_call(db, op.record)
-        elif isinstance(op.record, QueryRecord):
-            self._write_query(db, op.record, final=op.kind == "finish")
+            return [(_CALL_SQL, self._call_row(op.record))]
+        if isinstance(op.record, QueryRecord):
+            return self._query_rows(op.record, final=op.kind == "finish")
+        return []
 
     def _redactor(self, query_id: str, config: dict[str, Any] | None = None) -> Redactor:
         if self._fixed_redactor is not None:
@@ -178,88 +197,84 @@ class Writer:
             self._redactors[query_id] = found
         return found
 
-    def _write_query(self, db: sqlite3.Connection, q: QueryRecord, *, final: bool) -> None:
+    def _query_rows(self, q: QueryRecord, *, final: bool) -> list[tuple[str, tuple[Any, ...]]]:
         r = self._redactor(q.id, q.stack_config)
         if final:
             self._redactors.pop(q.id, None)
+        rows: list[tuple[str, tuple[Any, ...]]] = []
         if (
             q.stack_config is not None
             and q.config_hash is not None
             and q.config_hash not in self._configs_written
         ):
-            db.execute(
-                "INSERT OR IGNORE INTO stack_configs (config_hash, name, config, first_seen)"
-                " VALUES (?, ?, ?, ?)",
-                (q.config_hash, r.text(q.stack_name), _dumps(r.value(q.stack_config)), time.time()),
-            )
-            # Remembered only after commit would be stricter; a rolled-back batch is retried
-            # whole, and INSERT OR IGNORE makes a repeat harmless either way.
+            config = _dumps(r.value(q.stack_config))
+            rows.append((_CONFIG_SQL, (q.config_hash, r.text(q.stack_name), config, time.time())))
+            # INSERT OR IGNORE makes a repeat harmless should this batch be rolled back.
             self._configs_written.add(q.config_hash)
         stored_input = r.messages(q.input) if self.store_prompts and q.input is not None else None
-        row = {
-            "id": q.id,
-            "stack_name": r.text(q.stack_name),
-            "config_hash": q.config_hash,
-            "source": q.source,
-            "start_time": q.start_time,
-            "end_time": q.end_time,
-            "input": _dumps(stored_input) if stored_input is not None else None,
-            "input_hash": q.input_hash,
-            "status": q.status,
-            "output": r.text(q.output),
-            "latency_s": q.latency_s,
-            "prompt_tokens": q.prompt_tokens,
-            "completion_tokens": q.completion_tokens,
-            "cost_usd": q.cost_usd,
-            "llm_calls": q.llm_calls,
-            "serial_rounds": q.serial_rounds,
-            "status_message": r.text(q.status_message),
-        }
-        _upsert(db, "queries", row, key=("id",))
+        row = (
+            q.id,
+            r.text(q.stack_name),
+            q.config_hash,
+            q.source,
+            q.start_time,
+            q.end_time,
+            _dumps(stored_input) if stored_input is not None else None,
+            q.input_hash,
+            q.status,
+            r.text(q.output),
+            q.latency_s,
+            q.prompt_tokens,
+            q.completion_tokens,
+            q.cost_usd,
+            q.llm_calls,
+            q.serial_rounds,
+            r.text(q.status_message),
+        )
+        rows.append((_QUERY_SQL, row))
+        return rows
 
-    def _write_call(self, db: sqlite3.Connection, c: CallRecord) -> None:
+    def _call_row(self, c: CallRecord) -> tuple[Any, ...]:
         r = self._redactor(c.query_id)
-        refs = [self._reference(ref, r) for ref in c.references]
         stored_input = r.messages(c.input) if self.store_prompts and c.input is not None else None
-        row = {
-            "query_id": c.query_id,
-            "layer": c.layer,
-            "idx": c.index,
-            "role": c.role,
-            "label": r.text(c.label),
-            "provider": c.provider,
-            "model_name": r.text(c.model_name),
-            "model_parameters": _dumps(r.value(c.model_parameters)),
-            "input": _dumps(stored_input) if stored_input is not None else None,
-            "input_hash": call_input_hash(c),
-            "references_shown": _dumps(refs),
-            "output": r.text(c.output),
-            "finish_reason": c.finish_reason,
-            "truncated": int(c.truncated),
-            "cancelled": int(c.cancelled),
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "cost_usd": c.cost_usd,
-            "start_time": c.start_time,
-            "end_time": c.end_time,
-            "latency_s": c.latency_s,
-            "ttft_s": c.ttft_s,
-            "attempts": _dumps(
-                [
-                    {
-                        "number": a.number,
-                        "started_s": a.started_s,
-                        "latency_s": a.latency_s,
-                        "error": r.text(a.error),
-                        "ttft_s": a.ttft_s,
-                    }
-                    for a in c.attempts
-                ]
-            ),
-            "level": c.level,
-            "status_message": r.text(c.status_message),
-        }
-        _upsert(db, "calls", row, key=("query_id", "layer", "idx"))
+        refs = [self._reference(ref, r) for ref in c.references]
+        attempts = [
+            {
+                "number": a.number,
+                "started_s": a.started_s,
+                "latency_s": a.latency_s,
+                "error": r.text(a.error),
+                "ttft_s": a.ttft_s,
+            }
+            for a in c.attempts
+        ]
+        return (
+            c.query_id,
+            c.layer,
+            c.index,
+            c.role,
+            r.text(c.label),
+            c.provider,
+            r.text(c.model_name),
+            _dumps(r.value(c.model_parameters)) if c.model_parameters else "{}",
+            _dumps(stored_input) if stored_input is not None else None,
+            call_input_hash(c),
+            _dumps(refs) if refs else "[]",
+            r.text(c.output),
+            c.finish_reason,
+            int(c.truncated),
+            int(c.cancelled),
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.cost_usd,
+            c.start_time,
+            c.end_time,
+            c.latency_s,
+            c.ttft_s,
+            _dumps(attempts),
+            c.level,
+            r.text(c.status_message),
+        )
 
     def _reference(self, ref: ReferenceShown, r: Redactor) -> dict[str, Any]:
         return {
@@ -275,14 +290,29 @@ class Writer:
         }
 
 
-def _upsert(
-    db: sqlite3.Connection, table: str, row: dict[str, Any], *, key: tuple[str, ...]
-) -> None:
-    columns = ", ".join(row)
-    marks = ", ".join("?" for _ in row)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in key)
-    db.execute(
-        f"INSERT INTO {table} ({columns}) VALUES ({marks})"
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-        tuple(row.values()),
+def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
+
+
+# Column orders of the rows built by _query_rows / _call_row.
+_QUERY_COLUMNS = (
+    "id", "stack_name", "config_hash", "source", "start_time", "end_time", "input",
+    "input_hash", "status", "output", "latency_s", "prompt_tokens", "completion_tokens",
+    "cost_usd", "llm_calls", "serial_rounds", "status_message",
+)  # fmt: skip
+_CALL_COLUMNS = (
+    "query_id", "layer", "idx", "role", "label", "provider", "model_name", "model_parameters",
+    "input", "input_hash", "references_shown", "output", "finish_reason", "truncated",
+    "cancelled", "prompt_tokens", "completion_tokens", "cost_usd", "start_time", "end_time",
+    "latency_s", "ttft_s", "attempts", "level", "status_message",
+)  # fmt: skip
+_QUERY_SQL = _upsert_sql("queries", _QUERY_COLUMNS, ("id",))
+_CALL_SQL = _upsert_sql("calls", _CALL_COLUMNS, ("query_id", "layer", "idx"))
+_CONFIG_SQL = (
+    "INSERT OR IGNORE INTO stack_configs (config_hash, name, config, first_seen)"
+    " VALUES (?, ?, ?, ?)"
+)
