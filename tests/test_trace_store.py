@@ -239,3 +239,33 @@ def test_resolve_prefix(store: TraceStore) -> None:
     assert store.resolve("abcd1") == "abcd1111"
     assert store.resolve("ab%") is None  # LIKE wildcards are literal
     assert json.dumps(store.get("ffff0000").to_json())  # type: ignore[union-attr]
+
+
+async def test_a_refused_row_costs_only_itself(
+    store: TraceStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from moakit.trace.records import CallRecord
+
+    # A call whose query row does not exist breaks the foreign key: SQLite refuses that row.
+    orphan = CallRecord(
+        query_id="no-such-query", layer=1, index=0, role="proposer", label="x",
+        provider="openai", model_name="x",
+    )
+    writer = store._writer
+    start = writer._ensure_started
+    writer._ensure_started = lambda: None  # type: ignore[method-assign]
+    stack, _ = echo_stack()
+    async with stack:
+        recorder = TraceRecorder(store, stack=stack)
+        await traced_run(stack, CONV, recorder, run_id="before")
+        store.call_finished(orphan)
+        await traced_run(stack, CONV, recorder, run_id="after")
+    # Everything is queued before the writer starts, so it all goes in one batch.
+    writer._ensure_started = start  # type: ignore[method-assign]
+    start()
+    assert store.flush()
+    assert store.dropped == 1 and "rows refused" in caplog.text
+    for run_id in ("before", "after"):
+        record = store.get(run_id)
+        assert record is not None and record.query.status == "complete"
+        assert len(record.calls) == 4

@@ -124,6 +124,11 @@ class TraceStore:
         # Every call already came through call_finished; only the query's end is new.
         self._writer.put("finish", replace(query))
 
+    @property
+    def dropped(self) -> int:
+        """Records the writer could not store (each one logged as an error)."""
+        return self._writer.dropped
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every record handed over so far is committed (tests, CLI exit)."""
         return self._writer.flush(timeout)

@@ -124,7 +124,7 @@ class Writer:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        db = self._connect()
+        db: sqlite3.Connection | None = None
         try:
             while True:
                 batch = [self._queue.get()]
@@ -134,10 +134,24 @@ class Writer:
                     except queue.Empty:
                         break
                 started = time.perf_counter()
-                self._write(db, [op for op in batch if op.record is not None])
-                for op in batch:
-                    if op.done is not None:
-                        op.done.set()
+                records = [op for op in batch if op.record is not None]
+                try:
+                    if records and db is None:
+                        db = self._connect()
+                    if db is not None:
+                        self._write(db, records)
+                except sqlite3.Error:
+                    # The thread must outlive a bad batch (a full disk, a store deleted under
+                    # it): later records, and every flush() waiting on this one, go on.
+                    self.dropped += len(records)
+                    log.exception("trace store: %d records not written", len(records))
+                    if db is not None:
+                        db.close()
+                    db = None  # reconnect for the next batch
+                finally:
+                    for op in batch:
+                        if op.done is not None:
+                            op.done.set()
                 if any(op.kind == "stop" for op in batch):
                     return
                 if not self._queue.empty():
@@ -146,7 +160,8 @@ class Writer:
                     busy = time.perf_counter() - started
                     time.sleep(min(MAX_PAUSE_S, busy * (1 - DUTY_CYCLE) / DUTY_CYCLE))
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         if not ops:
@@ -167,14 +182,35 @@ class Writer:
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
                 return
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
+                if not _locked(exc):
+                    # One bad row (say, a call whose query was pruned meanwhile) must not cost
+                    # the batch: write row by row, dropping only what SQLite refuses.
+                    self._write_each(db, statements)
+                    return
                 time.sleep(0.05 * (2**attempt))
         self.dropped += len(ops)
         log.error("trace store: %d records dropped, database stayed locked", len(ops))
+
+    def _write_each(
+        self, db: sqlite3.Connection, statements: list[tuple[str, list[tuple[Any, ...]]]]
+    ) -> None:
+        refused: list[str] = []
+        for sql, rows in statements:
+            for row in rows:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(sql, row)
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    refused.append(str(exc))
+        if refused:
+            self.dropped += len(refused)
+            log.error("trace store: %d rows refused (%s)", len(refused), refused[0])
 
     def _rows(self, op: _Op) -> list[tuple[str, tuple[Any, ...]]]:
         if op.kind == "call" and isinstance(op.record, CallRecord):
@@ -288,6 +324,12 @@ class Writer:
             "text": r.text(ref.text) if self.store_prompts else None,
             "truncated": ref.truncated,
         }
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
 
 
 def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
