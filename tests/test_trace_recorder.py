@@ -186,3 +186,59 @@ def test_events_without_a_started_run_are_ignored(tmp_path: Path) -> None:
         recorder(object())  # no run_id at all: logged, ignored
         assert store.flush()
         assert store.list_queries() == []
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.finished: list[str] = []
+
+    def query_started(self, query: object) -> None:
+        pass
+
+    def call_finished(self, call: object) -> None:
+        self.calls.append(getattr(call, "label", ""))
+
+    def query_finished(self, query: object, calls: object) -> None:
+        self.finished.append(getattr(query, "status", ""))
+
+
+async def test_adapter_hands_the_recorder_to_an_engine_with_observers() -> None:
+    """Once Stack.events takes run_id/observers (the engine contract), traced_run passes the
+    recorder as an observer instead of feeding it too: each event is recorded once."""
+    from collections.abc import AsyncIterator, Sequence
+    from typing import Any
+
+    from moakit import Stack
+    from moakit.testing.models import echo_model
+    from moakit.trace import traced_run
+    from trace_helpers import two_layer_config
+
+    seen: list[str] = []
+
+    class ObservingStack(Stack):
+        def events(  # type: ignore[override]
+            self,
+            request: Any,
+            *,
+            run_id: str | None = None,
+            observers: Sequence[Any] = (),
+        ) -> AsyncIterator[Any]:
+            async def gen() -> AsyncIterator[Any]:
+                async for event in Stack.events(self, request):
+                    for observe in observers:
+                        observe(event)
+                    seen.append(type(event).__name__)
+                    yield event
+
+            return gen()
+
+    sink = CountingSink()
+    models = {n: echo_model(n) for n in ("a", "b", "c", "agg")}
+    async with ObservingStack(two_layer_config(), models=models) as stack:
+        result = await traced_run(stack, [{"role": "user", "content": "q"}],
+                                  TraceRecorder(sink, stack=stack))
+    assert result.final == "agg: q"
+    assert "MemberFinished" in seen
+    assert sorted(sink.calls) == ["a", "agg", "b", "c"]  # once each, not twice
+    assert sink.finished == ["complete"]

@@ -10,6 +10,7 @@ being cancelled) into the query's status.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -39,9 +40,18 @@ async def traced_events(
     recorder.start_run(run_id, request, stack=stack)
     observe = recorder.bind(run_id)
     finished = False
+    if _has_observers(stack):
+        # The engine contract's Stack.events feeds observers itself (in order, before the
+        # consumer sees each event): hand the recorder over instead of feeding it twice.
+        events = stack.events(request, run_id=run_id, observers=[observe])  # type: ignore[call-arg]
+        feed = False
+    else:
+        events = stack.events(request)
+        feed = True
     try:
-        async for event in stack.events(request):
-            observe(event)
+        async for event in events:
+            if feed:
+                observe(event)
             if isinstance(event, RunFinished):
                 finished = True
             yield event
@@ -59,6 +69,11 @@ async def traced_events(
             # Every path above ended the run already; this covers a consumer that stopped
             # iterating right after the last event without closing us (the run is over).
             recorder.run_cancelled(run_id)
+
+
+def _has_observers(stack: Stack) -> bool:
+    params = inspect.signature(stack.events).parameters
+    return "observers" in params and "run_id" in params
 
 
 async def traced_run(
