@@ -7,20 +7,25 @@ time, traced / untraced as a ratio, the process CPU per query, and the worst eve
 5 ms ticker saw (recording must never block the loop: SQLite writes happen in the store's
 writer thread).
 
+With ``--http`` the members are the fake OpenAI-compatible backend in its own process, spoken
+to over loopback by the real adapter (what a deployment's event loop also has to do).
+
     .venv/bin/python bench/trace_overhead.py                       # L=0.05 s, 1 and 200 queries
-    .venv/bin/python bench/trace_overhead.py --latency 0 --concurrency 500
+    .venv/bin/python bench/trace_overhead.py --http --latency 0.2 --concurrency 1 100
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from statistics import median
 
+from _procs import fake_backend
 from moakit import Stack, parse_config
 from moakit.models.base import ChatRequest, Chunk, Model, Usage
 from moakit.trace import TraceRecorder, TraceStore, traced_run
@@ -39,15 +44,18 @@ class Sleeper(Model):
         yield Chunk(finish_reason="stop", usage=Usage(prompt_tokens=20, completion_tokens=8))
 
 
-def make_stack(layers: int, latency: float) -> Stack:
+def make_stack(layers: int, latency: float, base_url: str | None = None) -> Stack:
     names = [f"p{i}" for i in range(PROPOSERS)]
     config = parse_config(
         {
             "name": "bench",
+            "defaults": {"base_url": base_url or "http://127.0.0.1:9/v1", "retries": 0},
             "layers": [[{"model": n} for n in names]] * layers,
             "aggregator": {"model": "agg"},
         }
     )
+    if base_url is not None:
+        return Stack(config)
     models: dict[str, Model] = {n: Sleeper(n, latency) for n in [*names, "agg"]}
     return Stack(config, models=models)
 
@@ -81,12 +89,23 @@ async def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 200])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--http", action="store_true", help="members over HTTP (fake backend)")
     args = parser.parse_args()
+    with contextlib.ExitStack() as exits:
+        base_url = None
+        if args.http:
+            flags = ("--ttft", str(args.latency), "--tokens", "12")
+            base_url, _ = exits.enter_context(fake_backend(*flags))
+        await run(args, base_url)
+
+
+async def run(args: argparse.Namespace, base_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = TraceStore(Path(tmp) / "bench.db")
-        async with make_stack(args.layers, args.latency) as stack:
+        async with make_stack(args.layers, args.latency, base_url) as stack:
             recorder = TraceRecorder(store, stack=stack, source="bench")
-            print(f"L={args.latency}s, {args.layers} layers x {PROPOSERS} + aggregator")
+            where = "HTTP fake backend" if base_url else "in-process members"
+            print(f"L={args.latency}s, {args.layers} layers x {PROPOSERS} + aggregator, {where}")
             print("queries | untraced wall | traced wall | ratio | CPU/query (ms) off, on"
                   " | max loop lag (ms) off, on")
             for n in args.concurrency:

@@ -49,6 +49,7 @@ class TraceRecorder:
         self.stack = stack
         self.source = source
         self._runs: dict[str, RunCollector] = {}
+        self._warned = False
 
     # -- explicit lifecycle (the adapter and callers without RunStarted use these) -----------
 
@@ -102,7 +103,9 @@ class TraceRecorder:
         """Observer entry point (a plain callable, as the engine contract allows)."""
         run_id = getattr(event, "run_id", None)
         if not isinstance(run_id, str):
-            log.warning("trace: %s event without run_id ignored (use bind())", type(event).__name__)
+            if not self._warned:
+                self._warned = True
+                log.warning("trace: events without run_id are ignored (use bind(run_id))")
             return
         self._dispatch(run_id, event)
 
