@@ -110,3 +110,14 @@ def test_parse_duration() -> None:
     assert parse_duration("30d") == 30 * 86400
     assert parse_duration("1.5h") == 5400
     assert parse_duration("2w") == 14 * 86400
+
+
+async def test_default_store_is_under_moakit_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MOAKIT_TRACE_DB", raising=False)
+    monkeypatch.setenv("MOAKIT_HOME", str(tmp_path / "home"))
+    await record_run(tmp_path / "home" / "traces.db")
+    stats = json.loads(invoke("trace", "stats", "--json"))
+    assert stats["path"] == str(tmp_path / "home" / "traces.db") and stats["queries"] == 1
+    assert "cafe01234567" in invoke("trace", "list")

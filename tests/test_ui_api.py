@@ -140,6 +140,8 @@ async def test_bad_queries_and_unknown_trace(env: tuple[httpx.AsyncClient, Trace
     assert missing.status_code == 404
     raw = await client.post("/ui/api/run", headers=AUTH, content=b"{not json")
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
+    huge = await client.post("/ui/api/run", headers=AUTH, content=b" " * 1_000_001)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
 
 
 async def test_a_failed_query_streams_an_error_and_is_recorded_failed(tmp_path: Path) -> None:

@@ -96,6 +96,18 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it passes MAX_BODY_BYTES (never read whole)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _BadRequest(413, "request body too large", None, "body_too_large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _number(request: Request, name: str, default: float | None) -> float | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -196,9 +208,7 @@ def ui_routes(
         if (denied := _auth(check_auth, request)) is not None:
             return denied
         try:
-            raw = await request.body()
-            if len(raw) > MAX_BODY_BYTES:
-                raise _BadRequest(413, "request body too large", None, "body_too_large")
+            raw = await _read_body(request)
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
