@@ -16,6 +16,10 @@ from trace_helpers import echo_stack, failing, fixed
 from ui_app import make_app
 
 KEY = "ui-test-key-123"
+STATIC_SCRIPTS = sorted(
+    p.name for p in resources.files("moakit.ui").joinpath("static").iterdir()
+    if p.name.endswith(".js")
+)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -42,19 +46,23 @@ async def test_page_and_assets_are_served_with_a_strict_policy(
     page = await client.get("/ui")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert '<script src="/ui/static/app.js">' in page.text
-    js = await client.get("/ui/static/app.js")
-    assert js.status_code == 200 and "readSSE" in js.text
+    assert '<script type="module" src="/ui/static/app.js">' in page.text
+    for name in STATIC_SCRIPTS:
+        js = await client.get(f"/ui/static/{name}")
+        assert js.status_code == 200 and "javascript" in js.headers["content-type"], name
+    assert "readSSE" in (await client.get("/ui/static/dom.js")).text
     assert (await client.get("/ui/static/app.css")).status_code == 200
 
 
 def test_the_script_never_inserts_markup() -> None:
     """Model text reaches the page through textContent only (the browser test checks the
     effect; this guards the source against a later innerHTML)."""
-    js = resources.files("moakit.ui").joinpath("static", "app.js").read_text()
-    code = re.sub(r"^\s*//.*$", "", js, flags=re.MULTILINE)  # the header comment names them
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in code
+    assert len(STATIC_SCRIPTS) >= 5
+    for name in STATIC_SCRIPTS:
+        js = resources.files("moakit.ui").joinpath("static", name).read_text()
+        code = re.sub(r"^\s*//.*$", "", js, flags=re.MULTILINE)  # the header comment names them
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in code, (name, sink)
 
 
 async def test_api_requires_the_key(env: tuple[httpx.AsyncClient, TraceStore]) -> None:

@@ -89,6 +89,14 @@ def test_playground_run_and_trace_viewer_in_chromium(ui: tuple[str, TraceStore])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            # Console errors too (a module that fails to link only shows there), except the
+            # 401s this test provokes on purpose before it enters the key.
+            page.on(
+                "console",
+                lambda m: m.type == "error"
+                and "401" not in m.text
+                and page_errors.append(m.text),
+            )
             page.goto(f"{url}/ui")
 
             # Without the key the API refuses, and the page says so.
