@@ -106,3 +106,29 @@ def test_sink_from_env_needs_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> Non
     assert otel_sink_from_env() is None
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     assert isinstance(otel_sink_from_env(), OtelSink)
+
+
+def test_default_recorder_follows_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moakit.trace.defaults import default_recorder
+    from moakit.trace.store import TraceStore as Store
+
+    monkeypatch.setenv("MOAKIT_TRACE_DB", str(tmp_path / "d.db"))
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.setenv("MOAKIT_TRACE", "off")
+    assert default_recorder(source="cli") is None
+    monkeypatch.delenv("MOAKIT_TRACE")
+    monkeypatch.setenv("MOAKIT_TRACE_PROMPTS", "0")
+    recorder = default_recorder(source="cli")
+    assert recorder is not None and recorder.source == "cli"
+    [store] = recorder.sinks
+    assert isinstance(store, Store) and store.path == tmp_path / "d.db"
+    assert store.store_prompts is False
+    store.close()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    recorder = default_recorder(source="server")
+    assert recorder is not None
+    assert [type(s).__name__ for s in recorder.sinks] == ["TraceStore", "OtelSink"]
+    recorder.sinks[0].close()  # type: ignore[attr-defined]
