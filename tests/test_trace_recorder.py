@@ -242,3 +242,24 @@ async def test_adapter_hands_the_recorder_to_an_engine_with_observers() -> None:
     assert "MemberFinished" in seen
     assert sorted(sink.calls) == ["a", "agg", "b", "c"]  # once each, not twice
     assert sink.finished == ["complete"]
+
+
+async def test_the_engines_config_hash_is_the_stored_one(tmp_path: Path) -> None:
+    """A stack that hashes its own config (the engine branch does, and says so in RunStarted)
+    is stored under that hash, so the query and its config stay joined."""
+    from moakit import Stack
+    from moakit.testing.models import echo_model
+    from moakit.trace import traced_run
+    from trace_helpers import two_layer_config
+
+    models = {n: echo_model(n) for n in ("a", "b", "c", "agg")}
+    with TraceStore(tmp_path / "h.db") as store:
+        async with Stack(two_layer_config(), models=models) as stack:
+            stack.config_hash = "0123abcd-engine-hash"  # type: ignore[attr-defined]
+            await traced_run(stack, [{"role": "user", "content": "q"}],
+                             TraceRecorder(store, stack=stack), run_id="h")
+        assert store.flush()
+        record = store.get("h")
+    assert record is not None and record.query.config_hash == "0123abcd-engine-hash"
+    assert record.query.stack_config is not None
+    assert record.query.stack_config["name"] == "trace-test"

@@ -168,8 +168,10 @@ class RunCollector:
     # -- events (today's names and the contract's) -------------------------------------------
 
     def _on_RunStarted(self, event: object) -> None:
+        # Without the config itself (no stack given) the engine's hash still says which stack
+        # answered; with it, start_run already used the stack's own hash.
         engine_hash = getattr(event, "config_hash", None)
-        if engine_hash:
+        if engine_hash and self.query.stack_config is None:
             self.query.config_hash = engine_hash
 
     def _on_LayerStarted(self, event: object) -> None:

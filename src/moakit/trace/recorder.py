@@ -69,6 +69,11 @@ class TraceRecorder:
         messages = [dict(m) for m in request.messages]
         config = stack.config if stack is not None else None
         cfg_hash, cfg_json = config_record(config) if config is not None else (None, None)
+        # The engine (after its observer rework) hashes the config itself and announces it in
+        # RunStarted: use its hash, so the stored config and the event agree.
+        engine_hash = getattr(stack, "config_hash", None)
+        if isinstance(engine_hash, str) and engine_hash:
+            cfg_hash = engine_hash
         query = QueryRecord(
             id=run_id,
             stack_name=config.name if config is not None else "unknown",
