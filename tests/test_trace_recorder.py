@@ -128,7 +128,8 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
     )
     ok_a, ok_b = member(1, 0, "answer A"), member(1, 1, "answer B")
     failed_agg = member(2, 0, None, "http 503: busy")
-    layer = LayerResult(index=1, members=[ok_a], latency_s=1.25, min_successful=1)
+    # `index` today, `layer` after the engine rework (the other is ignored as an extra field).
+    layer = LayerResult(index=1, layer=1, members=[ok_a], latency_s=1.25, min_successful=1)
     good_agg = member(2, 0, "final")
     events = [
         RunStarted("r1", T0, "stack-one", "sha256:engine-hash"),

@@ -112,6 +112,11 @@ def test_playground_run_and_trace_viewer_in_chromium(ui: tuple[str, TraceStore])
 
             cards = page.locator("#live-grid .card[data-layer='1']")
             expect(cards).to_have_count(3)
+            rows = page.locator("#live-grid .layer")
+            expect(rows).to_have_count(2)  # layer 1 and the aggregator, nothing else
+            expect(rows.nth(0).locator(".layer-title")).to_have_text(
+                re.compile(r"^layer 1 · 2/3 answered · \d+\.\d\ds$")
+            )
             for label, status in (("l1a", "ok"), ("l1b", "ok"), ("l1c", "failed")):
                 card = page.locator(f"#live-grid .card[data-layer='1']:has-text('{label}')")
                 expect(card).to_have_attribute("data-status", status)

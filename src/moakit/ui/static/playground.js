@@ -125,7 +125,9 @@ export async function runQuery() {
     },
     LayerFinished(ev) {
       const layer = ev.layer;
-      grid.row(layer.index, "layer " + layer.index + " · " + layer.answered + "/" +
+      // LayerResult's 1-based number is `layer` (engine rework) or `index` (before it).
+      const no = layer.layer !== undefined ? layer.layer : layer.index;
+      grid.row(no, "layer " + no + " · " + layer.answered + "/" +
         layer.members.length + " answered · " + fmtSeconds(layer.latency_s));
     },
     AggregatorStarted(ev) {
