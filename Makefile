@@ -29,7 +29,7 @@ typecheck: install
 # The UI tests drive a real headless Chromium: Debian's package (Playwright's own browser
 # download is not used). Installed only when missing; CI runs as root.
 chromium:
-	@[ -x /usr/bin/chromium ] || (apt-get update -q && apt-get install -y -q chromium)
+	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 test: install chromium lint typecheck
 	$(BIN)/pytest -q
