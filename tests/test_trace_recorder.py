@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from moakit.models.base import ChatRequest, Usage
 from moakit.result import Attempt, LayerResult, MemberOutput, Result
 from moakit.trace import TraceRecorder, TraceStore
@@ -264,3 +266,18 @@ async def test_the_engines_config_hash_is_the_stored_one(tmp_path: Path) -> None
     assert record is not None and record.query.config_hash == "0123abcd-engine-hash"
     assert record.query.stack_config is not None
     assert record.query.stack_config["name"] == "trace-test"
+
+
+def test_runs_that_never_end_are_not_held_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moakit.trace.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "MAX_ACTIVE_RUNS", 3)
+    with TraceStore(tmp_path / "t.db") as store:
+        recorder = TraceRecorder(store)
+        for i in range(5):
+            recorder(RunStarted(f"r{i}", T0 + i, "s", "h"))
+        assert recorder.active_runs == 3
+        assert store.flush()
+        assert {q.status for q in store.list_queries()} == {"incomplete"}

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Observer = Callable[[object], None]
+# Runs tracked at once; past this the oldest unfinished one is forgotten (see start_run).
+MAX_ACTIVE_RUNS = 10_000
 
 
 class TraceRecorder:
@@ -93,6 +95,12 @@ class TraceRecorder:
             request_overrides=request_parameters(request),
         )
         self._runs[run_id] = collector
+        if len(self._runs) > MAX_ACTIVE_RUNS:
+            # A run whose end this recorder never sees (its consumer dropped it without closing)
+            # must not be held forever: forget the oldest; its row stays "incomplete".
+            oldest = next(iter(self._runs))
+            del self._runs[oldest]
+            log.warning("trace: run %s never ended; no longer tracked", oldest)
         collector.start()
         return collector
 
