@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -75,3 +76,52 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(10)
         self._sock.close()
+
+
+def tiny_png(width: int = 4, height: int = 3) -> bytes:
+    """A valid PNG (solid colour), made here so tests need no image library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + b"\x30\x80\xd0" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_eval_results(directory: Path, hostile: str) -> None:
+    """A `moa eval` results directory in the documented layout (docs/eval.md), two systems."""
+    import json
+
+    (directory / "records").mkdir(parents=True)
+    (directory / "plots").mkdir()
+    summary = {
+        "dataset": "toy-qa",
+        "scorer": "exact",
+        "systems": [
+            {"name": "single", "kind": "single", "items": 2, "scored": 2, "errors": 0,
+             "score": {"mean": 0.5, "low": 0.0, "high": 1.0, "n": 2}, "tokens_in": 10,
+             "tokens_out": 20, "cost_usd": None, "latency_s_mean": 0.25, "ttft_s_mean": 0.1},
+            {"name": "moa", "kind": "moa", "items": 2, "scored": 2, "errors": 1,
+             "score": {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 2}, "tokens_in": 40,
+             "tokens_out": 80, "cost_usd": 0.0123, "latency_s_mean": 1.5, "ttft_s_mean": None},
+        ],
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    for system, answers in (("single", ["4", hostile]), ("moa", ["four", "Paris"])):
+        lines = [
+            json.dumps({"item_id": f"q{i}", "system": system, "final": answer,
+                        "score": {"value": float(i == 1 or system == "moa")},
+                        "latency_s": 0.5 + i, "error": None})
+            for i, answer in enumerate(answers)
+        ]
+        (directory / "records" / f"{system}.abc123.jsonl").write_text("\n".join(lines) + "\n")
+    (directory / "plots" / "layer_curve.png").write_bytes(tiny_png())

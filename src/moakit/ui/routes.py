@@ -37,7 +37,7 @@ MAX_LIST = 500
 # is a second wall should a bug ever let markup through.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
 
@@ -47,7 +47,7 @@ class _BadRequest(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def _error(
+def api_error(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> Response:
     kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
@@ -59,11 +59,11 @@ def _error(
     )
 
 
-def _auth(check_auth: Callable[[Request], None], request: Request) -> Response | None:
+def authorized(check_auth: Callable[[Request], None], request: Request) -> Response | None:
     try:
         check_auth(request)
     except HTTPException as exc:
-        return _error(exc.status_code, str(exc.detail), code="invalid_api_key")
+        return api_error(exc.status_code, str(exc.detail), code="invalid_api_key")
     return None
 
 
@@ -141,7 +141,7 @@ def ui_routes(
         )
 
     async def traces(request: Request) -> Response:
-        if (denied := _auth(check_auth, request)) is not None:
+        if (denied := authorized(check_auth, request)) is not None:
             return denied
         try:
             status = request.query_params.get("status") or None
@@ -159,7 +159,7 @@ def ui_routes(
                 limit=max(1, min(limit, MAX_LIST)),
             )
         except _BadRequest as exc:
-            return _error(exc.status, exc.message, exc.param, exc.code)
+            return api_error(exc.status, exc.message, exc.param, exc.code)
         items = []
         for q in rows:
             question = ""
@@ -183,17 +183,17 @@ def ui_routes(
         return JSONResponse({"object": "list", "data": items})
 
     async def trace_detail(request: Request) -> Response:
-        if (denied := _auth(check_auth, request)) is not None:
+        if (denied := authorized(check_auth, request)) is not None:
             return denied
         query_id = request.path_params["id"]
         full = await run_in_threadpool(store.resolve, query_id)
         record = await run_in_threadpool(store.get, full) if full else None
         if record is None:
-            return _error(404, f"no trace with id {query_id!r}", "id", "not_found")
+            return api_error(404, f"no trace with id {query_id!r}", "id", "not_found")
         return JSONResponse(record.to_json())
 
     async def stacks(request: Request) -> Response:
-        if (denied := _auth(check_auth, request)) is not None:
+        if (denied := authorized(check_auth, request)) is not None:
             return denied
         out = []
         for name in stack_names():
@@ -205,7 +205,7 @@ def ui_routes(
         return JSONResponse({"object": "list", "data": out})
 
     async def run(request: Request) -> Response:
-        if (denied := _auth(check_auth, request)) is not None:
+        if (denied := authorized(check_auth, request)) is not None:
             return denied
         try:
             raw = await _read_body(request)
@@ -226,7 +226,7 @@ def ui_routes(
             except MoaError as exc:
                 raise _BadRequest(400, str(exc), "stack", "stack_unavailable") from None
         except _BadRequest as exc:
-            return _error(exc.status, exc.message, exc.param, exc.code)
+            return api_error(exc.status, exc.message, exc.param, exc.code)
         run_id = new_run_id()
 
         async def stream() -> AsyncIterator[str]:

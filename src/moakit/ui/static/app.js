@@ -1,23 +1,36 @@
-// moakit UI: entry point: routing between the playground and the trace viewer.
+// moakit UI: entry point: routing between the playground, the trace viewer and the evals.
 //
 // Untrusted text (model answers, questions, upstream errors) is put in the page with textContent
 // only (el()/setText()); no module assigns innerHTML or builds markup from strings.
 
 import { $, apiKey, KEY_STORAGE, setText } from "./dom.js";
 import { loadStacks, renderShape, runQuery, stackNamed } from "./playground.js";
+import { initEvals, loadEvals, openEval } from "./evals.js";
 import { loadTraces, openTrace } from "./traces.js";
 
 // -- routing ------------------------------------------------------------------------------
 
+function routeEvals(hash) {
+  const name = hash.slice("#/evals/".length);
+  if (hash.startsWith("#/evals/") && name) {
+    openEval(decodeURIComponent(name));
+  } else {
+    $("eval-browser").hidden = false;
+    $("eval-detail").hidden = true;
+    loadEvals();
+  }
+}
+
 function route() {
   const hash = location.hash || "#/playground";
-  const traces = hash.startsWith("#/traces");
-  $("view-playground").hidden = traces;
-  $("view-traces").hidden = !traces;
-  $("nav-playground").classList.toggle("active", !traces);
-  $("nav-traces").classList.toggle("active", traces);
+  const view = hash.startsWith("#/traces") ? "traces" : hash.startsWith("#/evals") ? "evals" : "playground";
+  for (const name of ["playground", "traces", "evals"]) {
+    $("view-" + name).hidden = view !== name;
+    $("nav-" + name).classList.toggle("active", view === name);
+  }
   $("member-panel").hidden = true;
-  if (!traces) return;
+  if (view === "evals") return routeEvals(hash);
+  if (view !== "traces") return;
   const id = hash.slice("#/traces/".length);
   if (hash.startsWith("#/traces/") && id) {
     openTrace(decodeURIComponent(id));
@@ -47,6 +60,7 @@ function init() {
   $("member-close").addEventListener("click", () => {
     $("member-panel").hidden = true;
   });
+  initEvals();
   window.addEventListener("hashchange", route);
   loadStacks().then(route);
 }
