@@ -42,6 +42,7 @@ def root(tmp_path: Path) -> Path:
     write_eval_results(root / "run-1", HOSTILE)
     (root / "not-results").mkdir()  # no summary.json: not listed
     (root / "secret.png").write_bytes(b"operator file")  # outside any results directory
+    (root / "run-1" / "plots" / "notes.txt").write_text("not a plot")  # inside, not a plot
     return root
 
 
@@ -85,6 +86,7 @@ async def test_only_listed_files_are_reachable(client: httpx.AsyncClient) -> Non
         "/ui/api/evals/run-1/plots/secret.png",
         "/ui/api/evals/run-1/plots/..%2F..%2Fsecret.png",
         "/ui/api/evals/run-1/plots/summary.json",
+        "/ui/api/evals/run-1/plots/notes.txt",
     ):
         response = await client.get(path, headers=AUTH)
         assert response.status_code == 404, path
