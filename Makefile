@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock
+.PHONY: run test lint typecheck install clean lock chromium
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,7 +26,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+# The UI tests drive a real headless Chromium: Debian's package (Playwright's own browser
+# download is not used). Installed only when missing; CI runs as root.
+chromium:
+	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: install chromium lint typecheck
 	$(BIN)/pytest -q
 
 # Re-pin every dependency from the current venv (run after changing pyproject.toml).

@@ -12,6 +12,7 @@ from moakit.cli.fake_backend import fake_backend_cmd
 from moakit.cli.literal import one_line
 from moakit.cli.presets import config_group, presets_group
 from moakit.cli.serve import serve_cmd
+from moakit.cli.trace import trace_group
 from moakit.errors import ConfigError, MoaError, QueryFailed
 
 EXIT_CONFIG = 2
@@ -30,6 +31,7 @@ cli.add_command(presets_group)
 cli.add_command(config_group)
 cli.add_command(fake_backend_cmd)
 cli.add_command(serve_cmd)
+cli.add_command(trace_group)
 
 
 def main() -> None:

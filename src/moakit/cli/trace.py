@@ -1,0 +1,253 @@
+"""``moa trace``: list, show, export and prune recorded queries.
+
+Model outputs, questions and upstream errors are untrusted: they are printed as ``rich.text.Text``
+objects, which Rich never parses for markup, so ``[bold]`` or ``[/INST]`` in an answer is shown
+as those characters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from moakit.trace.records import QUERY_STATUSES, CallRecord, TraceRecord
+from moakit.trace.store import TraceStore
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"expected a duration like 30d, 12h, 15m (got {text!r})")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_since(text: str) -> float:
+    """A duration ago (``1h``) or an ISO date/time (``2026-12-01``, ``2026-12-01T08:00``)."""
+    if _DURATION.match(text):
+        return time.time() - parse_duration(text)
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a duration (1h, 7d) or an ISO date (2026-12-01), got {text!r}"
+        ) from None
+
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Trace database (default: $MOAKIT_TRACE_DB, $MOAKIT_HOME/traces.db, or the data dir).",
+)
+
+
+def _console() -> Console:
+    # highlight=False: Rich's repr highlighter would colour numbers and URLs inside answers.
+    return Console(highlight=False)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _cost(cost: float | None) -> str:
+    return "-" if cost is None else f"${cost:.4f}"
+
+
+def _record(store: TraceStore, query_id: str) -> TraceRecord:
+    full = store.resolve(query_id)
+    record = store.get(full) if full else None
+    if record is None:
+        raise click.ClickException(f"no trace with id {query_id!r} (or the prefix is ambiguous)")
+    return record
+
+
+@click.group("trace")
+def trace_group() -> None:
+    """Recorded queries: who said what, what it cost, how long each step took."""
+
+
+@trace_group.command("list")
+@db_option
+@click.option("--stack", default=None, help="Only this stack.")
+@click.option("--status", type=click.Choice(QUERY_STATUSES), default=None, help="Only this status.")
+@click.option("--since", default=None, help="Started within a duration (1h, 7d) or since a date.")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_cmd(
+    db_path: Path | None,
+    stack: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Recent queries, newest first."""
+    with TraceStore(db_path) as store:
+        rows = store.list_queries(
+            stack=stack,
+            status=status,
+            since=parse_since(since) if since else None,
+            limit=limit,
+        )
+    if as_json:
+        for q in rows:
+            click.echo(json.dumps(TraceRecord(q).to_json()["query"], ensure_ascii=False))
+        return
+    table = Table(box=None, pad_edge=False)
+    for name in ("id", "time", "stack", "status", "latency", "tokens", "cost"):
+        table.add_column(name, justify="right" if name in ("latency", "tokens", "cost") else "left")
+    for q in rows:
+        style = {"complete": "green", "failed": "red", "cancelled": "yellow"}.get(q.status, "")
+        table.add_row(
+            Text(q.id[:12]),
+            Text(_when(q.start_time)),
+            Text(q.stack_name),
+            Text(q.status, style=style),
+            Text("-" if q.latency_s is None else f"{q.latency_s:.2f}s"),
+            Text(str(q.total_tokens)),
+            Text(_cost(q.cost_usd)),
+        )
+    console = _console()
+    if rows:
+        console.print(table)
+    else:
+        console.print(Text("no traces recorded yet", style="dim"))
+
+
+def _call_line(call: CallRecord) -> Text:
+    mark, style = ("✓", "green") if call.ok else ("✗", "red")
+    if call.cancelled:
+        mark, style = "⏹", "yellow"
+    line = Text()
+    line.append(f"{mark} ", style=style)
+    line.append(call.label, style="bold")
+    line.append(f"  {call.provider}/{call.model_name}", style="dim")
+    line.append(f"  {call.latency_s:.2f}s")
+    if call.ttft_s is not None:
+        line.append(f" (ttft {call.ttft_s:.2f}s)", style="dim")
+    line.append(f"  {call.prompt_tokens}+{call.completion_tokens} tok")
+    if len(call.attempts) > 1:
+        line.append(f"  {len(call.attempts)} attempts", style="yellow")
+    if call.truncated:
+        line.append("  truncated", style="yellow")
+    return line
+
+
+def _body(text: str | None, full: bool, width: int = 400) -> Text:
+    text = text or ""
+    if not full and len(text) > width:
+        text = text[:width] + f"… ({len(text) - width} more chars; --full shows all)"
+    return Text(text)
+
+
+def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
+    """The tree ``moa trace show`` prints: layers -> members -> outputs."""
+    q = record.query
+    head = Text()
+    head.append(f"query {q.id}", style="bold")
+    head.append(f"  {q.stack_name}  ")
+    head.append(q.status, style={"complete": "green", "incomplete": "yellow"}.get(q.status, "red"))
+    head.append(f"  {_when(q.start_time)}")
+    if q.latency_s is not None:
+        head.append(f"  {q.latency_s:.2f}s")
+    head.append(f"  {q.prompt_tokens}+{q.completion_tokens} tok  {_cost(q.cost_usd)}")
+    tree = Tree(head)
+    if q.input is not None:
+        question = tree.add(Text("input", style="bold"))
+        for message in q.input:
+            role = Text(f"{message.get('role', '?')}: ")
+            question.add(role + _body(str(message.get("content")), full))
+    elif q.input_hash:
+        tree.add(Text(f"input: not stored ({q.input_hash})", style="dim"))
+    for layer, calls in record.layers().items():
+        aggregator = all(c.role == "aggregator" for c in calls)
+        answered = sum(1 for c in calls if c.ok)
+        title = "aggregator" if aggregator else f"layer {layer}"
+        node = tree.add(Text(f"{title}  {answered}/{len(calls)} answered", style="bold"))
+        for call in calls:
+            member = node.add(_call_line(call))
+            if call.references:
+                member.add(Text(f"shown {len(call.references)} references", style="dim"))
+            # One attempt's error is the call's error: list attempts only when it retried.
+            for attempt in call.attempts if len(call.attempts) > 1 else []:
+                if attempt.error:
+                    member.add(Text(f"attempt {attempt.number}: {attempt.error}", style="red"))
+            if call.status_message is not None:
+                member.add(Text(call.status_message, style="red"))
+            if call.output is not None:
+                member.add(_body(call.output, full))
+    if q.status_message:
+        tree.add(Text(f"error: {q.status_message}", style="red"))
+    if q.output is not None:
+        final = tree.add(Text("final answer", style="bold"))
+        final.add(_body(q.output, True))
+    return tree
+
+
+@trace_group.command("show")
+@click.argument("query_id")
+@db_option
+@click.option("--full", is_flag=True, help="Print every output in full.")
+def show_cmd(query_id: str, db_path: Path | None, full: bool) -> None:
+    """One query as a tree: layers, members, their outputs; failures in red."""
+    with TraceStore(db_path) as store:
+        record = _record(store, query_id)
+    _console().print(render_trace(record, full=full))
+
+
+@trace_group.command("export")
+@click.argument("query_id")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+def export_cmd(query_id: str, db_path: Path | None, fmt: str) -> None:
+    """One query and all of its calls, as JSON on stdout."""
+    with TraceStore(db_path) as store:
+        record = _record(store, query_id)
+    click.echo(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
+
+
+@trace_group.command("prune")
+@db_option
+@click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h, 2w.")
+@click.option("--vacuum", is_flag=True, help="Also give the freed space back to the disk.")
+def prune_cmd(db_path: Path | None, older_than: str, vacuum: bool) -> None:
+    """Delete queries started longer ago than --older-than."""
+    seconds = parse_duration(older_than)
+    with TraceStore(db_path) as store:
+        deleted = store.prune(seconds, vacuum=vacuum)
+    click.echo(f"deleted {deleted} queries older than {older_than}")
+
+
+@trace_group.command("stats")
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def stats_cmd(db_path: Path | None, as_json: bool) -> None:
+    """How many queries and calls the store holds, and its size on disk."""
+    with TraceStore(db_path) as store:
+        stats = store.stats()
+    if as_json:
+        click.echo(json.dumps(stats.__dict__))
+        return
+    click.echo(f"path:     {stats.path}")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_status.items())) or "none"
+    click.echo(f"queries:  {stats.queries}  ({statuses})")
+    click.echo(f"calls:    {stats.calls}")
+    click.echo(f"configs:  {stats.stack_configs}")
+    click.echo(f"size:     {stats.file_bytes / 1e6:.2f} MB")
+    click.echo(f"oldest:   {_when(stats.oldest)}")
+    click.echo(f"newest:   {_when(stats.newest)}")

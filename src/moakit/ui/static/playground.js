@@ -1,0 +1,194 @@
+// moakit UI: the playground: a stack's shape, then a live run over SSE.
+//
+// Untrusted text (model answers, questions, upstream errors) is put in the page with textContent
+// only (el()/setText()); no module assigns innerHTML or builds markup from strings.
+
+import {
+  $, clear, el, errorText, fmtCost, fmtSeconds, getJSON, headers, readSSE, setText, showError,
+} from "./dom.js";
+import { Grid } from "./grid.js";
+import { openMember } from "./member.js";
+
+// -- playground ---------------------------------------------------------------------------
+
+let stacks = [];
+
+export function stackNamed(name) {
+  return stacks.find((s) => s.name === name);
+}
+
+export function renderShape(stack) {
+  const box = $("shape");
+  clear(box);
+  if (!stack) return;
+  if (stack.error) {
+    box.append(el("p", "error", "unavailable: " + stack.error));
+    return;
+  }
+  const facts = [
+    stack.llm_calls + " LLM calls",
+    stack.serial_rounds + " serial rounds",
+    stack.estimated_cost_usd === null
+      ? "cost unknown (no prices)"
+      : "≈ " + fmtCost(stack.estimated_cost_usd),
+  ];
+  box.append(el("p", "muted", facts.join(" · ")));
+  if (stack.description) box.append(el("p", "muted", stack.description));
+  stack.layers.forEach((members, i) => {
+    const row = el("div", "shape-row");
+    row.append(el("span", "shape-layer", "layer " + (i + 1)));
+    members.forEach((m) => row.append(el("span", "chip", m.label)));
+    box.append(row);
+  });
+  const agg = el("div", "shape-row");
+  agg.append(el("span", "shape-layer", "aggregator"));
+  agg.append(el("span", "chip chip-agg", stack.aggregator.label));
+  stack.fallbacks.forEach((f) => agg.append(el("span", "chip", "fallback: " + f.label)));
+  box.append(agg);
+}
+
+export async function loadStacks() {
+  try {
+    const body = await getJSON("/ui/api/stacks");
+    stacks = body.data;
+  } catch (e) {
+    showError("cannot list stacks: " + e.message);
+    return;
+  }
+  showError("");
+  for (const select of [$("stack-select"), $("filter-stack")]) {
+    const keep = select.id === "filter-stack" ? select.options[0] : null;
+    clear(select);
+    if (keep) select.append(keep);
+    stacks.forEach((s) => {
+      const option = el("option", "", s.name);
+      option.value = s.name;
+      select.append(option);
+    });
+  }
+  renderShape(stacks[0]);
+}
+
+function runSummary(result) {
+  const usage = result.usage || { prompt_tokens: 0, completion_tokens: 0 };
+  return [
+    result.llm_calls + " calls",
+    result.serial_rounds + " rounds",
+    usage.prompt_tokens + "+" + usage.completion_tokens + " tokens",
+    fmtSeconds(result.latency_s),
+    fmtCost(result.cost_usd),
+  ].join(" · ");
+}
+
+export async function runQuery() {
+  const stack = $("stack-select").value;
+  const prompt = $("question").value;
+  const button = $("run-button");
+  const final = $("final-answer");
+  const grid = new Grid($("live-grid"), openMember);
+  const layerCount = (stacks.find((s) => s.name === stack) || { layers: [] }).layers.length;
+  const aggLayer = layerCount + 1;
+  let aggregators = 0;
+  let aggCard = null;
+  setText(final, "");
+  setText($("run-summary"), "");
+  $("open-trace").hidden = true;
+  showError("");
+  button.disabled = true;
+  setText($("run-status"), "running…");
+
+  function aggregatorRow() {
+    grid.row(aggLayer, "aggregator");
+  }
+
+  const handlers = {
+    run(ev) {
+      const link = $("open-trace");
+      link.href = "#/traces/" + encodeURIComponent(ev.run_id);
+      link.dataset.runId = ev.run_id;
+    },
+    LayerStarted(ev) {
+      grid.row(ev.layer, "layer " + ev.layer);
+      ev.members.forEach((label, i) => grid.card(ev.layer, i, label, ""));
+    },
+    MemberStarted(ev) {
+      const card = grid.card(ev.layer, ev.index, ev.label, ev.model);
+      grid.setStatus(card, "running", ev.attempt > 1 ? "retry " + ev.attempt : "running");
+      setText(card.text, "");
+    },
+    MemberDelta(ev) {
+      grid.appendText(grid.card(ev.layer, ev.index), ev.text);
+    },
+    MemberFinished(ev) {
+      const out = ev.output;
+      grid.finish(grid.card(out.layer, out.index, out.label, out.model), out);
+    },
+    LayerFinished(ev) {
+      const layer = ev.layer;
+      // LayerResult's 1-based number is `layer` (engine rework) or `index` (before it).
+      const no = layer.layer !== undefined ? layer.layer : layer.index;
+      grid.row(no, "layer " + no + " · " + layer.answered + "/" +
+        layer.members.length + " answered · " + fmtSeconds(layer.latency_s));
+    },
+    AggregatorStarted(ev) {
+      aggregatorRow();
+      const index = typeof ev.index === "number" ? ev.index : aggregators;
+      aggregators += 1;
+      aggCard = grid.card(aggLayer, index, ev.label, ev.model, "aggregator");
+      grid.setStatus(aggCard, "running", "on " + ev.references + " references");
+      setText(aggCard.text, "");
+    },
+    TextDelta(ev) {
+      final.textContent += ev.text;
+      if (aggCard) grid.appendText(aggCard, ev.text);
+    },
+    AggregatorFailed(ev) {
+      const out = ev.failed;
+      grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out);
+      if (ev.discard_text || ev.had_text) {
+        setText(final, "");
+      }
+    },
+    RunFinished(ev) {
+      const result = ev.result;
+      result.aggregators.forEach((out) =>
+        grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out)
+      );
+      setText(final, result.final);
+      setText($("run-summary"), runSummary(result));
+      setText($("run-status"), "done");
+      $("open-trace").hidden = false;
+    },
+    error(ev) {
+      const result = ev.result;
+      if (result) {
+        result.aggregators.forEach((out) =>
+          grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out)
+        );
+      }
+      showError(ev.message);
+      setText($("run-status"), "failed");
+      $("open-trace").hidden = false;
+    },
+  };
+  handlers.AggregatorAttemptFailed = handlers.AggregatorFailed;
+  handlers.RunFailed = handlers.error;
+
+  try {
+    const response = await fetch("/ui/api/run", {
+      method: "POST",
+      headers: headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ stack: stack, prompt: prompt }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    await readSSE(response, (ev) => {
+      const handle = handlers[ev.type];
+      if (handle) handle(ev);
+    });
+  } catch (e) {
+    showError(e.message);
+    setText($("run-status"), "failed");
+  } finally {
+    button.disabled = false;
+  }
+}

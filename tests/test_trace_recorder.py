@@ -1,0 +1,283 @@
+"""The recorder against the engine contract's events (run_id/ts on each, RunStarted,
+MemberStarted with its request, AggregatorAttemptFailed, RunFailed), which the engine branch
+delivers: stand-ins with the contract's class names and fields drive it here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from moakit.models.base import ChatRequest, Usage
+from moakit.result import Attempt, LayerResult, MemberOutput, Result
+from moakit.trace import TraceRecorder, TraceStore
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    ts: float
+    stack: str
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class LayerStarted:
+    run_id: str
+    ts: float
+    layer: int
+    members: list[str]
+
+
+@dataclass(frozen=True)
+class MemberStarted:
+    run_id: str
+    ts: float
+    layer: int
+    index: int
+    label: str
+    provider: str
+    model: str
+    attempt: int
+    request: ChatRequest
+
+
+@dataclass(frozen=True)
+class MemberDelta:
+    run_id: str
+    ts: float
+    layer: int
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class MemberFinished:
+    run_id: str
+    ts: float
+    output: MemberOutput
+
+
+@dataclass(frozen=True)
+class LayerFinished:
+    run_id: str
+    ts: float
+    layer: LayerResult
+
+
+@dataclass(frozen=True)
+class AggregatorStarted:
+    run_id: str
+    ts: float
+    index: int
+    label: str
+    model: str
+    references: int
+
+
+@dataclass(frozen=True)
+class AggregatorAttemptFailed:
+    run_id: str
+    ts: float
+    failed: MemberOutput
+    will_retry: bool
+    had_text: bool
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    ts: float
+    result: Result
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    run_id: str
+    ts: float
+    error: str
+    result: Result
+
+
+T0 = 1_800_000_000.0
+
+
+def member(layer: int, index: int, output: str | None, error: str | None = None) -> MemberOutput:
+    return MemberOutput(
+        layer=layer,
+        index=index,
+        label=f"m{layer}{index}",
+        provider="openai",
+        model=f"model-{index}",
+        output=output,
+        error=error,
+        started_s=0.5,
+        latency_s=1.25,
+        usage=Usage(prompt_tokens=10, completion_tokens=5),
+        attempts=[Attempt(number=1, started_s=0.5, latency_s=1.25, error=error)],
+    )
+
+
+def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
+    recorder = TraceRecorder(TraceStore(tmp_path / "t.db"))
+    store = recorder.sinks[0]
+    assert isinstance(store, TraceStore)
+    req = ChatRequest(messages=[{"role": "user", "content": "x"}], temperature=0.7)
+    agg_req = ChatRequest(
+        messages=[{"role": "system", "content": "refs: 1. a"}, {"role": "user", "content": "x"}],
+        max_tokens=99,
+    )
+    ok_a, ok_b = member(1, 0, "answer A"), member(1, 1, "answer B")
+    failed_agg = member(2, 0, None, "http 503: busy")
+    # `index` today, `layer` after the engine rework (the other is ignored as an extra field).
+    layer = LayerResult(index=1, layer=1, members=[ok_a], latency_s=1.25, min_successful=1)
+    good_agg = member(2, 0, "final")
+    events = [
+        RunStarted("r1", T0, "stack-one", "sha256:engine-hash"),
+        RunStarted("r2", T0 + 1, "stack-two", "sha256:other"),
+        LayerStarted("r1", T0, 1, ["m10"]),
+        MemberStarted("r1", T0 + 0.5, 1, 0, "m10", "openai", "model-0", 1, req),
+        MemberStarted("r2", T0 + 1.5, 1, 1, "m11", "openai", "model-1", 1, req),
+        MemberDelta("r1", T0 + 0.6, 1, 0, "ans"),
+        MemberFinished("r2", T0 + 2.75, ok_b),
+        MemberFinished("r1", T0 + 1.75, ok_a),
+        LayerFinished("r1", T0 + 1.75, layer),
+        AggregatorStarted("r1", T0 + 1.8, 0, "agg", "model-0", 1),
+        MemberStarted("r1", T0 + 1.8, 2, 0, "agg", "openai", "model-0", 1, agg_req),
+        AggregatorAttemptFailed("r1", T0 + 2.0, failed_agg, will_retry=True, had_text=False),
+        MemberStarted("r1", T0 + 2.1, 2, 0, "agg", "openai", "model-0", 2, agg_req),
+        RunFinished(
+            "r1", T0 + 3, Result(stack="stack-one", final="final", layers=[layer],
+                                 aggregators=[good_agg], latency_s=3.0)
+        ),
+        RunFailed(
+            "r2", T0 + 4, "every aggregator failed",
+            Result(stack="stack-two", layers=[], latency_s=3.0, error="every aggregator failed"),
+        ),
+    ]
+    for event in events:
+        recorder(event)
+    assert recorder.active_runs == 0
+    assert store.flush()
+    r1, r2 = store.get("r1"), store.get("r2")
+    assert r1 is not None and r2 is not None
+    assert (r1.query.status, r1.query.stack_name, r1.query.config_hash) == (
+        "complete", "stack-one", "sha256:engine-hash"
+    )
+    assert r1.query.start_time == T0 and r1.query.output == "final"
+    calls = {(c.layer, c.index): c for c in r1.calls}
+    assert sorted(calls) == [(1, 0), (2, 0)]
+    # MemberStarted's request is the call's exact input and parameters.
+    assert calls[(1, 0)].input == [{"role": "user", "content": "x"}]
+    assert calls[(1, 0)].model_parameters == {"temperature": 0.7}
+    agg = calls[(2, 0)]
+    assert agg.input == list(agg_req.messages) and agg.model_parameters == {"max_tokens": 99}
+    assert agg.output == "final" and agg.status_message is None  # the retry's success won
+    assert [r.text for r in agg.references] == ["answer A"]
+    # The retry's MemberStarted does not move the call's start.
+    assert agg.start_time == T0 + 0.5  # the query's start + MemberOutput.started_s
+    assert (r2.query.status, r2.query.status_message) == ("failed", "every aggregator failed")
+    assert [c.label for c in r2.calls] == ["m11"]
+    store.close()
+
+
+def test_events_without_a_started_run_are_ignored(tmp_path: Path) -> None:
+    with TraceStore(tmp_path / "t.db") as store:
+        recorder = TraceRecorder(store)
+        recorder(MemberFinished("ghost", T0, member(1, 0, "x")))
+        recorder(object())  # no run_id at all: logged, ignored
+        assert store.flush()
+        assert store.list_queries() == []
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.finished: list[str] = []
+
+    def query_started(self, query: object) -> None:
+        pass
+
+    def call_finished(self, call: object) -> None:
+        self.calls.append(getattr(call, "label", ""))
+
+    def query_finished(self, query: object, calls: object) -> None:
+        self.finished.append(getattr(query, "status", ""))
+
+
+async def test_adapter_hands_the_recorder_to_an_engine_with_observers() -> None:
+    """Once Stack.events takes run_id/observers (the engine contract), traced_run passes the
+    recorder as an observer instead of feeding it too: each event is recorded once."""
+    from collections.abc import AsyncIterator, Sequence
+    from typing import Any
+
+    from moakit import Stack
+    from moakit.testing.models import echo_model
+    from moakit.trace import traced_run
+    from trace_helpers import two_layer_config
+
+    seen: list[str] = []
+
+    class ObservingStack(Stack):
+        def events(  # type: ignore[override]
+            self,
+            request: Any,
+            *,
+            run_id: str | None = None,
+            observers: Sequence[Any] = (),
+        ) -> AsyncIterator[Any]:
+            async def gen() -> AsyncIterator[Any]:
+                async for event in Stack.events(self, request):
+                    for observe in observers:
+                        observe(event)
+                    seen.append(type(event).__name__)
+                    yield event
+
+            return gen()
+
+    sink = CountingSink()
+    models = {n: echo_model(n) for n in ("a", "b", "c", "agg")}
+    async with ObservingStack(two_layer_config(), models=models) as stack:
+        result = await traced_run(stack, [{"role": "user", "content": "q"}],
+                                  TraceRecorder(sink, stack=stack))
+    assert result.final == "agg: q"
+    assert "MemberFinished" in seen
+    assert sorted(sink.calls) == ["a", "agg", "b", "c"]  # once each, not twice
+    assert sink.finished == ["complete"]
+
+
+async def test_the_engines_config_hash_is_the_stored_one(tmp_path: Path) -> None:
+    """A stack that hashes its own config (the engine branch does, and says so in RunStarted)
+    is stored under that hash, so the query and its config stay joined."""
+    from moakit import Stack
+    from moakit.testing.models import echo_model
+    from moakit.trace import traced_run
+    from trace_helpers import two_layer_config
+
+    models = {n: echo_model(n) for n in ("a", "b", "c", "agg")}
+    with TraceStore(tmp_path / "h.db") as store:
+        async with Stack(two_layer_config(), models=models) as stack:
+            stack.config_hash = "0123abcd-engine-hash"  # type: ignore[attr-defined]
+            await traced_run(stack, [{"role": "user", "content": "q"}],
+                             TraceRecorder(store, stack=stack), run_id="h")
+        assert store.flush()
+        record = store.get("h")
+    assert record is not None and record.query.config_hash == "0123abcd-engine-hash"
+    assert record.query.stack_config is not None
+    assert record.query.stack_config["name"] == "trace-test"
+
+
+def test_runs_that_never_end_are_not_held_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moakit.trace.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "MAX_ACTIVE_RUNS", 3)
+    with TraceStore(tmp_path / "t.db") as store:
+        recorder = TraceRecorder(store)
+        for i in range(5):
+            recorder(RunStarted(f"r{i}", T0 + i, "s", "h"))
+        assert recorder.active_runs == 3
+        assert store.flush()
+        assert {q.status for q in store.list_queries()} == {"incomplete"}
