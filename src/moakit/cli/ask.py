@@ -35,6 +35,7 @@ from moakit.events import (
 )
 from moakit.models.base import Message
 from moakit.result import Result
+from moakit.trace import TraceRecorder, default_recorder, traced_run
 
 stack_options = [
     click.option("--preset", "-p", default=None, help="Preset name (default: local)."),
@@ -134,9 +135,14 @@ class TerminalView:
         self.wrote_text = False
 
 
-async def answer(stack: Stack, messages: list[Message], view: TerminalView) -> Result:
+async def answer(
+    stack: Stack, messages: list[Message], view: TerminalView, recorder: TraceRecorder | None
+) -> Result:
     # Streamed when the answer is shown as it comes; otherwise retries stay free.
-    return await stack.run(messages, observers=[view], streaming=view.out is not None)
+    streaming = view.out is not None
+    if recorder is None:
+        return await stack.run(messages, observers=[view], streaming=streaming)
+    return await traced_run(stack, messages, recorder, observers=[view], streaming=streaming)
 
 
 @click.command("ask")
@@ -159,7 +165,10 @@ def ask_cmd(
 
     async def go() -> Result:
         async with Stack(config) as stack:
-            return await answer(stack, [{"role": "user", "content": question}], view)
+            # Every CLI query is recorded (MOAKIT_TRACE=0 turns it off): `moa trace list`.
+            # The store's writer commits what is queued before the process exits.
+            recorder = default_recorder(stack, source="cli")
+            return await answer(stack, [{"role": "user", "content": question}], view, recorder)
 
     try:
         result = asyncio.run(go())
@@ -183,6 +192,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
     async def go() -> None:
         history: list[Message] = []
         async with Stack(config) as stack:
+            recorder = default_recorder(stack, source="cli")
             while True:
                 try:
                     line = await asyncio.to_thread(input, "you> ")
@@ -194,7 +204,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                     continue
                 history.append({"role": "user", "content": line})
                 try:
-                    result = await answer(stack, history, view)
+                    result = await answer(stack, history, view, recorder)
                 except QueryFailed as exc:
                     # This turn failed; the conversation goes on without it.
                     progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))

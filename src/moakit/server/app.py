@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,6 +29,8 @@ from moakit.server.routes_chat import chat
 from moakit.server.routes_responses import responses
 from moakit.server.settings import ServerSettings
 from moakit.server.state import ServerState
+from moakit.server.ui_mount import ui_mount
+from moakit.trace import TraceStore, default_recorder
 
 log = logging.getLogger("moakit.server")
 
@@ -41,12 +44,16 @@ def create_app(
     preload: bool = False,
     settings: ServerSettings | None = None,
     allow_request_stacks: bool | None = None,
+    trace_store: TraceStore | None = None,
+    evals_dir: Path | None = None,
 ) -> Starlette:
     """The ASGI app. ``stacks`` maps model names to stacks (default: every preset, resolved on
     use); ``api_keys`` defaults to the comma-separated ``MOA_API_KEYS``; ``preload`` loads
     embedded models at startup and holds /ready at 503 until they are in memory. ``settings``
     declares the endpoints and caps for request-supplied stacks, which stay off unless
-    ``allow_request_stacks`` (or the settings) turn them on."""
+    ``allow_request_stacks`` (or the settings) turn them on. ``trace_store``: every query is
+    recorded there (plus OpenTelemetry when configured) and the web UI is served at ``/ui``
+    (``evals_dir`` adds its eval-report viewer); without one, nothing is recorded."""
     if api_keys is None:
         env = os.environ.get("MOA_API_KEYS", "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()]
@@ -60,7 +67,9 @@ def create_app(
         max_body_bytes=max_body_bytes,
         preload=preload,
         settings=settings,
+        recorder=default_recorder(source="server", store=trace_store) if trace_store else None,
     )
+    ui = ui_mount(state, trace_store, evals_dir) if trace_store is not None else []
 
     def bind(prefix: str, handler: Any, *, log_access: bool = True) -> Any:
         bound: Handler = functools.partial(handler, state)
@@ -83,6 +92,8 @@ def create_app(
             with contextlib.suppress(Exception):
                 await stack.aclose()
         state.stacks.clear()
+        if trace_store is not None:
+            trace_store.close()  # its writer commits what is queued first
 
     app = Starlette(
         routes=[
@@ -96,6 +107,7 @@ def create_app(
             ),
             Route("/health", bind("health", routes_misc.health, log_access=False), methods=["GET"]),
             Route("/ready", bind("ready", routes_misc.ready, log_access=False), methods=["GET"]),
+            *ui,
         ],
         exception_handlers={
             404: routes_misc.not_found,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from moakit.engine import Stack
-from moakit.engine.observers import Observer
 from moakit.errors import QueryFailed
-from moakit.events import LayerFinished, RunFinished, TextDelta
+from moakit.events import Event, LayerFinished, RunFinished, TextDelta
 from moakit.models.base import ChatRequest, Model
 from moakit.result import Result
 from moakit.server.errors import ApiError, bad_request, query_error
 from moakit.server.request_stack import RequestStack, translate
 from moakit.server.state import ServerState, build_stack
+from moakit.trace import TraceRecorder, traced_events
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class Query:
     stack: Stack
     owned: bool  # built for this request (a request stack): closed when it ends
     run_id: str | None = None  # the request id, so logs, traces and results share one id
-    observers: Sequence[Observer] = field(default_factory=tuple)  # e.g. the trace recorder
+    recorder: TraceRecorder | None = None
 
     async def aclose(self) -> None:
         if self.owned:
@@ -76,7 +76,9 @@ async def prepare(
 ) -> Query:
     check_response_format(request.response_format, schema_param)
     if custom is None:
-        query = Query(model, request, state.stack(model), owned=False, run_id=run_id)
+        query = Query(
+            model, request, state.stack(model), owned=False, run_id=run_id, recorder=state.recorder
+        )
     else:
         caps = state.settings.request_stacks
         if not caps.enabled:
@@ -89,7 +91,12 @@ async def prepare(
                 "limit_exceeded",
             )
         query = Query(
-            model, request, build_stack(config, reveal_key_names=False), owned=True, run_id=run_id
+            model,
+            request,
+            build_stack(config, reveal_key_names=False),
+            owned=True,
+            run_id=run_id,
+            recorder=state.recorder,
         )
     try:
         check_capabilities(query.stack, request)
@@ -165,8 +172,12 @@ async def answer(
     The stream rule is the engine's (``streaming=True``): once answer text was emitted, a
     failure of the attempt that wrote it raises ``AggregatorFailed`` instead of retrying, so
     a client never sees text that is not the answer."""
-    events = query.stack.events(
-        query.request, run_id=query.run_id, observers=query.observers, streaming=streaming
+    events: AsyncGenerator[Event, None] = (
+        traced_events(
+            query.stack, query.request, query.recorder, run_id=query.run_id, streaming=streaming
+        )
+        if query.recorder is not None
+        else query.stack.events(query.request, run_id=query.run_id, streaming=streaming)
     )
     async with aclosing(events):
         async for event in events:

@@ -11,6 +11,7 @@ from moakit.errors import ConfigError, MissingKeyError
 from moakit.server.errors import ApiError
 from moakit.server.limits import QueryLimiter
 from moakit.server.settings import ServerSettings
+from moakit.trace import TraceRecorder
 
 
 @dataclass
@@ -23,6 +24,7 @@ class ServerState:
     preload: bool
     settings: ServerSettings = field(default_factory=ServerSettings)
     stacks: dict[str, Stack] = field(default_factory=dict)
+    recorder: TraceRecorder | None = None  # records every query (the trace store, OTel)
 
     @property
     def in_flight(self) -> int:

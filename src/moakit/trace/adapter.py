@@ -1,21 +1,20 @@
-"""Recording a run with today's engine, which has no observers: wrap ``Stack.events``.
+"""Recording one run: the trace recorder observes it, and whatever ends it sets its status.
 
-Thin on purpose. Once the engine delivers ``Stack.events(request, run_id=..., observers=...)``
-(the engine contract), callers pass ``observers=[recorder]`` and need none of this; until then
-``traced_events`` feeds every event to the recorder as the consumer receives it, and turns the
-ways a run can end without ``RunFinished`` (a ``QueryFailed``, the consumer closing the stream or
-being cancelled) into the query's status.
+The engine feeds observers every event (``Stack.events(..., observers=...)``); what it cannot
+say is how a run ended when it did not end by itself: the consumer closing the stream or being
+cancelled (a client that went away), or an unexpected exception. ``traced_events`` turns those
+into the query's status, so no trace is left "running" by a caller that stopped listening.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from moakit.engine import Stack
+from moakit.engine.observers import Observer
 from moakit.errors import QueryFailed
 from moakit.events import Event, RunFinished
 from moakit.models.base import ChatRequest, Message
@@ -33,50 +32,41 @@ async def traced_events(
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,
-) -> AsyncIterator[Event]:
-    """``stack.events(request)``, recorded. ``run_id`` defaults to a new uuid4 hex."""
+    observers: Sequence[Observer] = (),
+    streaming: bool = True,
+) -> AsyncGenerator[Event, None]:
+    """``stack.events(request, ...)``, recorded. ``run_id`` defaults to a new uuid4 hex."""
     if not isinstance(request, ChatRequest):
         request = ChatRequest(messages=list(request))
     run_id = run_id or new_run_id()
+    # start_run gives the trace the query's input and config (RunStarted carries neither).
     recorder.start_run(run_id, request, stack=stack)
-    observe = recorder.bind(run_id)
+    events = stack.events(
+        request,
+        run_id=run_id,
+        observers=[recorder.bind(run_id), *observers],
+        streaming=streaming,
+    )
     finished = False
-    if _has_observers(stack):
-        # The engine contract's Stack.events feeds observers itself (in order, before the
-        # consumer sees each event): hand the recorder over instead of feeding it twice.
-        # Typed loosely on purpose: this branch's Stack.events does not take these yet.
-        contract_events: Any = stack.events
-        events = contract_events(request, run_id=run_id, observers=[observe])
-        feed = False
-    else:
-        events = stack.events(request)
-        feed = True
     try:
-        async for event in events:
-            if feed:
-                observe(event)
-            if isinstance(event, RunFinished):
-                finished = True
-            yield event
-    except QueryFailed as exc:
-        recorder.run_failed(run_id, str(exc), exc.result)
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, RunFinished):
+                    finished = True
+                yield event
+    except QueryFailed:
+        finished = True  # the engine's RunFailed event recorded it
         raise
     except (GeneratorExit, asyncio.CancelledError):
-        recorder.run_cancelled(run_id)
         raise
     except Exception as exc:  # recorded, then re-raised unchanged: the trace must show it
+        finished = True
         recorder.run_failed(run_id, f"{type(exc).__name__}: {exc}", None)
         raise
     finally:
         if not finished:
-            # Every path above ended the run already; this covers a consumer that stopped
-            # iterating right after the last event without closing us (the run is over).
+            # Closed or cancelled by the consumer: the run did not end by itself.
             recorder.run_cancelled(run_id)
-
-
-def _has_observers(stack: Stack) -> bool:
-    params = inspect.signature(stack.events).parameters
-    return "observers" in params and "run_id" in params
 
 
 async def traced_run(
@@ -85,9 +75,15 @@ async def traced_run(
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,
+    observers: Sequence[Observer] = (),
+    streaming: bool = False,
 ) -> Result:
-    """``stack.run(request)``, recorded."""
-    async for event in traced_events(stack, request, recorder, run_id=run_id):
-        if isinstance(event, RunFinished):
-            return event.result
+    """``stack.run(request)``, recorded (non-streaming by default, as ``Stack.run``)."""
+    events = traced_events(
+        stack, request, recorder, run_id=run_id, observers=observers, streaming=streaming
+    )
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, RunFinished):
+                return event.result
     raise AssertionError("a run always ends with RunFinished or an exception")

@@ -1,0 +1,43 @@
+"""The web UI (``/ui``) and trace recording, attached to the server's own state and auth.
+
+The UI's routes live in ``moakit.ui``; this adapts the server's conventions to theirs: an unknown
+stack is a ``KeyError``, an unusable one a ``ConfigError``, a bad key an ``HTTPException``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from moakit.engine import Stack
+from moakit.errors import ConfigError
+from moakit.server.errors import ApiError
+from moakit.server.limits import check_auth
+from moakit.server.state import ServerState
+from moakit.trace import TraceStore
+from moakit.ui.evals import eval_routes
+from moakit.ui.routes import ui_routes
+
+
+def ui_mount(state: ServerState, store: TraceStore, evals_dir: Path | None) -> list[BaseRoute]:
+    def auth(request: Request) -> None:
+        try:
+            check_auth(state.api_keys, request)
+        except ApiError as err:
+            raise HTTPException(err.status, err.message) from None
+
+    def get_stack(name: str) -> Stack:
+        if not state.known(name):
+            raise KeyError(name)
+        try:
+            return state.stack(name)
+        except ApiError as err:
+            raise ConfigError(err.message, field="stack") from None
+
+    routes = ui_routes(store, get_stack=get_stack, stack_names=state.names, check_auth=auth)
+    if evals_dir is not None:
+        routes += eval_routes(evals_dir, check_auth=auth)
+    return routes
