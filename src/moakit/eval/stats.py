@@ -146,6 +146,8 @@ def lc_win_rate(annotations: Any) -> float:
     length difference. To get the leaderboard's exact number, export the outputs
     (``model_outputs.json``) and run the ``alpaca_eval`` CLI where the hub is reachable.
     """
+    import warnings
+
     import pandas as pd
     from alpaca_eval.metrics.glm_winrate import (
         GLM_INFO,
@@ -165,5 +167,9 @@ def lc_win_rate(annotations: Any) -> float:
     test["std_delta_len"] = 0.0
     n_splits = min(int(info["kwargs"]["n_splits"]), len(feats))
     train, x_test = make_dmatrix_for_model(feats, test, formula=str(info["formula"]))
-    model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, n_splits=n_splits)
+    with warnings.catch_warnings():
+        # alpaca_eval passes sklearn arguments that newer sklearn deprecates; same fit.
+        warnings.simplefilter("ignore", FutureWarning)
+        model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
+                                         n_splits=n_splits)
     return float(model.predict_proba(x_test)[:, 1].mean() * 100)
