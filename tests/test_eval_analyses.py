@@ -109,16 +109,24 @@ def test_similarities_and_spearman() -> None:
 
 def test_layer_curve_and_collaborativeness() -> None:
     records = [
-        {"layers": [[{"value": 0.0}, {"value": 1.0}], [{"value": 1.0}, {"value": 1.0}]],
-         "score": {"value": 1.0}},
-        {"layers": [[{"value": 0.0}, {"value": 0.0}], [{"value": 0.0}, {"value": 1.0}]],
-         "score": {"value": 0.0}},
+        {
+            "layers": [[{"value": 0.0}, {"value": 1.0}], [{"value": 1.0}, {"value": 1.0}]],
+            "score": {"value": 1.0},
+        },
+        {
+            "layers": [[{"value": 0.0}, {"value": 0.0}], [{"value": 0.0}, {"value": 1.0}]],
+            "score": {"value": 0.0},
+        },
     ]
     curve = layer_curve(records)
     assert [c["mean"] for c in curve] == [0.25, 0.75, 0.5]
     assert curve[0]["best_of_layer"] == 0.5
-    collab = collaborativeness({"collab:x": [
-        {"extra": {"alone_value": 0.0}, "score": {"value": 1.0}},
-        {"extra": {"alone_value": 1.0}, "score": {"value": 1.0}},
-    ]})
+    collab = collaborativeness(
+        {
+            "collab:x": [
+                {"extra": {"alone_value": 0.0}, "score": {"value": 1.0}},
+                {"extra": {"alone_value": 1.0}, "score": {"value": 1.0}},
+            ]
+        }
+    )
     assert collab == [{"system": "collab:x", "alone": 0.5, "with_references": 1.0, "n": 2}]

@@ -78,8 +78,12 @@ def stack_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     path = tmp_path / "qs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i), "id": f"q{i}"})
-                            + "\n" for i in range(1, 7)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "answer": str(i), "id": f"q{i}"}) + "\n"
+            for i in range(1, 7)
+        )
+    )
     return path
 
 
@@ -161,8 +165,7 @@ def test_endpoint_limit_caps_calls_in_flight() -> None:
 
     async def go() -> None:
         model = ConcurrencyLimitedModel(FunctionModel(slow), asyncio.Semaphore(2))
-        requests = [ChatRequest(messages=[{"role": "user", "content": str(i)}])
-                    for i in range(8)]
+        requests = [ChatRequest(messages=[{"role": "user", "content": str(i)}]) for i in range(8)]
         await asyncio.gather(*(collect(model.stream(r)) for r in requests))
 
     asyncio.run(go())
@@ -170,6 +173,7 @@ def test_endpoint_limit_caps_calls_in_flight() -> None:
 
 
 # -- systems and the runner ----------------------------------------------------------------
+
 
 def test_systems_hash_changes_with_config(stack_file: Path, tmp_path: Path) -> None:
     a = build_systems([f"moa:{stack_file}"])[0]
@@ -181,8 +185,9 @@ def test_systems_hash_changes_with_config(stack_file: Path, tmp_path: Path) -> N
     assert parse_ranker_choice("7", 3) is None
 
 
-def test_runner_scores_systems_and_reuses_calls(stack_file: Path, dataset: Path,
-                                                tmp_path: Path) -> None:
+def test_runner_scores_systems_and_reuses_calls(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
     CALLS.clear()
     out = tmp_path / "res"
     specs = [f"{k}:{stack_file}" for k in ("single", "moa", "ranker", "majority", "collab")]
@@ -236,8 +241,9 @@ def test_resume_retries_failed_items(stack_file: Path, dataset: Path, tmp_path: 
     assert runner.load_records(system)[rows[0]["item_id"]]["error"] is None
 
 
-def test_cli_writes_summary_report_and_plots(stack_file: Path, dataset: Path,
-                                             tmp_path: Path) -> None:
+def test_cli_writes_summary_report_and_plots(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "cli"
     args = ["eval", "run", "--dataset", str(dataset), "--out", str(out), "--scorer", "number"]
     for kind in ("single", "moa", "ranker", "self-moa", "majority"):
@@ -246,8 +252,13 @@ def test_cli_writes_summary_report_and_plots(stack_file: Path, dataset: Path,
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     names = [r["name"] for r in summary["systems"]]
-    assert names == ["single:fake3", "moa:fake3", "ranker:fake3", "self-moa:fake3",
-                     "majority:fake3"]
+    assert names == [
+        "single:fake3",
+        "moa:fake3",
+        "ranker:fake3",
+        "self-moa:fake3",
+        "majority:fake3",
+    ]
     assert summary["reference"] == "single:fake3"
     assert {c["test"] for c in summary["comparisons"]} == {"mcnemar-exact"}
     moa = summary["analyses"]["moa:fake3"]

@@ -72,6 +72,7 @@ def test_gsm8k_loader_and_scorer() -> None:
 
 # -- HumanEval -----------------------------------------------------------------------------
 
+
 def _first_problem() -> Item:
     return load_dataset("humaneval", limit=1).items[0]
 
@@ -136,6 +137,7 @@ def test_humaneval_runs_outside_the_harness_process(tmp_path: Path) -> None:
 
 # -- judges --------------------------------------------------------------------------------
 
+
 def test_rating_and_verdict_parsing() -> None:
     assert parse_rating("Good answer. Rating: [[8]]") == 8.0
     assert parse_rating("I'd say [[7.5]]") == 7.5
@@ -145,9 +147,9 @@ def test_rating_and_verdict_parsing() -> None:
     assert parse_verdict("... so [[B]]") == "B"
     assert parse_verdict("tie: [[C]]") == "C"
     assert parse_verdict("A is better") is None
-    assert parse_skill_scores("Comprehension: [[4]]\nFactuality: [[2]]",
-                              ["Comprehension", "Factuality", "Readability"]) == {
-        "Comprehension": 4.0, "Factuality": 2.0, "Readability": None}
+    assert parse_skill_scores(
+        "Comprehension: [[4]]\nFactuality: [[2]]", ["Comprehension", "Factuality", "Readability"]
+    ) == {"Comprehension": 4.0, "Factuality": 2.0, "Readability": None}
 
 
 def test_mt_bench_reference_guided_and_real_second_turn() -> None:
@@ -184,8 +186,9 @@ def test_pairwise_both_orders_cancel_position_bias() -> None:
         text = str(r.messages[-1]["content"])
         return "[[A]]" if text.index("SYSTEM") < text.index("BASELINE") else "[[B]]"
 
-    score = asyncio.run(PairwiseScorer(FunctionModel(prefers_system), baseline)
-                        .score(items[0], ["SYSTEM"]))
+    score = asyncio.run(
+        PairwiseScorer(FunctionModel(prefers_system), baseline).score(items[0], ["SYSTEM"])
+    )
     assert score.value == 1.0 and score.judge_calls == 2
 
 
@@ -202,12 +205,14 @@ def test_flask_and_judges_need_a_judge() -> None:
         build_scorer("mt-bench")
     item = load_dataset("flask-hard", data_dir=DATA).items[0]
     reply = "Comprehension: [[4]]\nLogical Efficiency: [[3]]\nFactuality: [[5]]"
-    score = asyncio.run(build_scorer("flask", judge=FunctionModel(lambda r: reply))
-                        .score(item, ["answer"]))
+    score = asyncio.run(
+        build_scorer("flask", judge=FunctionModel(lambda r: reply)).score(item, ["answer"])
+    )
     assert score.value == 4.0 and score.error is None
 
 
 # -- user datasets -------------------------------------------------------------------------
+
 
 def closed_scorer(answer: str, item: Item) -> bool:
     return answer.strip() == (item.answer or "")
@@ -215,8 +220,10 @@ def closed_scorer(answer: str, item: Item) -> bool:
 
 def test_user_jsonl_with_entry_point_scorer(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
-    path.write_text('{"prompt": "2+2?", "answer": "4"}\n{"prompt": "capital of France?", '
-                    '"answer": "Paris", "id": "q2"}\n')
+    path.write_text(
+        '{"prompt": "2+2?", "answer": "4"}\n{"prompt": "capital of France?", '
+        '"answer": "Paris", "id": "q2"}\n'
+    )
     ds = load_dataset(str(path), scorer=f"{__name__}:closed_scorer")
     assert [i.id for i in ds.items] == ["item-0", "q2"]
     scorer = build_scorer(ds.scorer)

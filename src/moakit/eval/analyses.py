@@ -85,7 +85,7 @@ def similarities(final: str, proposals: Sequence[str]) -> dict[str, list[float]]
 
 
 def similarity_quality(
-    items: Sequence[tuple[str, Sequence[str], Sequence[float]]]
+    items: Sequence[tuple[str, Sequence[str], Sequence[float]]],
 ) -> dict[str, dict[str, float | int | None]]:
     """``items``: (final answer, proposals, proposal scores). Per measure: the Spearman
     correlation within each item (the paper's protocol), averaged over items where it is
@@ -114,8 +114,11 @@ def similarity_quality(
             value = float(spearmanr(xs, pooled_y).statistic)
             pooled = None if math.isnan(value) else value
         rhos = per_item[name]
-        out[name] = {"mean_within_item": float(np.mean(rhos)) if rhos else None,
-                     "items": len(rhos), "pooled": pooled}
+        out[name] = {
+            "mean_within_item": float(np.mean(rhos)) if rhos else None,
+            "items": len(rhos),
+            "pooled": pooled,
+        }
     return out
 
 
@@ -133,12 +136,20 @@ def layer_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             values.extend(scored)
             if scored:
                 bests.append(max(scored))
-        curve.append({"layer": li + 1, "mean": _mean(values), "best_of_layer": _mean(bests),
-                      "n": len(values)})
-    finals = [r["score"]["value"] for r in records
-              if r.get("score") and r["score"].get("value") is not None]
-    curve.append({"layer": "final", "mean": _mean(finals), "best_of_layer": None,
-                  "n": len(finals)})
+        curve.append(
+            {
+                "layer": li + 1,
+                "mean": _mean(values),
+                "best_of_layer": _mean(bests),
+                "n": len(values),
+            }
+        )
+    finals = [
+        r["score"]["value"]
+        for r in records
+        if r.get("score") and r["score"].get("value") is not None
+    ]
+    curve.append({"layer": "final", "mean": _mean(finals), "best_of_layer": None, "n": len(finals)})
     return curve
 
 
@@ -148,12 +159,24 @@ def collaborativeness(
     """For each ``collab`` system: the member alone vs. with the others' answers."""
     out = []
     for name, records in records_by_system.items():
-        alone = [r["extra"]["alone_value"] for r in records
-                 if r.get("extra", {}).get("alone_value") is not None]
-        helped = [r["score"]["value"] for r in records
-                  if r.get("score") and r["score"].get("value") is not None]
-        out.append({"system": name, "alone": _mean(alone), "with_references": _mean(helped),
-                    "n": min(len(alone), len(helped))})
+        alone = [
+            r["extra"]["alone_value"]
+            for r in records
+            if r.get("extra", {}).get("alone_value") is not None
+        ]
+        helped = [
+            r["score"]["value"]
+            for r in records
+            if r.get("score") and r["score"].get("value") is not None
+        ]
+        out.append(
+            {
+                "system": name,
+                "alone": _mean(alone),
+                "with_references": _mean(helped),
+                "n": min(len(alone), len(helped)),
+            }
+        )
     return out
 
 

@@ -36,8 +36,9 @@ class Tally:
     first_token_s: list[float] = field(default_factory=list)
 
 
-TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("moakit_eval_tally",
-                                                                     default=None)
+TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar(
+    "moakit_eval_tally", default=None
+)
 
 
 def model_identity(spec: MemberSpec) -> dict[str, Any]:
@@ -78,19 +79,30 @@ class ResponseCache:
     def get(self, key: str) -> Completion | None:
         row = self._db.execute(
             "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
-            "WHERE key = ?", (key,),
+            "WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
-        return Completion(text=row[0], finish_reason=row[1],
-                          usage=Usage(prompt_tokens=row[2], completion_tokens=row[3]))
+        return Completion(
+            text=row[0],
+            finish_reason=row[1],
+            usage=Usage(prompt_tokens=row[2], completion_tokens=row[3]),
+        )
 
     def put(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, model, completion.text, completion.finish_reason,
-             completion.usage.prompt_tokens, completion.usage.completion_tokens,
-             latency_s, time.time()),
+            (
+                key,
+                model,
+                completion.text,
+                completion.finish_reason,
+                completion.usage.prompt_tokens,
+                completion.usage.completion_tokens,
+                latency_s,
+                time.time(),
+            ),
         )
         self._db.commit()
 

@@ -82,8 +82,12 @@ def gsm8k_gold(answer: str) -> str:
 
 def load_gsm8k(path: Path) -> list[Item]:
     return [
-        Item(id=f"gsm8k-{i}", turns=(row["question"],), answer=gsm8k_gold(row["answer"]),
-             meta={"solution": row["answer"]})
+        Item(
+            id=f"gsm8k-{i}",
+            turns=(row["question"],),
+            answer=gsm8k_gold(row["answer"]),
+            meta={"solution": row["answer"]},
+        )
         for i, row in enumerate(_jsonl(path))
     ]
 
@@ -152,8 +156,11 @@ def load_flask_hard(path: Path) -> list[Item]:
             id=f"flask-{row['idx']}",
             turns=(row["instruction"],),
             reference=row.get("answer"),
-            meta={"skills": list(row.get("skill", [])), "domain": row.get("domain"),
-                  "difficulty": row.get("difficulty")},
+            meta={
+                "skills": list(row.get("skill", [])),
+                "domain": row.get("domain"),
+                "difficulty": row.get("difficulty"),
+            },
         )
         for row in _jsonl(path)
     ]
@@ -165,12 +172,14 @@ def load_user_jsonl(path: Path) -> list[Item]:
     for i, row in enumerate(_jsonl(path)):
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"{path}: line {i + 1}: field 'prompt' must be a non-empty string",
-                              field="prompt")
+            raise ConfigError(
+                f"{path}: line {i + 1}: field 'prompt' must be a non-empty string", field="prompt"
+            )
         for name in ("reference", "answer"):
             if name in row and not isinstance(row[name], str | int | float):
-                raise ConfigError(f"{path}: line {i + 1}: field {name!r} must be a string",
-                                  field=name)
+                raise ConfigError(
+                    f"{path}: line {i + 1}: field {name!r} must be a string", field=name
+                )
         answer = row.get("answer")
         items.append(
             Item(
@@ -184,8 +193,12 @@ def load_user_jsonl(path: Path) -> list[Item]:
 
 
 def load_dataset(
-    name: str, *, data_dir: Path | None = None, limit: int | None = None,
-    offset: int = 0, scorer: str | None = None,
+    name: str,
+    *,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    scorer: str | None = None,
 ) -> Dataset:
     """A built-in benchmark by name, or a user JSONL file by path (its scorer defaults to exact
     match when items carry an ``answer``, else a judge)."""
@@ -195,8 +208,9 @@ def load_dataset(
     elif name == "humaneval":
         items = load_humaneval()
     elif name == "mt-bench":
-        items = load_mt_bench(root / "mt_bench_questions.jsonl",
-                              root / "mt_bench_reference_gpt4.jsonl")
+        items = load_mt_bench(
+            root / "mt_bench_questions.jsonl", root / "mt_bench_reference_gpt4.jsonl"
+        )
     elif name == "alpaca-eval":
         items = load_alpaca_eval(root / "alpaca_eval_instructions.jsonl")
     elif name == "flask-hard":

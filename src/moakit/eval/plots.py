@@ -16,8 +16,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def write_plots(summary: dict[str, Any], records: Mapping[str, Sequence[dict[str, Any]]],
-                out_dir: Path) -> list[Path]:
+def write_plots(
+    summary: dict[str, Any], records: Mapping[str, Sequence[dict[str, Any]]], out_dir: Path
+) -> list[Path]:
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -27,8 +28,9 @@ def write_plots(summary: dict[str, Any], records: Mapping[str, Sequence[dict[str
     for name, a in summary["analyses"].items():
         curve = a.get("layer_curve", [])
         if curve:
-            ax.plot([str(c["layer"]) for c in curve], [c["mean"] for c in curve], marker="o",
-                    label=name)
+            ax.plot(
+                [str(c["layer"]) for c in curve], [c["mean"] for c in curve], marker="o", label=name
+            )
     ax.set_xlabel("layer")
     ax.set_ylabel(f"mean score ({summary['scorer']})")
     ax.set_title("Layer curve")
@@ -55,8 +57,14 @@ def write_plots(summary: dict[str, Any], records: Mapping[str, Sequence[dict[str
 
     # Error correlation of the first system that has one.
     fig, ax = plt.subplots(figsize=(5, 4))
-    ec = next((a["error_correlation"] for a in summary["analyses"].values()
-               if a.get("error_correlation")), None)
+    ec = next(
+        (
+            a["error_correlation"]
+            for a in summary["analyses"].values()
+            if a.get("error_correlation")
+        ),
+        None,
+    )
     if ec:
         matrix = [[float("nan") if v is None else v for v in row] for row in ec["matrix"]]
         im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
@@ -71,8 +79,11 @@ def write_plots(summary: dict[str, Any], records: Mapping[str, Sequence[dict[str
     # Answer length vs. score, per item, per system.
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in records.items():
-        pts = [(r["answer_words"], r["score"]["value"]) for r in recs
-               if r.get("score") and r["score"].get("value") is not None]
+        pts = [
+            (r["answer_words"], r["score"]["value"])
+            for r in recs
+            if r.get("score") and r["score"].get("value") is not None
+        ]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.6, label=name)
     ax.set_xlabel("answer length (words)")

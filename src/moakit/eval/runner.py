@@ -63,8 +63,9 @@ class ModelFactory:
         if key not in self._models:
             endpoint = endpoint_key(spec)
             if endpoint not in self._limiters:
-                slots = self.limits.get(endpoint, 1 if spec.provider == "local"
-                                        else self.default_limit)
+                slots = self.limits.get(
+                    endpoint, 1 if spec.provider == "local" else self.default_limit
+                )
                 self._limiters[endpoint] = asyncio.Semaphore(slots)
             inner = ConcurrencyLimitedModel(build_model(spec, self.pool), self._limiters[endpoint])
             self._models[key] = CachedModel(inner, self.cache, identity)
@@ -94,15 +95,20 @@ class Answer:
 
 def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest:
     """Exactly what the engine sends a first-layer member (so the cache serves both)."""
-    return ChatRequest(messages=with_system_prompt(messages, spec.system),
-                       temperature=spec.temperature, max_tokens=spec.max_tokens,
-                       seed=spec.seed, stop=spec.stop)
+    return ChatRequest(
+        messages=with_system_prompt(messages, spec.system),
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        seed=spec.seed,
+        stop=spec.stop,
+    )
 
 
 async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]) -> Result:
     t0 = time.monotonic()
-    out = MemberOutput(layer=1, index=0, label=spec.display, provider=spec.provider,
-                       model=spec.model)
+    out = MemberOutput(
+        layer=1, index=0, label=spec.display, provider=spec.provider, model=spec.model
+    )
     try:
         completion = await collect(model.stream(member_request(spec, messages)))
     except MoaError as exc:
@@ -113,8 +119,13 @@ async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]
         out.finish_reason = completion.finish_reason
         out.truncated = completion.truncated
     out.latency_s = round(time.monotonic() - t0, 6)
-    result = Result(stack=spec.display, final=out.output or "", aggregators=[out],
-                    latency_s=out.latency_s, error=out.error)
+    result = Result(
+        stack=spec.display,
+        final=out.output or "",
+        aggregators=[out],
+        latency_s=out.latency_s,
+        error=out.error,
+    )
     return result
 
 
@@ -131,8 +142,14 @@ async def run_stack(stack: Stack, messages: Sequence[Message]) -> tuple[Result, 
 
 class Runner:
     def __init__(
-        self, scorer: Scorer, factory: ModelFactory, out_dir: Path, *,
-        parallel: int = 4, score_layers: bool | None = None, prices: PriceTable | None = None,
+        self,
+        scorer: Scorer,
+        factory: ModelFactory,
+        out_dir: Path,
+        *,
+        parallel: int | None = None,
+        score_layers: bool | None = None,
+        prices: PriceTable | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.scorer = scorer
@@ -177,13 +194,16 @@ class Runner:
         if system.source is not None:
             src = next(s for s in systems if s.name == system.source)
             source = self.load_records(src)
-        gate = asyncio.Semaphore(self.parallel)
+        gate = asyncio.Semaphore(self.parallel or _auto_parallel(system))
         path = self.records_path(system)
 
         async def one(item: Item) -> None:
             nonlocal finished
             async with gate:
+                started = time.time()
                 record = await self.evaluate(system, item, stack, source.get(item.id))
+                record["started_at"] = round(started, 3)
+                record["finished_at"] = round(time.time(), 3)
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             finished += 1
@@ -192,10 +212,15 @@ class Runner:
 
         await asyncio.gather(*(one(item) for item in todo))
 
-    async def evaluate(self, system: System, item: Item, stack: Stack | None,
-                       source: dict[str, Any] | None) -> dict[str, Any]:
-        base: dict[str, Any] = {"item_id": item.id, "system": system.name, "kind": system.kind,
-                                "system_hash": system.hash}
+    async def evaluate(
+        self, system: System, item: Item, stack: Stack | None, source: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "item_id": item.id,
+            "system": system.name,
+            "kind": system.kind,
+            "system_hash": system.hash,
+        }
         if system.kind == "majority":
             return base | await self.majority(item, source)
         tally = Tally()
@@ -210,8 +235,7 @@ class Runner:
             TALLY.reset(token)
         return base | await self.describe(system, item, answer, base.get("error"))
 
-    async def answer(self, system: System, item: Item, stack: Stack | None,
-                     tally: Tally) -> Answer:
+    async def answer(self, system: System, item: Item, stack: Stack | None, tally: Tally) -> Answer:
         messages: list[Message] = []
         finals: list[str] = []
         t0 = time.monotonic()
@@ -236,8 +260,9 @@ class Runner:
             finals.append(final)
             messages.append({"role": "assistant", "content": final})
         if system.kind == "collab" and system.member is not None:
-            alone = await run_single(self.factory.model_for(system.member), system.member,
-                                     messages[:-1])
+            alone = await run_single(
+                self.factory.model_for(system.member), system.member, messages[:-1]
+            )
             extra["alone"] = alone.final
         return Answer(finals, result, time.monotonic() - t0, ttft, tally, extra)
 
@@ -247,19 +272,28 @@ class Runner:
         extra = {"ranker_reply": result.final, "ranker_choice": choice}
         return proposals[choice if choice is not None else 0], extra
 
-    async def describe(self, system: System, item: Item, answer: Answer,
-                       error: str | None) -> dict[str, Any]:
+    async def describe(
+        self, system: System, item: Item, answer: Answer, error: str | None
+    ) -> dict[str, Any]:
         result = answer.result
         final = answer.finals[-1] if answer.finals else ""
-        score = (await self.scorer.score(item, answer.finals) if answer.finals
-                 else Score(value=None, error="no answer"))
+        score = (
+            await self.scorer.score(item, answer.finals)
+            if answer.finals
+            else Score(value=None, error="no answer")
+        )
         layers: list[list[dict[str, Any]]] = []
         for layer in result.layers:
             rows = []
             for m in layer.members:
-                row: dict[str, Any] = {"label": m.label, "model": m.model, "output": m.output,
-                                       "error": m.error, "usage": m.usage.model_dump(),
-                                       "cost_usd": self.cost([m])}
+                row: dict[str, Any] = {
+                    "label": m.label,
+                    "model": m.model,
+                    "output": m.output,
+                    "error": m.error,
+                    "usage": m.usage.model_dump(),
+                    "cost_usd": self.cost([m]),
+                }
                 if m.ok and m.output is not None and self.score_layers:
                     s = await self.scorer.score(item, [*answer.finals[:-1], m.output])
                     row |= {"value": s.value, "correct": s.correct, "extracted": s.extracted}
@@ -326,18 +360,41 @@ class Runner:
         score = await self.scorer.score(item, [final]) if final else Score(value=None)
         # Its cost is the proposals it votes over; the vote itself is free.
         first = source["layers"][0]
-        usage = {k: sum(int(r.get("usage", {}).get(k, 0)) for r in first)
-                 for k in ("prompt_tokens", "completion_tokens")}
+        usage = {
+            k: sum(int(r.get("usage", {}).get(k, 0)) for r in first)
+            for k in ("prompt_tokens", "completion_tokens")
+        }
         costs = [r.get("cost_usd") for r in first]
         cost = None if any(c is None for c in costs) else round(sum(costs), 8)
         return {
-            "error": None, "finals": [final], "final": final, "score": score.to_json(),
-            "usage": usage, "cost_usd": cost, "judge_cost_usd": None,
-            "latency_s": None, "ttft_s": None, "answer_chars": len(final),
-            "answer_words": len(final.split()), "calls": 0, "cache_hits": 0, "layers": [],
-            "extra": {"votes": votes, "winner": winner,
-                      "proposer_usage_of": source.get("system")},
+            "error": None,
+            "finals": [final],
+            "final": final,
+            "score": score.to_json(),
+            "usage": usage,
+            "cost_usd": cost,
+            "judge_cost_usd": None,
+            "latency_s": None,
+            "ttft_s": None,
+            "answer_chars": len(final),
+            "answer_words": len(final.split()),
+            "calls": 0,
+            "cache_hits": 0,
+            "layers": [],
+            "extra": {"votes": votes, "winner": winner, "proposer_usage_of": source.get("system")},
         }
+
+
+def _auto_parallel(system: System) -> int:
+    """Items in flight at once: one for the embedded model (it computes one call at a time, so
+    more would only queue and inflate per-item latency), four for remote endpoints."""
+    specs: list[MemberSpec] = [system.member] if system.member else []
+    if system.config is not None:
+        specs += [
+            m for i in range(len(system.config.layers)) for m in system.config.layer_members(i)
+        ]
+        specs += system.config.aggregators()
+    return 1 if specs and all(s.provider == "local" for s in specs) else 4
 
 
 class _Failed(MoaError):

@@ -33,7 +33,10 @@ class Interval:
 
 
 def bootstrap_ci(
-    values: Sequence[float], *, confidence: float = 0.95, seed: int = DEFAULT_SEED,
+    values: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    seed: int = DEFAULT_SEED,
     n_resamples: int = N_RESAMPLES,
 ) -> Interval:
     """Percentile bootstrap CI of the mean. Degenerate samples (n < 2 or all equal) get the
@@ -47,8 +50,12 @@ def bootstrap_ci(
     if data.size < 2 or np.all(data == data[0]):
         return Interval(mean, mean, mean, int(data.size))
     res = bootstrap(
-        (data,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-        method="percentile", rng=np.random.default_rng(seed),
+        (data,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
     ci = res.confidence_interval
     return Interval(mean, float(ci.low), float(ci.high), int(data.size))
@@ -72,7 +79,10 @@ class Comparison:
 
 
 def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], *, seed: int = DEFAULT_SEED,
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    seed: int = DEFAULT_SEED,
     n_resamples: int = N_RESAMPLES,
 ) -> Comparison:
     if len(a) != len(b):
@@ -110,7 +120,9 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> Comparison:
 
 
 def win_rates(
-    preferences: Sequence[float], output_lengths: Sequence[int], baseline_lengths: Sequence[int],
+    preferences: Sequence[float],
+    output_lengths: Sequence[int],
+    baseline_lengths: Sequence[int],
 ) -> dict[str, float]:
     """Raw and length-controlled win rate (percent) of a system against the baseline.
 
@@ -121,11 +133,13 @@ def win_rates(
     import pandas as pd
     from alpaca_eval.metrics import get_winrate
 
-    df = pd.DataFrame({
-        "preference": [1.0 + float(p) for p in preferences],
-        "output_1": ["x" * int(n) for n in baseline_lengths],
-        "output_2": ["x" * int(n) for n in output_lengths],
-    })
+    df = pd.DataFrame(
+        {
+            "preference": [1.0 + float(p) for p in preferences],
+            "output_1": ["x" * int(n) for n in baseline_lengths],
+            "output_2": ["x" * int(n) for n in output_lengths],
+        }
+    )
     raw = get_winrate(df)
     out = {"win_rate": float(raw["win_rate"]), "n": float(len(df))}
     out["length_controlled_winrate"] = lc_win_rate(df)
@@ -158,11 +172,13 @@ def lc_win_rate(annotations: Any) -> float:
     info = GLM_INFO["length_controlled_minimal"]
     df = annotations.reset_index(drop=True)
     delta = df["output_1"].str.len() - df["output_2"].str.len()
-    feats = pd.DataFrame({
-        "preference": df["preference"].astype(float).replace({0.0: 1.5}) - 1,
-        "std_delta_len": delta / delta.std() if delta.std() > 0 else delta * 0.0,
-        "not_gamed_baseline": True,
-    })
+    feats = pd.DataFrame(
+        {
+            "preference": df["preference"].astype(float).replace({0.0: 1.5}) - 1,
+            "std_delta_len": delta / delta.std() if delta.std() > 0 else delta * 0.0,
+            "not_gamed_baseline": True,
+        }
+    )
     test = feats[["not_gamed_baseline"]].copy()
     test["std_delta_len"] = 0.0
     n_splits = min(int(info["kwargs"]["n_splits"]), len(feats))
@@ -170,6 +186,7 @@ def lc_win_rate(annotations: Any) -> float:
     with warnings.catch_warnings():
         # alpaca_eval passes sklearn arguments that newer sklearn deprecates; same fit.
         warnings.simplefilter("ignore", FutureWarning)
-        model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
-                                         n_splits=n_splits)
+        model = fit_LogisticRegressionCV(
+            train, "preference", is_ytrue_proba=True, n_splits=n_splits
+        )
     return float(model.predict_proba(x_test)[:, 1].mean() * 100)

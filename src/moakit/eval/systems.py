@@ -79,11 +79,26 @@ class System:
         return self.kind == "majority"
 
 
-def load_stack(ref: str) -> StackConfig:
+def load_stack(ref: str, *, max_tokens: int | None = None) -> StackConfig:
+    """A preset or config file; ``max_tokens`` replaces every member's and the aggregator's
+    budget (e.g. code needs more room than the embedded preset's chat-sized answers)."""
     path = Path(ref)
-    if path.suffix in (".toml", ".yaml", ".yml") or path.exists():
-        return read_config_file(path)
-    return load_preset(ref)
+    config = (
+        read_config_file(path)
+        if path.suffix in (".toml", ".yaml", ".yml") or path.exists()
+        else load_preset(ref)
+    )
+    if max_tokens is None:
+        return config
+    data = config.model_dump(exclude_unset=True)
+    data.setdefault("defaults", {})["max_tokens"] = max_tokens
+    for layer in data["layers"]:
+        for member in layer["members"]:
+            member.pop("max_tokens", None)
+    data["aggregator"].pop("max_tokens", None)
+    for fallback in data["aggregator"].get("fallbacks", []):
+        fallback.pop("max_tokens", None)
+    return parse_config(data, source=f"{ref} (max_tokens={max_tokens})")
 
 
 def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
@@ -98,30 +113,35 @@ def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
     for option in options:
         key, eq, value = option.partition("=")
         if not eq or not key.strip():
-            raise ConfigError(f"system {text!r}: option {option!r} is not key=value",
-                              field="system")
+            raise ConfigError(
+                f"system {text!r}: option {option!r} is not key=value", field="system"
+            )
         opts[key.strip()] = value.strip()
     if not stack:
         raise ConfigError(f"system {text!r}: no stack named", field="system")
     return kind, stack, opts
 
 
-def build_systems(specs: list[str]) -> list[System]:
+def build_systems(specs: list[str], *, max_tokens: int | None = None) -> list[System]:
     systems: list[System] = []
     for text in specs:
         kind, stack_ref, opts = parse_system_spec(text)
-        config = load_stack(stack_ref)
+        config = load_stack(stack_ref, max_tokens=max_tokens)
         systems.extend(_expand(kind, config, opts, text))
     names = [s.name for s in systems]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"two systems share the name {dupes[0]!r}; rename one with name=",
-                          field="system")
+        raise ConfigError(
+            f"two systems share the name {dupes[0]!r}; rename one with name=", field="system"
+        )
     by_name = {s.name: s for s in systems}
     for s in systems:
         if s.source is not None and s.source not in by_name:
-            raise ConfigError(f"system {s.name!r} votes over {s.source!r}, which is not in the "
-                              f"run; add --system moa:{s.stack_name}", field="system")
+            raise ConfigError(
+                f"system {s.name!r} votes over {s.source!r}, which is not in the "
+                f"run; add --system moa:{s.stack_name}",
+                field="system",
+            )
     return systems
 
 
@@ -133,71 +153,121 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
     if kind == "single":
         member = aggregator
         if "member" in opts:
-            found = [m for m in [*first_layer, aggregator]
-                     if opts["member"] in (m.model, m.display)]
+            found = [
+                m for m in [*first_layer, aggregator] if opts["member"] in (m.model, m.display)
+            ]
             if not found:
-                raise ConfigError(f"system {text!r}: no member {opts['member']!r} in {stack}",
-                                  field="system")
+                raise ConfigError(
+                    f"system {text!r}: no member {opts['member']!r} in {stack}", field="system"
+                )
             member = found[0]
         return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
     if kind == "moa":
         return [System(name or f"moa:{stack}", "moa", stack, config=config)]
     if kind == "majority":
-        return [System(name or f"majority:{stack}", "majority", stack,
-                       source=opts.get("source", f"moa:{stack}"))]
+        return [
+            System(
+                name or f"majority:{stack}",
+                "majority",
+                stack,
+                source=opts.get("source", f"moa:{stack}"),
+            )
+        ]
     if kind == "ranker":
-        ranker = config.model_copy(update={
-            "name": f"{stack}-ranker", "layers": config.layers[:1],
-            "aggregate_prompt": RANKER_PROMPT,
-            "aggregator": config.aggregator.model_copy(update={
-                "max_tokens": RANKER_MAX_TOKENS, "temperature": 0.0}),
-        })
+        ranker = config.model_copy(
+            update={
+                "name": f"{stack}-ranker",
+                "layers": config.layers[:1],
+                "aggregate_prompt": RANKER_PROMPT,
+                "aggregator": config.aggregator.model_copy(
+                    update={"max_tokens": RANKER_MAX_TOKENS, "temperature": 0.0}
+                ),
+            }
+        )
         return [System(name or f"ranker:{stack}", "ranker", stack, config=_revalidate(ranker))]
     if kind == "self-moa":
         n = int(opts.get("n", max(2, len(first_layer))))
         proposer = aggregator.model_dump(exclude={"fallbacks", "label"}, exclude_unset=True)
-        proposer.update(n=n, seed=(aggregator.seed or 0) + 1000,
-                        temperature=config.proposer_temperature, temperature_step=0.1)
+        proposer.update(
+            n=n,
+            seed=(aggregator.seed or 0) + 1000,
+            temperature=config.proposer_temperature,
+            temperature_step=0.1,
+        )
         if first_layer and first_layer[0].max_tokens:
             proposer["max_tokens"] = first_layer[0].max_tokens
         data = config.model_dump(exclude_unset=True)
-        data.update(name=f"{stack}-self-moa", layers=[{"members": [proposer]}],
-                    min_successful=1)
-        return [System(name or f"self-moa:{stack}", "self-moa", stack,
-                       config=parse_config(data, source=text))]
+        data.update(name=f"{stack}-self-moa", layers=[{"members": [proposer]}], min_successful=1)
+        return [
+            System(
+                name or f"self-moa:{stack}",
+                "self-moa",
+                stack,
+                config=parse_config(data, source=text),
+            )
+        ]
     if kind == "sweep":
         out = []
         seen: set[tuple[str, str, str | None]] = set()
-        for member in [aggregator, *first_layer, *(m for i in range(1, len(config.layers))
-                                                   for m in config.layer_members(i))]:
+        for member in [
+            aggregator,
+            *first_layer,
+            *(m for i in range(1, len(config.layers)) for m in config.layer_members(i)),
+        ]:
             ident = (member.provider, member.model, member.base_url)
             if ident in seen:
                 continue
             seen.add(ident)
-            agg = config.aggregator.model_copy(update={
-                "provider": member.provider, "model": member.model, "base_url": member.base_url,
-                "api_key_env": member.api_key_env, "options": member.options, "label": None,
-                "fallbacks": [],
-            })
-            swept = config.model_copy(update={"name": f"{stack}-agg-{_slug(member.model)}",
-                                              "aggregator": agg})
-            out.append(System(f"sweep:{stack}:agg={member.display}", "sweep", stack,
-                              config=_revalidate(swept), extra={"aggregator": member.display}))
+            agg = config.aggregator.model_copy(
+                update={
+                    "provider": member.provider,
+                    "model": member.model,
+                    "base_url": member.base_url,
+                    "api_key_env": member.api_key_env,
+                    "options": member.options,
+                    "label": None,
+                    "fallbacks": [],
+                }
+            )
+            swept = config.model_copy(
+                update={"name": f"{stack}-agg-{_slug(member.model)}", "aggregator": agg}
+            )
+            out.append(
+                System(
+                    f"sweep:{stack}:agg={member.display}",
+                    "sweep",
+                    stack,
+                    config=_revalidate(swept),
+                    extra={"aggregator": member.display},
+                )
+            )
         return out
     if kind == "collab":
         if len(first_layer) < 2:
-            raise ConfigError(f"system {text!r}: collaborativeness needs 2+ first-layer members",
-                              field="system")
+            raise ConfigError(
+                f"system {text!r}: collaborativeness needs 2+ first-layer members", field="system"
+            )
         out = []
         for i, member in enumerate(first_layer):
             others = [m for j, m in enumerate(first_layer) if j != i]
             data = config.model_dump(exclude_unset=True)
             own = member.model_dump(exclude={"n", "temperature_step"}, exclude_unset=True)
-            data.update(name=f"{stack}-collab-{i + 1}", min_successful=1, layers=[
-                {"members": [m.model_dump(exclude_unset=True) for m in others]}], aggregator=own)
-            out.append(System(f"collab:{stack}:{member.display}", "collab", stack,
-                              config=parse_config(data, source=text), member=_as_member(member),
-                              extra={"member": member.display}))
+            data.update(
+                name=f"{stack}-collab-{i + 1}",
+                min_successful=1,
+                layers=[{"members": [m.model_dump(exclude_unset=True) for m in others]}],
+                aggregator=own,
+            )
+            out.append(
+                System(
+                    f"collab:{stack}:{member.display}",
+                    "collab",
+                    stack,
+                    config=parse_config(data, source=text),
+                    member=_as_member(member),
+                    extra={"member": member.display},
+                )
+            )
         return out
     raise AssertionError(kind)
 

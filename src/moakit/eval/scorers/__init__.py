@@ -69,8 +69,11 @@ class FunctionScorer(Scorer):
             return Score(value=float(out), correct=out)
         if isinstance(out, int | float):
             return Score(value=float(out))
-        raise ConfigError(f"scorer {self.name}: returned {type(out).__name__}, "
-                          "expected bool, a number or a Score", field="scorer")
+        raise ConfigError(
+            f"scorer {self.name}: returned {type(out).__name__}, "
+            "expected bool, a number or a Score",
+            field="scorer",
+        )
 
 
 def build_scorer(
@@ -99,15 +102,17 @@ def build_scorer(
         return judges.MTBenchScorer(judge)
     if name == "alpaca-eval":
         if baseline is None:
-            raise ConfigError("scorer 'alpaca-eval' needs baseline outputs (--baseline)",
-                              field="baseline")
+            raise ConfigError(
+                "scorer 'alpaca-eval' needs baseline outputs (--baseline)", field="baseline"
+            )
         return judges.PairwiseScorer(judge, baseline)
     if name == "flask":
         return judges.FlaskScorer(judge)
     if name == "judge":
         return judges.RatingJudgeScorer(judge)
-    raise ConfigError(f"unknown scorer {name!r} (known: {', '.join(BUILTIN)}, or module:function)",
-                      field="scorer")
+    raise ConfigError(
+        f"unknown scorer {name!r} (known: {', '.join(BUILTIN)}, or module:function)", field="scorer"
+    )
 
 
 def _entry_point(spec: str) -> Scorer:
@@ -123,6 +128,13 @@ def _entry_point(spec: str) -> Scorer:
 
 
 __all__ = [
-    "BUILTIN", "ContainsScorer", "ExactScorer", "FunctionScorer", "Score", "Scorer",
-    "build_scorer", "extract_final_number", "numbers_equal",
+    "BUILTIN",
+    "ContainsScorer",
+    "ExactScorer",
+    "FunctionScorer",
+    "Score",
+    "Scorer",
+    "build_scorer",
+    "extract_final_number",
+    "numbers_equal",
 ]

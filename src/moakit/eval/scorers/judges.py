@@ -105,8 +105,10 @@ class MTBenchScorer(Scorer):
         else:
             row = judge_prompts()[f"{kind}-multi-turn"]
             fields = {
-                "question_1": item.turns[0], "question_2": item.turns[1],
-                "answer_1": answers[0], "answer_2": answers[1],
+                "question_1": item.turns[0],
+                "question_2": item.turns[1],
+                "answer_1": answers[0],
+                "answer_2": answers[1],
             }
             if needs_ref:
                 fields["ref_answer_1"] = item.references[0]
@@ -143,8 +145,9 @@ class PairwiseScorer(Scorer):
         wins: list[float] = []
         for system_first in (True, False):
             a, b = (answers[-1], base) if system_first else (base, answers[-1])
-            user = _fill(str(row["prompt_template"]),
-                         {"question": item.prompt, "answer_a": a, "answer_b": b})
+            user = _fill(
+                str(row["prompt_template"]), {"question": item.prompt, "answer_a": a, "answer_b": b}
+            )
             verdict = parse_verdict(await self.judge.ask(str(row["system_prompt"]), user, score))
             score.detail.setdefault("verdicts", []).append(verdict)
             if verdict is None:
@@ -192,10 +195,15 @@ class FlaskScorer(Scorer):
     async def score(self, item: Item, answers: Sequence[str]) -> Score:
         skills = [str(s) for s in item.meta.get("skills", [])] or ["Overall"]
         score = Score(value=None)
-        user = _fill(FLASK_TEMPLATE, {
-            "skills": ", ".join(skills), "question": item.prompt,
-            "reference": item.reference or "(none)", "answer": answers[-1],
-        })
+        user = _fill(
+            FLASK_TEMPLATE,
+            {
+                "skills": ", ".join(skills),
+                "question": item.prompt,
+                "reference": item.reference or "(none)",
+                "answer": answers[-1],
+            },
+        )
         reply = await self.judge.ask(FLASK_SYSTEM, user, score)
         per_skill = parse_skill_scores(reply, skills)
         score.detail["skills"] = per_skill
@@ -228,9 +236,14 @@ class RatingJudgeScorer(Scorer):
         score = Score(value=None)
         kind = "single-math-v1" if item.reference else "single-v1"
         row = judge_prompts()[kind]
-        user = _fill(str(row["prompt_template"]), {
-            "question": item.prompt, "answer": answers[-1], "ref_answer_1": item.reference or "",
-        })
+        user = _fill(
+            str(row["prompt_template"]),
+            {
+                "question": item.prompt,
+                "answer": answers[-1],
+                "ref_answer_1": item.reference or "",
+            },
+        )
         reply = await self.judge.ask(str(row["system_prompt"]), user, score)
         score.value = parse_rating(reply)
         if score.value is None:
@@ -240,6 +253,13 @@ class RatingJudgeScorer(Scorer):
 
 
 __all__ = [
-    "FlaskScorer", "MTBenchScorer", "PairwiseScorer", "RatingJudgeScorer", "Usage",
-    "judge_prompts", "parse_rating", "parse_skill_scores", "parse_verdict",
+    "FlaskScorer",
+    "MTBenchScorer",
+    "PairwiseScorer",
+    "RatingJudgeScorer",
+    "Usage",
+    "judge_prompts",
+    "parse_rating",
+    "parse_skill_scores",
+    "parse_verdict",
 ]
