@@ -267,3 +267,36 @@ def test_cli_writes_summary_report_and_plots(
     assert "## MoA analyses: `moa:fake3`" in (out / "report.md").read_text()
     for png in ("layer_curve", "cost_quality", "error_correlation", "length_score"):
         assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retrying_model_retries_transient_failures_only() -> None:
+    from moakit.eval.cache import RetryingModel
+
+    replies: list[str | Exception] = [ModelCallError("503", kind="http", status=503), "fine"]
+    flaky = FunctionModel(lambda r: replies.pop(0))
+    model = RetryingModel(flaky, retries=2, timeout_s=5)
+    request = ChatRequest(messages=[{"role": "user", "content": "x"}])
+    assert asyncio.run(collect(model.stream(request))).text == "fine"
+    fatal = RetryingModel(FunctionModel(lambda r: ModelCallError("bad key", kind="auth")))
+    with pytest.raises(ModelCallError, match="bad key"):
+        asyncio.run(collect(fatal.stream(request)))
+
+
+def test_a_failing_judge_fails_the_item_not_the_run(dataset: Path, tmp_path: Path,
+                                                    stack_file: Path) -> None:
+    from moakit.eval.scorers.judges import RatingJudgeScorer
+
+    judge = FunctionModel(lambda r: ModelCallError("judge down", kind="auth"))
+    items = load_user_jsonl(dataset)
+    system = build_systems([f"single:{stack_file}"])[0]
+
+    async def go() -> Runner:
+        factory = ModelFactory(ResponseCache(), {}, 4)
+        runner = Runner(RatingJudgeScorer(judge), factory, tmp_path / "j")
+        await runner.run([system], items)
+        await factory.aclose()
+        return runner
+
+    records = asyncio.run(go()).load_records(system)
+    assert len(records) == 6
+    assert all("judge down" in (r["error"] or "") for r in records.values())

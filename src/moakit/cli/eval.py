@@ -248,7 +248,7 @@ async def _run(
     judge_spec = _judge_spec(
         opts["judge"], opts["judge_preset"], opts["judge_base_url"], opts["judge_api_key_env"]
     )
-    judge = factory.model_for(judge_spec) if judge_spec else None
+    judge = factory.direct_model_for(judge_spec) if judge_spec else None
     if judge_price is None and judge_spec and judge_spec.price_in_per_mtok is not None:
         judge_price = (judge_spec.price_in_per_mtok, judge_spec.price_out_per_mtok or 0.0)
     baseline = _baseline(opts["baseline"], opts["baseline_key"], opts["dataset"], data_dir)

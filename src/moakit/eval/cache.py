@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moakit.config import MemberSpec
+from moakit.config import MemberSpec, RetryPolicy
+from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
+from moakit.retry import backoff_delay
 
 
 @dataclass
@@ -203,6 +205,52 @@ class ConcurrencyLimitedModel(Model):
         async with self.limiter:
             async for chunk in self.wrapped.stream(request):
                 yield chunk
+
+
+class RetryingModel(Model):
+    """Timeout and retries (the engine's one retry policy) for calls made outside a stack: the
+    single-model system and the judge. A stream is retried only before its first chunk."""
+
+    def __init__(
+        self,
+        wrapped: Model,
+        *,
+        retries: int = 2,
+        timeout_s: float = 120.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.wrapped = wrapped
+        self.name = wrapped.name
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.policy = policy or RetryPolicy()
+
+    def loaded(self) -> bool:
+        return self.wrapped.loaded()
+
+    async def load(self) -> None:
+        await self.wrapped.load()
+
+    async def aclose(self) -> None:
+        await self.wrapped.aclose()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        for attempt in range(self.retries + 1):
+            started = False
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    async for chunk in self.wrapped.stream(request):
+                        started = True
+                        yield chunk
+                return
+            except TimeoutError:
+                error = ModelCallError(f"no answer within {self.timeout_s:.2f}s", kind="timeout")
+            except ModelCallError as exc:
+                error = exc
+            delay = backoff_delay(self.policy, attempt, error.retry_after_s)
+            if started or not error.retryable or attempt == self.retries or delay is None:
+                raise error
+            await asyncio.sleep(delay)
 
 
 def endpoint_key(spec: MemberSpec) -> str:

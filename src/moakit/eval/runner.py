@@ -27,6 +27,7 @@ from moakit.eval.cache import (
     CachedModel,
     ConcurrencyLimitedModel,
     ResponseCache,
+    RetryingModel,
     Tally,
     endpoint_key,
     model_identity,
@@ -56,6 +57,13 @@ class ModelFactory:
         self.pool = ResourcePool()
         self._models: dict[str, Model] = {}
         self._limiters: dict[str, asyncio.Semaphore] = {}
+
+    def direct_model_for(self, spec: MemberSpec) -> Model:
+        """For calls outside a stack (single model, judge): the same model plus the engine's
+        timeout and retry policy, which a stack would otherwise apply."""
+        return RetryingModel(
+            self.model_for(spec), retries=spec.retries or 2, timeout_s=spec.timeout_s or 120.0
+        )
 
     def model_for(self, spec: MemberSpec) -> Model:
         identity = model_identity(spec)
@@ -246,7 +254,7 @@ class Runner:
             messages.append({"role": "user", "content": turn})
             if stack is None:
                 assert system.member is not None
-                model = self.factory.model_for(system.member)
+                model = self.factory.direct_model_for(system.member)
                 result = await run_single(model, system.member, messages)
                 first = tally.first_token_s[0] if tally.first_token_s else None
             else:
@@ -261,7 +269,7 @@ class Runner:
             messages.append({"role": "assistant", "content": final})
         if system.kind == "collab" and system.member is not None:
             alone = await run_single(
-                self.factory.model_for(system.member), system.member, messages[:-1]
+                self.factory.direct_model_for(system.member), system.member, messages[:-1]
             )
             extra["alone"] = alone.final
         return Answer(finals, result, time.monotonic() - t0, ttft, tally, extra)
@@ -272,13 +280,21 @@ class Runner:
         extra = {"ranker_reply": result.final, "ranker_choice": choice}
         return proposals[choice if choice is not None else 0], extra
 
+    async def _score(self, item: Item, answers: Sequence[str]) -> Score:
+        """A judge that fails (after its retries) fails this score, not the run; the record
+        carries the error so a re-run retries the item."""
+        try:
+            return await self.scorer.score(item, answers)
+        except MoaError as exc:
+            return Score(value=None, error=f"scoring failed: {exc}", detail={"failed": True})
+
     async def describe(
         self, system: System, item: Item, answer: Answer, error: str | None
     ) -> dict[str, Any]:
         result = answer.result
         final = answer.finals[-1] if answer.finals else ""
         score = (
-            await self.scorer.score(item, answer.finals)
+            await self._score(item, answer.finals)
             if answer.finals
             else Score(value=None, error="no answer")
         )
@@ -295,7 +311,7 @@ class Runner:
                     "cost_usd": self.cost([m]),
                 }
                 if m.ok and m.output is not None and self.score_layers:
-                    s = await self.scorer.score(item, [*answer.finals[:-1], m.output])
+                    s = await self._score(item, [*answer.finals[:-1], m.output])
                     row |= {"value": s.value, "correct": s.correct, "extracted": s.extracted}
                     score.judge_usage = score.judge_usage + s.judge_usage
                     score.judge_calls += s.judge_calls
@@ -305,13 +321,13 @@ class Runner:
             layers.append(rows)
         extra = dict(answer.extra)
         if "alone" in extra:
-            alone = await self.scorer.score(item, [*answer.finals[:-1], extra["alone"]])
+            alone = await self._score(item, [*answer.finals[:-1], extra["alone"]])
             extra["alone_value"] = alone.value
             extra["alone_correct"] = alone.correct
             score.judge_usage = score.judge_usage + alone.judge_usage
         usage = result.usage
         return {
-            "error": error or result.error,
+            "error": error or result.error or (score.error if score.detail.get("failed") else None),
             "finals": answer.finals,
             "final": final,
             "score": score.to_json(),
@@ -357,7 +373,7 @@ class Runner:
             top = max(counts.values())
             winner = next(v for v in votes if counts[v] == top)
             final = next(r["output"] for r in rows if r.get("extracted") == winner)
-        score = await self.scorer.score(item, [final]) if final else Score(value=None)
+        score = await self._score(item, [final]) if final else Score(value=None)
         # Its cost is the proposals it votes over; the vote itself is free.
         first = source["layers"][0]
         usage = {
