@@ -40,9 +40,13 @@ def _fake_answer(request: ChatRequest) -> str:
     CALLS[f"{question}|{request.seed}|{bool(system)}"] += 1
     if "Reply with only the number" in system:
         return "2"
+    if "impartial judge" in system:
+        return "Rating: [[7]]" if "[[rating]]" in question else "[[A]]"
     if system:
         numbers = re.findall(r"^\d+\. The answer is (\d+)", system, re.MULTILINE)
         return f"The answer is {Counter(numbers).most_common(1)[0][0]}"
+    if not question.startswith("q"):
+        return f"An answer to: {question}"
     q = int(question.removeprefix("q"))
     seed = request.seed or 0
     return f"The answer is {q if (seed + q) % 3 else 999}"
@@ -300,3 +304,20 @@ def test_a_failing_judge_fails_the_item_not_the_run(dataset: Path, tmp_path: Pat
     records = asyncio.run(go()).load_records(system)
     assert len(records) == 6
     assert all("judge down" in (r["error"] or "") for r in records.values())
+
+
+def test_cli_pairwise_run_reports_win_rates(stack_file: Path, tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "pairwise"
+    args = ["eval", "run", "--dataset", "alpaca-eval", "--data-dir", str(data), "--out", str(out),
+            "--system", f"single:{stack_file}", "--judge", "evalfake:judge",
+            "--judge-price", "10,30"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "summary.json").read_text())["systems"][0]
+    # The fake judge always answers [[A]]: one win and one loss per item, in the two orders.
+    assert row["score"]["mean"] == 0.5 and row["win_rate"] == 50.0
+    assert 0 <= row["length_controlled_winrate"] <= 100
+    assert row["judge_tokens_in"] > 0 and row["judge_cost_usd"] > 0
+    exported = json.loads((out / "model_outputs" / "single_fake3.json").read_text())
+    assert len(exported) == 3 and {"instruction", "output", "generator"} <= set(exported[0])

@@ -121,6 +121,8 @@ async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]
         completion = await collect(model.stream(member_request(spec, messages)))
     except MoaError as exc:
         out.error = str(exc)
+    except Exception as exc:  # an adapter bug fails this item, as the engine does for members
+        out.error = f"{type(exc).__name__}: {exc}"
     else:
         out.output = completion.text.strip()
         out.usage = completion.usage
