@@ -40,13 +40,15 @@ def _fake_answer(request: ChatRequest) -> str:
     CALLS[f"{question}|{request.seed}|{bool(system)}"] += 1
     if "Reply with only the number" in system:
         return "2"
-    if "impartial judge" in system:
-        return "Rating: [[7]]" if "[[rating]]" in question else "[[A]]"
+    if "impartial judge" in system + question:
+        return "Rating: [[7]]" if "[[rating]]" in system + question else "[[A]]"
     if system:
         numbers = re.findall(r"^\d+\. The answer is (\d+)", system, re.MULTILINE)
+        if not numbers:
+            return f"A synthesis of the answers to: {question}"
         return f"The answer is {Counter(numbers).most_common(1)[0][0]}"
     if not question.startswith("q"):
-        return f"An answer to: {question}"
+        return f"An answer to: {question} (after {len(request.messages)} messages)"
     q = int(question.removeprefix("q"))
     seed = request.seed or 0
     return f"The answer is {q if (seed + q) % 3 else 999}"
@@ -286,8 +288,9 @@ def test_retrying_model_retries_transient_failures_only() -> None:
         asyncio.run(collect(fatal.stream(request)))
 
 
-def test_a_failing_judge_fails_the_item_not_the_run(dataset: Path, tmp_path: Path,
-                                                    stack_file: Path) -> None:
+def test_a_failing_judge_fails_the_item_not_the_run(
+    dataset: Path, tmp_path: Path, stack_file: Path
+) -> None:
     from moakit.eval.scorers.judges import RatingJudgeScorer
 
     judge = FunctionModel(lambda r: ModelCallError("judge down", kind="auth"))
@@ -309,9 +312,22 @@ def test_a_failing_judge_fails_the_item_not_the_run(dataset: Path, tmp_path: Pat
 def test_cli_pairwise_run_reports_win_rates(stack_file: Path, tmp_path: Path) -> None:
     data = Path(__file__).parent / "data"
     out = tmp_path / "pairwise"
-    args = ["eval", "run", "--dataset", "alpaca-eval", "--data-dir", str(data), "--out", str(out),
-            "--system", f"single:{stack_file}", "--judge", "evalfake:judge",
-            "--judge-price", "10,30"]
+    args = [
+        "eval",
+        "run",
+        "--dataset",
+        "alpaca-eval",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--system",
+        f"single:{stack_file}",
+        "--judge",
+        "evalfake:judge",
+        "--judge-price",
+        "10,30",
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     row = json.loads((out / "summary.json").read_text())["systems"][0]
@@ -321,3 +337,34 @@ def test_cli_pairwise_run_reports_win_rates(stack_file: Path, tmp_path: Path) ->
     assert row["judge_tokens_in"] > 0 and row["judge_cost_usd"] > 0
     exported = json.loads((out / "model_outputs" / "single_fake3.json").read_text())
     assert len(exported) == 3 and {"instruction", "output", "generator"} <= set(exported[0])
+
+
+def test_mt_bench_second_turn_is_a_real_turn(stack_file: Path, tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "mt"
+    args = [
+        "eval",
+        "run",
+        "--dataset",
+        "mt-bench",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--system",
+        f"moa:{stack_file}",
+        "--judge",
+        "evalfake:judge",
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    system = build_systems([f"moa:{stack_file}"])[0]
+    path = out / "records" / f"moa_fake3.{system.hash}.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(len(r["finals"]) == 2 for r in records)
+    assert all(r["score"]["detail"]["ratings"] == [7.0, 7.0] for r in records)
+    assert all(r["score"]["value"] == 7.0 for r in records)
+    # Turn 2's proposers saw the conversation with the system's own first answer in it.
+    for r in records:
+        assert r["finals"][0].startswith("A synthesis of the answers to:")
+        assert all(m["output"].endswith("(after 3 messages)") for m in r["layers"][0])
