@@ -231,6 +231,8 @@ def test_resume_skips_finished_items_and_keeps_changed_systems_apart(
     _run(out, [f"moa:{stack_file}"], dataset)
     new_files = sorted((out / "records").iterdir())
     assert len(new_files) == 2 and files[0] in new_files
+    runner = _run(out, [f"moa:{stack_file}"], dataset)
+    assert runner.stale_files(build_systems([f"moa:{stack_file}"])[0]) == [files[0]]
     assert files[0].read_text().splitlines() == lines  # the old results are left alone
 
 

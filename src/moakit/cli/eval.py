@@ -278,6 +278,14 @@ async def _run(
             prices=_prices(opts["prices"]),
             on_progress=on_progress,
         )
+        for system in systems:
+            for stale in runner.stale_files(system):
+                progress.console.print(
+                    f"note: {system.name} changed since {stale.name}; those results are "
+                    "kept apart, not reused",
+                    markup=False,
+                    highlight=False,
+                )
         try:
             await runner.run(systems, dataset.items)
         finally:

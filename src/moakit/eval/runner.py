@@ -175,6 +175,16 @@ class Runner:
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", system.name)
         return self.out_dir / "records" / f"{slug}.{system.hash}.jsonl"
 
+    def stale_files(self, system: System) -> list[Path]:
+        """Records of earlier configurations of this system (another hash): kept, not used."""
+        current = self.records_path(system)
+        stem = current.name.rsplit(".", 2)[0]
+        return sorted(
+            p
+            for p in current.parent.glob(f"{stem}.*.jsonl")
+            if p != current and p.name.rsplit(".", 2)[0] == stem
+        )
+
     def load_records(self, system: System) -> dict[str, dict[str, Any]]:
         """The last record of each item (later lines win: a retried failure replaces itself)."""
         path = self.records_path(system)
