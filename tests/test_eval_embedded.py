@@ -30,7 +30,7 @@ max_tokens = 8
 
 def test_eval_run_on_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One llama.cpp thread: on a shared, oversubscribed CPU, threads spinning at llama.cpp's
-    # barriers make each call many times slower (takes effect if this test loads the model).
+    # barriers can make calls much slower (takes effect only if this test loads the model).
     monkeypatch.setenv("MOAKIT_LLAMA_THREADS", "1")
     stack = tmp_path / "tiny.toml"
     stack.write_text(TINY)
