@@ -21,8 +21,9 @@ from moakit.eval.cache import (
     ResponseCache,
     model_identity,
 )
+from moakit.eval.calls import ModelFactory
 from moakit.eval.datasets import load_user_jsonl
-from moakit.eval.runner import ModelFactory, Runner
+from moakit.eval.runner import Runner
 from moakit.eval.scorers import build_scorer
 from moakit.eval.systems import build_systems, parse_ranker_choice
 from moakit.models.base import ChatRequest, Model, collect

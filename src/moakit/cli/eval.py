@@ -240,7 +240,8 @@ async def _run(
     )
 
     from moakit.eval.cache import ResponseCache
-    from moakit.eval.runner import ModelFactory, Runner
+    from moakit.eval.calls import ModelFactory
+    from moakit.eval.runner import Runner
     from moakit.eval.scorers import build_scorer
 
     cache = ResponseCache(opts["cache_path"] or out_dir / "cache.sqlite")
