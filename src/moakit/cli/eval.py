@@ -230,6 +230,7 @@ async def _run(
     judge_price: tuple[float, float] | None,
     specs: list[str],
 ) -> dict[str, Any]:
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -267,7 +268,8 @@ async def _run(
 
         def on_progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total)
+                # Names are labels from stack files: shown as text, never as rich markup.
+                tasks[name] = progress.add_task(escape(name), total=total)
             progress.update(tasks[name], completed=done)
 
         runner = Runner(
