@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from moakit.eval.datasets import load_user_jsonl
 from moakit.eval.runner import Runner
 from moakit.eval.scorers import build_scorer
 from moakit.eval.systems import build_systems, parse_ranker_choice
-from moakit.models.base import ChatRequest, Model, collect
+from moakit.models.base import ChatRequest, Chunk, Model, collect
 from moakit.models.registry import ResourcePool, register_provider
 from moakit.testing.models import FunctionModel
 
@@ -134,17 +135,35 @@ def test_cache_serves_identical_requests_and_keys_on_every_field() -> None:
     assert len(inner.requests) == 4  # another model identity never shares an entry
 
 
+class _DiesMidStream(Model):
+    """Streams some text, then fails: a partial answer must not be cached as if complete."""
+
+    name = "dies"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        yield Chunk(text="partial answer")
+        if self.calls == 1:
+            raise ModelCallError("connection reset", kind="connection")
+        yield Chunk(text=" and the rest", finish_reason="stop")
+
+
 def test_failed_call_is_not_cached() -> None:
-    replies: list[str | Exception] = [ModelCallError("boom", kind="server"), "ok"]
-    inner = FunctionModel(lambda r: replies.pop(0))
+    """Guard checked on a broken build (storing in ``finally``): the partial text got cached."""
+    inner = _DiesMidStream()
     cache = ResponseCache()
     model = CachedModel(inner, cache, model_identity(SPEC))
     request = ChatRequest(messages=[{"role": "user", "content": "x"}])
     with pytest.raises(ModelCallError):
         asyncio.run(collect(model.stream(request)))
     assert len(cache) == 0 and cache.failures == 1
-    assert asyncio.run(collect(model.stream(request))).text == "ok"
-    assert len(inner.requests) == 2 and len(cache) == 1
+    assert asyncio.run(collect(model.stream(request))).text == "partial answer and the rest"
+    assert inner.calls == 2 and len(cache) == 1
+    assert asyncio.run(collect(model.stream(request))).text == "partial answer and the rest"
+    assert inner.calls == 2  # now served from the cache
 
 
 def test_concurrent_identical_requests_call_once() -> None:
