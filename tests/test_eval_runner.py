@@ -390,3 +390,16 @@ def test_mt_bench_second_turn_is_a_real_turn(stack_file: Path, tmp_path: Path) -
     for r in records:
         assert r["finals"][0].startswith("A synthesis of the answers to:")
         assert all(m["output"].endswith("(after 3 messages)") for m in r["layers"][0])
+
+
+def test_budget_overrides_reach_every_call(stack_file: Path) -> None:
+    moa, single, ranker = build_systems(
+        [f"moa:{stack_file}", f"single:{stack_file}", f"ranker:{stack_file}"],
+        max_tokens=200, timeout_s=600,
+    )
+    assert moa.config is not None and ranker.config is not None and single.member is not None
+    specs = [*moa.config.layer_members(0), *moa.config.aggregators()]
+    assert {(s.max_tokens, s.timeout_s) for s in specs} == {(200, 600.0)}
+    assert (single.member.max_tokens, single.member.timeout_s) == (200, 600.0)
+    assert ranker.config.aggregators()[0].max_tokens == 8  # the ranker only writes a number
+    assert moa.hash != build_systems([f"moa:{stack_file}"])[0].hash

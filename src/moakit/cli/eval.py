@@ -186,7 +186,7 @@ def eval_run_cmd(**opts: Any) -> None:
         scorer=opts["scorer"],
     )
     specs = list(opts["system_specs"]) or [f"{k}:{opts['preset']}" for k in DEFAULT_KINDS]
-    systems = build_systems(specs, max_tokens=opts["max_tokens"])
+    systems = build_systems(specs, max_tokens=opts["max_tokens"], timeout_s=opts["timeout_s"])
     limits = {}
     for item in opts["endpoint_limit"]:
         key, eq, value = item.rpartition("=")

@@ -79,26 +79,32 @@ class System:
         return self.kind == "majority"
 
 
-def load_stack(ref: str, *, max_tokens: int | None = None) -> StackConfig:
+def load_stack(
+    ref: str, *, max_tokens: int | None = None, timeout_s: float | None = None
+) -> StackConfig:
     """A preset or config file; ``max_tokens`` replaces every member's and the aggregator's
-    budget (e.g. code needs more room than the embedded preset's chat-sized answers)."""
+    budget (e.g. code needs more room than the embedded preset's chat-sized answers), and
+    ``timeout_s`` every call's timeout (a loaded CPU needs longer than a preset expects)."""
     path = Path(ref)
     config = (
         read_config_file(path)
         if path.suffix in (".toml", ".yaml", ".yml") or path.exists()
         else load_preset(ref)
     )
-    if max_tokens is None:
+    if max_tokens is None and timeout_s is None:
         return config
     data = config.model_dump(exclude_unset=True)
-    data.setdefault("defaults", {})["max_tokens"] = max_tokens
-    for layer in data["layers"]:
-        for member in layer["members"]:
-            member.pop("max_tokens", None)
-    data["aggregator"].pop("max_tokens", None)
-    for fallback in data["aggregator"].get("fallbacks", []):
-        fallback.pop("max_tokens", None)
-    return parse_config(data, source=f"{ref} (max_tokens={max_tokens})")
+    members = [m for layer in data["layers"] for m in layer["members"]]
+    members += [data["aggregator"], *data["aggregator"].get("fallbacks", [])]
+    for field_name, value in (("max_tokens", max_tokens), ("timeout_s", timeout_s)):
+        if value is None:
+            continue
+        data.setdefault("defaults", {})[field_name] = value
+        for member in members:
+            member.pop(field_name, None)
+    if timeout_s is not None:
+        data["default_timeout_s"] = timeout_s
+    return parse_config(data, source=f"{ref} (overridden budgets)")
 
 
 def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
@@ -122,11 +128,13 @@ def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
     return kind, stack, opts
 
 
-def build_systems(specs: list[str], *, max_tokens: int | None = None) -> list[System]:
+def build_systems(
+    specs: list[str], *, max_tokens: int | None = None, timeout_s: float | None = None
+) -> list[System]:
     systems: list[System] = []
     for text in specs:
         kind, stack_ref, opts = parse_system_spec(text)
-        config = load_stack(stack_ref, max_tokens=max_tokens)
+        config = load_stack(stack_ref, max_tokens=max_tokens, timeout_s=timeout_s)
         systems.extend(_expand(kind, config, opts, text))
     names = [s.name for s in systems]
     dupes = sorted({n for n in names if names.count(n) > 1})
