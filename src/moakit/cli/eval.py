@@ -116,6 +116,12 @@ def eval_group() -> None:
     default=None,
     help="Token budget for every member and aggregator (overrides the stacks').",
 )
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=None,
+    help="Timeout of every call in seconds (overrides the stacks').",
+)
 @click.option("--offset", type=int, default=0, help="Skip the first N items.")
 @click.option(
     "--data-dir",
