@@ -395,7 +395,8 @@ def test_mt_bench_second_turn_is_a_real_turn(stack_file: Path, tmp_path: Path) -
 def test_budget_overrides_reach_every_call(stack_file: Path) -> None:
     moa, single, ranker = build_systems(
         [f"moa:{stack_file}", f"single:{stack_file}", f"ranker:{stack_file}"],
-        max_tokens=200, timeout_s=600,
+        max_tokens=200,
+        timeout_s=600,
     )
     assert moa.config is not None and ranker.config is not None and single.member is not None
     specs = [*moa.config.layer_members(0), *moa.config.aggregators()]
