@@ -12,7 +12,7 @@ QUESTION ?= In two sentences: why do mixtures of language models beat a single m
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,260 @@
+"""Model wrappers for evaluation runs: a content-addressed response cache and a per-endpoint
+concurrency limit (until the engine's ``moakit.models.wrappers.ConcurrencyLimitedModel`` lands).
+
+The cache key is the sha256 of the model's identity (provider, model, base URL, options) and the
+full ``ChatRequest``, so any ablation that sends an identical request (the same proposers under a
+different aggregator, Self-MoA's samples, a judge re-grading the same answer) reuses the stored
+answer instead of paying for it again. Only successful, non-empty answers are stored: a failed
+call is recorded by the engine in the run's result and retried on the next run, never cached.
+Identical requests get identical answers by design: give repeated members distinct seeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moakit.config import MemberSpec, RetryPolicy
+from moakit.errors import ModelCallError
+from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
+from moakit.retry import backoff_delay
+
+
+@dataclass
+class Tally:
+    """What the calls made on behalf of one item did; set per item task via ``TALLY``."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    first_token_s: list[float] = field(default_factory=list)
+
+
+TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar(
+    "moakit_eval_tally", default=None
+)
+
+
+def model_identity(spec: MemberSpec) -> dict[str, Any]:
+    """What makes two models answer alike. The key variable's *name* is left out on purpose:
+    two accounts on one endpoint serve the same model (and key material never enters a key)."""
+    return {
+        "provider": spec.provider,
+        "model": spec.model,
+        "base_url": spec.base_url,
+        "options": {k: spec.options[k] for k in sorted(spec.options)},
+    }
+
+
+def request_key(identity: Mapping[str, Any], request: ChatRequest) -> str:
+    payload = {"identity": identity, "request": asdict(request)}
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=list)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """SQLite store of successful completions by request key. ``path=None`` keeps it in memory."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path else ":memory:")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+            "text TEXT NOT NULL, finish_reason TEXT, prompt_tokens INTEGER NOT NULL, "
+            "completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL, created REAL NOT NULL)"
+        )
+        self._inflight: dict[str, asyncio.Event] = {}
+        self.hits = 0
+        self.misses = 0
+        self.failures = 0
+
+    def get(self, key: str) -> Completion | None:
+        row = self._db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
+            "WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Completion(
+            text=row[0],
+            finish_reason=row[1],
+            usage=Usage(prompt_tokens=row[2], completion_tokens=row[3]),
+        )
+
+    def put(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                model,
+                completion.text,
+                completion.finish_reason,
+                completion.usage.prompt_tokens,
+                completion.usage.completion_tokens,
+                latency_s,
+                time.time(),
+            ),
+        )
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedModel(Model):
+    """Serves a stored answer for an identical request; otherwise streams the wrapped model's
+    answer through and stores it once it completed. Concurrent identical requests wait for the
+    first one instead of calling twice."""
+
+    def __init__(self, wrapped: Model, cache: ResponseCache, identity: Mapping[str, Any]) -> None:
+        self.wrapped = wrapped
+        self.name = wrapped.name
+        self.cache = cache
+        self.identity = dict(identity)
+
+    def loaded(self) -> bool:
+        return self.wrapped.loaded()
+
+    async def load(self) -> None:
+        await self.wrapped.load()
+
+    async def aclose(self) -> None:
+        await self.wrapped.aclose()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        key = request_key(self.identity, request)
+        tally = TALLY.get()
+        if tally is not None:
+            tally.calls += 1
+        while (pending := self.cache._inflight.get(key)) is not None:
+            await pending.wait()
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.hits += 1
+            if tally is not None:
+                tally.cache_hits += 1
+            yield Chunk(text=hit.text)
+            yield Chunk(finish_reason=hit.finish_reason, usage=hit.usage)
+            return
+        self.cache.misses += 1
+        done = asyncio.Event()
+        self.cache._inflight[key] = done
+        started = time.monotonic()
+        parts: list[str] = []
+        finish: str | None = None
+        usage = Usage()
+        try:
+            async for chunk in self.wrapped.stream(request):
+                if chunk.text:
+                    if not parts and tally is not None:
+                        tally.first_token_s.append(time.monotonic() - started)
+                    parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except BaseException:
+            self.cache.failures += 1
+            if tally is not None:
+                tally.failures += 1
+            raise
+        else:
+            text = "".join(parts)
+            if text.strip():
+                completion = Completion(text=text, finish_reason=finish, usage=usage)
+                self.cache.put(key, self.name, completion, time.monotonic() - started)
+        finally:
+            del self.cache._inflight[key]
+            done.set()
+
+
+class ConcurrencyLimitedModel(Model):
+    """At most the limiter's slots of calls in flight to one endpoint, shared by every model on
+    it (rate limits are per endpoint, not per stack)."""
+
+    def __init__(self, wrapped: Model, limiter: asyncio.Semaphore) -> None:
+        self.wrapped = wrapped
+        self.name = wrapped.name
+        self.limiter = limiter
+
+    def loaded(self) -> bool:
+        return self.wrapped.loaded()
+
+    async def load(self) -> None:
+        await self.wrapped.load()
+
+    async def aclose(self) -> None:
+        await self.wrapped.aclose()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        async with self.limiter:
+            async for chunk in self.wrapped.stream(request):
+                yield chunk
+
+
+class RetryingModel(Model):
+    """Timeout and retries (the engine's one retry policy) for calls made outside a stack: the
+    single-model system and the judge. A stream is retried only before its first chunk."""
+
+    def __init__(
+        self,
+        wrapped: Model,
+        *,
+        retries: int = 2,
+        timeout_s: float = 120.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.wrapped = wrapped
+        self.name = wrapped.name
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.policy = policy or RetryPolicy()
+
+    def loaded(self) -> bool:
+        return self.wrapped.loaded()
+
+    async def load(self) -> None:
+        await self.wrapped.load()
+
+    async def aclose(self) -> None:
+        await self.wrapped.aclose()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        for attempt in range(self.retries + 1):
+            started = False
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    async for chunk in self.wrapped.stream(request):
+                        started = True
+                        yield chunk
+                return
+            except TimeoutError:
+                error = ModelCallError(f"no answer within {self.timeout_s:.2f}s", kind="timeout")
+            except ModelCallError as exc:
+                error = exc
+            delay = backoff_delay(self.policy, attempt, error.retry_after_s)
+            if started or not error.retryable or attempt == self.retries or delay is None:
+                raise error
+            await asyncio.sleep(delay)
+
+
+def endpoint_key(spec: MemberSpec) -> str:
+    """Calls to one server share a limit; the embedded model is one "endpoint" per process."""
+    if spec.provider == "local":
+        return "local"
+    return f"{spec.provider}:{spec.base_url or 'default'}"

@@ -1,0 +1,120 @@
+"""How one system answers one conversation: the shared, wrapped models (``ModelFactory``), a
+single model called directly, and a stack run with its time to first token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+
+from moakit.config import MemberSpec, StackConfig
+from moakit.engine import Stack
+from moakit.errors import MoaError
+from moakit.eval.cache import (
+    CachedModel,
+    ConcurrencyLimitedModel,
+    ResponseCache,
+    RetryingModel,
+    endpoint_key,
+    model_identity,
+)
+from moakit.events import RunFinished, TextDelta
+from moakit.models.base import ChatRequest, Message, Model, collect
+from moakit.models.registry import ResourcePool, build_model
+from moakit.prompts import with_system_prompt
+from moakit.result import MemberOutput, Result
+
+
+class ModelFactory:
+    """One wrapped model per distinct identity, shared by every system of the run: the cache
+    outside, the endpoint's concurrency limit inside (a cache hit takes no slot)."""
+
+    def __init__(self, cache: ResponseCache, limits: Mapping[str, int], default_limit: int) -> None:
+        self.cache = cache
+        self.limits = dict(limits)
+        self.default_limit = default_limit
+        self.pool = ResourcePool()
+        self._models: dict[str, Model] = {}
+        self._limiters: dict[str, asyncio.Semaphore] = {}
+
+    def direct_model_for(self, spec: MemberSpec) -> Model:
+        """For calls outside a stack (single model, judge): the same model plus the engine's
+        timeout and retry policy, which a stack would otherwise apply."""
+        return RetryingModel(
+            self.model_for(spec), retries=spec.retries or 2, timeout_s=spec.timeout_s or 120.0
+        )
+
+    def model_for(self, spec: MemberSpec) -> Model:
+        identity = model_identity(spec)
+        key = json.dumps(identity, sort_keys=True)
+        if key not in self._models:
+            endpoint = endpoint_key(spec)
+            if endpoint not in self._limiters:
+                slots = self.limits.get(
+                    endpoint, 1 if spec.provider == "local" else self.default_limit
+                )
+                self._limiters[endpoint] = asyncio.Semaphore(slots)
+            inner = ConcurrencyLimitedModel(build_model(spec, self.pool), self._limiters[endpoint])
+            self._models[key] = CachedModel(inner, self.cache, identity)
+        return self._models[key]
+
+    def stack(self, config: StackConfig) -> Stack:
+        # Today's engine takes overrides by model name; one model name is one identity here.
+        specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
+        specs += config.aggregators()
+        return Stack(config, models={s.model: self.model_for(s) for s in specs})
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            await model.aclose()
+        await self.pool.aclose()
+
+
+def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest:
+    """Exactly what the engine sends a first-layer member (so the cache serves both)."""
+    return ChatRequest(
+        messages=with_system_prompt(messages, spec.system),
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        seed=spec.seed,
+        stop=spec.stop,
+    )
+
+
+async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]) -> Result:
+    t0 = time.monotonic()
+    out = MemberOutput(
+        layer=1, index=0, label=spec.display, provider=spec.provider, model=spec.model
+    )
+    try:
+        completion = await collect(model.stream(member_request(spec, messages)))
+    except MoaError as exc:
+        out.error = str(exc)
+    except Exception as exc:  # an adapter bug fails this item, as the engine does for members
+        out.error = f"{type(exc).__name__}: {exc}"
+    else:
+        out.output = completion.text.strip()
+        out.usage = completion.usage
+        out.finish_reason = completion.finish_reason
+        out.truncated = completion.truncated
+    out.latency_s = round(time.monotonic() - t0, 6)
+    result = Result(
+        stack=spec.display,
+        final=out.output or "",
+        aggregators=[out],
+        latency_s=out.latency_s,
+        error=out.error,
+    )
+    return result
+
+
+async def run_stack(stack: Stack, messages: Sequence[Message]) -> tuple[Result, float | None]:
+    t0 = time.monotonic()
+    ttft: float | None = None
+    async for event in stack.events(ChatRequest(messages=list(messages))):
+        if isinstance(event, TextDelta) and ttft is None and event.text:
+            ttft = time.monotonic() - t0
+        elif isinstance(event, RunFinished):
+            return event.result, ttft
+    raise AssertionError("a run ends with RunFinished or raises")

@@ -1,0 +1,297 @@
+"""From records to numbers: ``summarize`` builds ``summary.json``; ``markdown`` renders it.
+
+Per system: score with a 95% bootstrap CI, paired comparison against the reference system
+(exact McNemar on closed-form tasks, paired bootstrap otherwise), win rate and LC win rate on
+pairwise tasks, tokens, estimated cost (judge included, shown apart), wall time, TTFT, answer
+length, cache hits. Then the MoA analyses for every system that has proposer layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from moakit.eval import analyses, stats
+from moakit.eval.systems import System
+
+Records = Mapping[str, Sequence[dict[str, Any]]]  # system name -> its records
+
+
+def _values(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    return {
+        r["item_id"]: float(r["score"]["value"])
+        for r in records
+        if r.get("score") and r["score"].get("value") is not None
+    }
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return float(np.mean(xs)) if len(xs) else None
+
+
+def system_row(
+    system: System,
+    records: Sequence[dict[str, Any]],
+    closed_form: bool,
+    judge_price: tuple[float, float] | None,
+) -> dict[str, Any]:
+    values = list(_values(records).values())
+    ci = stats.bootstrap_ci(values)
+    judge_in = sum(
+        int(r["score"]["judge_usage"]["prompt_tokens"]) for r in records if r.get("score")
+    )
+    judge_out = sum(
+        int(r["score"]["judge_usage"]["completion_tokens"]) for r in records if r.get("score")
+    )
+    costs = [r.get("cost_usd") for r in records]
+    cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c))
+    latencies = [float(r["latency_s"]) for r in records if r.get("latency_s") is not None]
+    ttfts = [float(r["ttft_s"]) for r in records if r.get("ttft_s") is not None]
+    spans = [(r["started_at"], r["finished_at"]) for r in records if r.get("finished_at")]
+    row: dict[str, Any] = {
+        "name": system.name,
+        "kind": system.kind,
+        "hash": system.hash,
+        "items": len(records),
+        "scored": len(values),
+        "errors": sum(1 for r in records if r.get("error")),
+        "score": ci.to_json(),
+        "tokens_in": sum(int(r["usage"]["prompt_tokens"]) for r in records),
+        "tokens_out": sum(int(r["usage"]["completion_tokens"]) for r in records),
+        "cost_usd": cost,
+        "judge_tokens_in": judge_in,
+        "judge_tokens_out": judge_out,
+        "judge_cost_usd": (judge_in * judge_price[0] + judge_out * judge_price[1]) / 1e6
+        if judge_price
+        else None,
+        "wall_s_total": float(sum(latencies)),
+        "latency_s_mean": _mean(latencies),
+        # First start to last finish of this system's items in the runs that produced them.
+        "span_s": float(max(b for _, b in spans) - min(a for a, _ in spans)) if spans else None,
+        "ttft_s_mean": _mean(ttfts),
+        "answer_chars_mean": _mean([float(r["answer_chars"]) for r in records]),
+        "answer_words_mean": _mean([float(r["answer_words"]) for r in records]),
+        "calls": sum(int(r.get("calls") or 0) for r in records),
+        "cache_hits": sum(int(r.get("cache_hits") or 0) for r in records),
+    }
+    if closed_form:
+        row["accuracy"] = ci.mean if values else None
+    details = [r["score"]["detail"] for r in records if r.get("score")]
+    if details and all("baseline_len" in d for d in details) and values:
+        scored = [r for r in records if r.get("score") and r["score"].get("value") is not None]
+        row |= stats.win_rates(
+            [float(r["score"]["value"]) for r in scored],
+            [int(r["score"]["detail"]["output_len"]) for r in scored],
+            [int(r["score"]["detail"]["baseline_len"]) for r in scored],
+        )
+    return row
+
+
+def compare(
+    a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], closed_form: bool
+) -> stats.Comparison | None:
+    va, vb = _values(a), _values(b)
+    common = sorted(set(va) & set(vb))
+    if not common:
+        return None
+    if closed_form:
+        return stats.mcnemar([va[k] >= 0.5 for k in common], [vb[k] >= 0.5 for k in common])
+    return stats.paired_bootstrap([va[k] for k in common], [vb[k] for k in common])
+
+
+def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[str, Any]:
+    with_layers = [r for r in records if r.get("layers")]
+    if not with_layers:
+        return {}
+    out: dict[str, Any] = {"layer_curve": analyses.layer_curve(with_layers)}
+    first = [r["layers"][0] for r in with_layers]
+    labels = [m["label"] for m in first[0]]
+    if closed_form:
+        rows = [
+            [bool(m.get("correct")) for m in layer]
+            for layer in first
+            if len(layer) == len(labels) and all(m.get("correct") is not None for m in layer)
+        ]
+        finals = [
+            bool(r["score"].get("correct"))
+            for r in with_layers
+            if len(r["layers"][0]) == len(labels)
+            and all(m.get("correct") is not None for m in r["layers"][0])
+        ]
+        out["error_correlation"] = {"labels": labels, "matrix": analyses.error_correlation(rows)}
+        out["minority_majority"] = analyses.minority_majority(rows, finals)
+    triples = []
+    for r in with_layers:
+        last = [m for m in r["layers"][-1] if m.get("output") and m.get("value") is not None]
+        if len(last) >= 2 and r.get("final"):
+            triples.append(
+                (r["final"], [m["output"] for m in last], [float(m["value"]) for m in last])
+            )
+    if triples:
+        out["similarity_quality"] = analyses.similarity_quality(triples)
+    return out
+
+
+def summarize(
+    systems: Sequence[System],
+    records: Records,
+    *,
+    dataset: str,
+    scorer: str,
+    closed_form: bool,
+    scale: tuple[float, float],
+    reference: str | None = None,
+    judge_price: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    ref = reference or next((s.name for s in systems if s.kind == "single"), systems[0].name)
+    rows = [system_row(s, records.get(s.name, []), closed_form, judge_price) for s in systems]
+    comparisons = []
+    for s in systems:
+        if s.name == ref:
+            continue
+        c = compare(records.get(s.name, []), records.get(ref, []), closed_form)
+        if c is not None:
+            comparisons.append({"system": s.name, "reference": ref, **c.to_json()})
+    per_system = {
+        s.name: moa_analyses(records.get(s.name, []), closed_form)
+        for s in systems
+        if s.kind in ("moa", "ranker", "self-moa", "sweep")
+    }
+    collab = analyses.collaborativeness(
+        {s.name: records.get(s.name, []) for s in systems if s.kind == "collab"}
+    )
+    return {
+        "dataset": dataset,
+        "scorer": scorer,
+        "closed_form": closed_form,
+        "scale": list(scale),
+        "reference": ref,
+        "systems": rows,
+        "comparisons": comparisons,
+        "analyses": {k: v for k, v in per_system.items() if v},
+        "collaborativeness": collab,
+    }
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    # Names come from the operator's command line; keep table syntax intact all the same.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(summary: dict[str, Any], *, wall_s: float | None = None) -> str:
+    lines = [f"# moa eval: {summary['dataset']} ({summary['scorer']})", ""]
+    if wall_s is not None:
+        lines += [f"Run wall time: {wall_s:.0f} s.", ""]
+    lines += [
+        "| system | n | score [95% CI] | tokens in/out | cost $ (judge $) | "
+        "mean latency s | TTFT s | answer words | cache hits/calls |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["systems"]:
+        s = r["score"]
+        lines.append(
+            f"| {_cell(r['name'])} | {r['scored']}/{r['items']} | {_fmt(s['mean'])} "
+            f"[{_fmt(s['low'])}, {_fmt(s['high'])}] | {r['tokens_in']}/{r['tokens_out']} | "
+            f"{_fmt(r['cost_usd'], 4)} ({_fmt(r['judge_cost_usd'], 4)}) | "
+            f"{_fmt(r['latency_s_mean'], 1)} | {_fmt(r['ttft_s_mean'], 1)} | "
+            f"{_fmt(r['answer_words_mean'], 0)} | {r['cache_hits']}/{r['calls']} |"
+        )
+    if any("win_rate" in r for r in summary["systems"]):
+        lines += ["", "| system | win rate % | LC win rate % |", "|---|---|---|"]
+        for r in summary["systems"]:
+            if "win_rate" in r:
+                lines.append(
+                    f"| {_cell(r['name'])} | {_fmt(r['win_rate'], 1)} | "
+                    f"{_fmt(r['length_controlled_winrate'], 1)} |"
+                )
+    if summary["comparisons"]:
+        lines += [
+            "",
+            f"## Paired comparisons against `{summary['reference']}`",
+            "",
+            "| system | test | diff [95% CI] | p | n | only system right / only reference |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in summary["comparisons"]:
+            lines.append(
+                f"| {_cell(c['system'])} | {c['test']} | {_fmt(c['diff'])} "
+                f"[{_fmt(c['low'])}, {_fmt(c['high'])}] | {_fmt(c['p_value'])} | "
+                f"{c['n']} | {c['a_only']}/{c['b_only']} |"
+            )
+    for name, a in summary["analyses"].items():
+        lines += ["", f"## MoA analyses: `{_cell(name)}`", ""]
+        curve = a.get("layer_curve", [])
+        if curve:
+            lines += [
+                "Layer curve (mean proposal score per layer, best proposal, final):",
+                "",
+                "| layer | mean | best of layer | n |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {c['layer']} | {_fmt(c['mean'])} | {_fmt(c['best_of_layer'])} | {c['n']} |"
+                for c in curve
+            ]
+        mm = a.get("minority_majority")
+        if mm:
+            lines += [
+                "",
+                f"Minority-but-correct preserved: {mm['minority_preserved']}/"
+                f"{mm['minority_items']} ({_fmt(mm['minority_preservation_rate'])}); "
+                f"right majority overturned: {mm['majority_overturned']}/"
+                f"{mm['majority_items']} ({_fmt(mm['majority_overturn_rate'])}).",
+            ]
+        ec = a.get("error_correlation")
+        if ec:
+            lines += [
+                "",
+                "Proposers' error correlation (first layer):",
+                "",
+                "| | " + " | ".join(_cell(x) for x in ec["labels"]) + " |",
+                "|---" * (len(ec["labels"]) + 1) + "|",
+            ]
+            for label, row in zip(ec["labels"], ec["matrix"], strict=True):
+                lines.append(f"| {_cell(label)} | " + " | ".join(_fmt(v, 2) for v in row) + " |")
+        sq = a.get("similarity_quality")
+        if sq:
+            lines += [
+                "",
+                "Similarity-to-final vs. proposal score (Spearman):",
+                "",
+                "| measure | mean within item | items | pooled |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {k} | {_fmt(v['mean_within_item'])} | {v['items']} | {_fmt(v['pooled'])} |"
+                for k, v in sq.items()
+            ]
+    if summary["collaborativeness"]:
+        lines += [
+            "",
+            "## Collaborativeness (each member alone vs. given the others' answers)",
+            "",
+            "| system | alone | with references | n |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(c['system'])} | {_fmt(c['alone'])} | {_fmt(c['with_references'])} "
+            f"| {c['n']} |"
+            for c in summary["collaborativeness"]
+        ]
+    lines += [
+        "",
+        "Plots: `plots/layer_curve.png`, `plots/cost_quality.png`, "
+        "`plots/error_correlation.png`, `plots/length_score.png`.",
+        "",
+    ]
+    return "\n".join(lines)

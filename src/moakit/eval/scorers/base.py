@@ -1,0 +1,53 @@
+"""What every scorer returns and implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moakit.eval.datasets import Item
+from moakit.models.base import Usage
+
+
+@dataclass
+class Score:
+    """``value`` is the item's score on the scorer's scale (0/1 for closed-form tasks, 1–10 for
+    MT-Bench, 0–1 win share for pairwise, 1–5 for FLASK). ``correct`` is set by closed-form
+    scorers only. A judge's own usage is kept apart so its cost is reported, not hidden."""
+
+    value: float | None
+    correct: bool | None = None
+    extracted: str | None = None
+    error: str | None = None
+    judge_usage: Usage = field(default_factory=Usage)
+    judge_calls: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "correct": self.correct,
+            "extracted": self.extracted,
+            "error": self.error,
+            "judge_usage": self.judge_usage.model_dump(),
+            "judge_calls": self.judge_calls,
+            "detail": self.detail,
+        }
+
+
+class Scorer(ABC):
+    name: str
+    # Closed-form scorers can extract a comparable answer (majority vote, error correlation).
+    closed_form: bool = False
+    # Scale for plots and reports.
+    scale: tuple[float, float] = (0.0, 1.0)
+
+    def extract(self, text: str, item: Item) -> str | None:
+        """The comparable final answer in ``text`` (closed-form scorers only)."""
+        return None
+
+    @abstractmethod
+    async def score(self, item: Item, answers: Sequence[str]) -> Score:
+        """Score the system's answers to ``item``'s turns (one answer per turn)."""

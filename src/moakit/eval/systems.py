@@ -1,0 +1,302 @@
+"""The systems an evaluation compares, each turned into something the engine runs.
+
+A system spec on the command line is ``KIND:STACK[,key=value...]`` where STACK is a preset name
+or a stack config file:
+
+- ``single:S`` — S's aggregator model alone, with its settings (``member=MODEL`` picks another
+  member of S): the model you use today.
+- ``moa:S`` — the stack itself. Every layer's outputs are kept for the layer curve.
+- ``ranker:S`` — LLM-Ranker: S's first-layer proposals, then S's aggregator *picks* one with
+  ``RANKER_PROMPT`` instead of synthesizing; the picked proposal is the answer.
+- ``self-moa:S[,n=N]`` — Self-MoA: S's aggregator model sampled N times (seeds and temperatures
+  varied), then aggregated by the same model.
+- ``majority:S`` — majority vote over the first-layer proposals of ``moa:S`` (closed-form tasks;
+  no extra calls: it reuses that system's records).
+- ``sweep:S`` — one system per distinct model of S, each as the final aggregator over S's
+  proposer layers (identical proposer requests, so the response cache serves every aggregator
+  the very same proposals: the paper's Table 4).
+- ``collab:S`` — collaborativeness: for each first-layer member, the member alone vs. the same
+  member given the *other* members' answers as references.
+
+``name=`` renames a system. Each system has a hash of everything that decides its answers;
+results of a changed system are kept apart, never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from moakit.config import MemberSpec, StackConfig, load_preset, parse_config, read_config_file
+from moakit.errors import ConfigError
+
+Kind = Literal["single", "moa", "ranker", "self-moa", "majority", "sweep", "collab"]
+KINDS: tuple[str, ...] = ("single", "moa", "ranker", "self-moa", "majority", "sweep", "collab")
+DEFAULT_KINDS = ("single", "moa", "ranker", "self-moa", "majority")
+
+# Written for moakit after the MoA paper's LLM-Ranker baseline (Wang et al. 2024, §3.3: an LLM
+# selects one of the proposals instead of synthesizing). The engine appends "\n1. ..." per
+# proposal, exactly as it does for the Aggregate-and-Synthesize prompt.
+RANKER_PROMPT = (
+    "You have been provided with a set of responses from various models to the latest user "
+    "query. Your task is to select the single best response: the one that is most helpful, "
+    "accurate and relevant, and that a careful human expert would prefer. Do not write a new "
+    "response and do not explain your choice. Reply with only the number of the best response."
+    "\n\nResponses from models:"
+)
+RANKER_MAX_TOKENS = 8
+
+
+@dataclass
+class System:
+    name: str
+    kind: Kind
+    stack_name: str
+    # What the engine runs: a stack, or one member alone (single; collab's "alone" half).
+    config: StackConfig | None = None
+    member: MemberSpec | None = None
+    source: str | None = None  # majority: the system whose first-layer proposals it votes over
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        payload = {
+            "kind": self.kind,
+            "config": self.config.model_dump(mode="json") if self.config else None,
+            "member": self.member.model_dump(mode="json") if self.member else None,
+            "source": self.source,
+            "ranker_prompt": RANKER_PROMPT if self.kind == "ranker" else None,
+        }
+        blob = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def derived(self) -> bool:
+        return self.kind == "majority"
+
+
+def load_stack(
+    ref: str, *, max_tokens: int | None = None, timeout_s: float | None = None
+) -> StackConfig:
+    """A preset or config file; ``max_tokens`` replaces every member's and the aggregator's
+    budget (e.g. code needs more room than the embedded preset's chat-sized answers), and
+    ``timeout_s`` every call's timeout (a loaded CPU needs longer than a preset expects)."""
+    path = Path(ref)
+    config = (
+        read_config_file(path)
+        if path.suffix in (".toml", ".yaml", ".yml") or path.exists()
+        else load_preset(ref)
+    )
+    if max_tokens is None and timeout_s is None:
+        return config
+    data = config.model_dump(exclude_unset=True)
+    members = [m for layer in data["layers"] for m in layer["members"]]
+    members += [data["aggregator"], *data["aggregator"].get("fallbacks", [])]
+    for field_name, value in (("max_tokens", max_tokens), ("timeout_s", timeout_s)):
+        if value is None:
+            continue
+        data.setdefault("defaults", {})[field_name] = value
+        for member in members:
+            member.pop(field_name, None)
+    if timeout_s is not None:
+        data["default_timeout_s"] = timeout_s
+    return parse_config(data, source=f"{ref} (overridden budgets)")
+
+
+def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in KINDS:
+        raise ConfigError(
+            f"system {text!r}: expected KIND:STACK with KIND one of {', '.join(KINDS)}",
+            field="system",
+        )
+    stack, *options = rest.split(",")
+    opts: dict[str, str] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(
+                f"system {text!r}: option {option!r} is not key=value", field="system"
+            )
+        opts[key.strip()] = value.strip()
+    if not stack:
+        raise ConfigError(f"system {text!r}: no stack named", field="system")
+    return kind, stack, opts
+
+
+def build_systems(
+    specs: list[str], *, max_tokens: int | None = None, timeout_s: float | None = None
+) -> list[System]:
+    systems: list[System] = []
+    for text in specs:
+        kind, stack_ref, opts = parse_system_spec(text)
+        config = load_stack(stack_ref, max_tokens=max_tokens, timeout_s=timeout_s)
+        systems.extend(_expand(kind, config, opts, text))
+    names = [s.name for s in systems]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(
+            f"two systems share the name {dupes[0]!r}; rename one with name=", field="system"
+        )
+    by_name = {s.name: s for s in systems}
+    for s in systems:
+        if s.source is not None and s.source not in by_name:
+            raise ConfigError(
+                f"system {s.name!r} votes over {s.source!r}, which is not in the "
+                f"run; add --system moa:{s.stack_name}",
+                field="system",
+            )
+    return systems
+
+
+def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> list[System]:
+    stack = config.name
+    name = opts.get("name")
+    aggregator = config.aggregators()[0].model_copy(update={"fallbacks": []})
+    first_layer = config.layer_members(0)
+    if kind == "single":
+        member = aggregator
+        if "member" in opts:
+            found = [
+                m for m in [*first_layer, aggregator] if opts["member"] in (m.model, m.display)
+            ]
+            if not found:
+                raise ConfigError(
+                    f"system {text!r}: no member {opts['member']!r} in {stack}", field="system"
+                )
+            member = found[0]
+        return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
+    if kind == "moa":
+        return [System(name or f"moa:{stack}", "moa", stack, config=config)]
+    if kind == "majority":
+        return [
+            System(
+                name or f"majority:{stack}",
+                "majority",
+                stack,
+                source=opts.get("source", f"moa:{stack}"),
+            )
+        ]
+    if kind == "ranker":
+        ranker = config.model_copy(
+            update={
+                "name": f"{stack}-ranker",
+                "layers": config.layers[:1],
+                "aggregate_prompt": RANKER_PROMPT,
+                "aggregator": config.aggregator.model_copy(
+                    update={"max_tokens": RANKER_MAX_TOKENS, "temperature": 0.0}
+                ),
+            }
+        )
+        return [System(name or f"ranker:{stack}", "ranker", stack, config=_revalidate(ranker))]
+    if kind == "self-moa":
+        n = int(opts.get("n", max(2, len(first_layer))))
+        proposer = aggregator.model_dump(exclude={"fallbacks", "label"}, exclude_unset=True)
+        proposer.update(
+            n=n,
+            seed=(aggregator.seed or 0) + 1000,
+            temperature=config.proposer_temperature,
+            temperature_step=0.1,
+        )
+        if first_layer and first_layer[0].max_tokens:
+            proposer["max_tokens"] = first_layer[0].max_tokens
+        data = config.model_dump(exclude_unset=True)
+        data.update(name=f"{stack}-self-moa", layers=[{"members": [proposer]}], min_successful=1)
+        return [
+            System(
+                name or f"self-moa:{stack}",
+                "self-moa",
+                stack,
+                config=parse_config(data, source=text),
+            )
+        ]
+    if kind == "sweep":
+        out = []
+        seen: set[tuple[str, str, str | None]] = set()
+        for member in [
+            aggregator,
+            *first_layer,
+            *(m for i in range(1, len(config.layers)) for m in config.layer_members(i)),
+        ]:
+            ident = (member.provider, member.model, member.base_url)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            agg = config.aggregator.model_copy(
+                update={
+                    "provider": member.provider,
+                    "model": member.model,
+                    "base_url": member.base_url,
+                    "api_key_env": member.api_key_env,
+                    "options": member.options,
+                    "label": None,
+                    "fallbacks": [],
+                }
+            )
+            swept = config.model_copy(
+                update={"name": f"{stack}-agg-{_slug(member.model)}", "aggregator": agg}
+            )
+            out.append(
+                System(
+                    f"sweep:{stack}:agg={member.display}",
+                    "sweep",
+                    stack,
+                    config=_revalidate(swept),
+                    extra={"aggregator": member.display},
+                )
+            )
+        return out
+    if kind == "collab":
+        if len(first_layer) < 2:
+            raise ConfigError(
+                f"system {text!r}: collaborativeness needs 2+ first-layer members", field="system"
+            )
+        out = []
+        for i, member in enumerate(first_layer):
+            others = [m for j, m in enumerate(first_layer) if j != i]
+            data = config.model_dump(exclude_unset=True)
+            own = member.model_dump(exclude={"n", "temperature_step"}, exclude_unset=True)
+            data.update(
+                name=f"{stack}-collab-{i + 1}",
+                min_successful=1,
+                layers=[{"members": [m.model_dump(exclude_unset=True) for m in others]}],
+                aggregator=own,
+            )
+            out.append(
+                System(
+                    f"collab:{stack}:{member.display}",
+                    "collab",
+                    stack,
+                    config=parse_config(data, source=text),
+                    member=_as_member(member),
+                    extra={"member": member.display},
+                )
+            )
+        return out
+    raise AssertionError(kind)
+
+
+def _as_member(spec: MemberSpec) -> MemberSpec:
+    return MemberSpec.model_validate(spec.model_dump(exclude={"fallbacks"}))
+
+
+def _revalidate(config: StackConfig) -> StackConfig:
+    # model_copy skips validation; run the config through it again (quorum, field checks).
+    return parse_config(config.model_dump(exclude_unset=True), source=config.name)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def parse_ranker_choice(text: str, count: int) -> int | None:
+    """The 0-based index of the proposal the ranker picked, or None."""
+    for match in re.findall(r"\d+", text):
+        choice = int(match)
+        if 1 <= choice <= count:
+            return choice - 1
+    return None

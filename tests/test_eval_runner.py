@@ -1,0 +1,406 @@
+"""``moa eval``'s cache, concurrency limit, systems, resumable runner and CLI, on a fake provider
+(deterministic answers, counted calls). The embedded model runs in test_eval_embedded.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moakit.cli.main import cli
+from moakit.config import MemberSpec
+from moakit.errors import ModelCallError
+from moakit.eval.cache import (
+    CachedModel,
+    ConcurrencyLimitedModel,
+    ResponseCache,
+    model_identity,
+)
+from moakit.eval.calls import ModelFactory
+from moakit.eval.datasets import load_user_jsonl
+from moakit.eval.runner import Runner
+from moakit.eval.scorers import build_scorer
+from moakit.eval.systems import build_systems, parse_ranker_choice
+from moakit.models.base import ChatRequest, Chunk, Model, collect
+from moakit.models.registry import ResourcePool, register_provider
+from moakit.testing.models import FunctionModel
+
+CALLS: Counter[str] = Counter()
+
+
+def _fake_answer(request: ChatRequest) -> str:
+    """Proposers: right unless (seed + question number) % 3 == 0. Aggregators (references in
+    the system message): the most common number among the references. Ranker: picks 2."""
+    system = next((str(m["content"]) for m in request.messages if m["role"] == "system"), "")
+    question = str(request.messages[-1]["content"])
+    CALLS[f"{question}|{request.seed}|{bool(system)}"] += 1
+    if "Reply with only the number" in system:
+        return "2"
+    if "impartial judge" in system + question:
+        return "Rating: [[7]]" if "[[rating]]" in system + question else "[[A]]"
+    if system:
+        numbers = re.findall(r"^\d+\. The answer is (\d+)", system, re.MULTILINE)
+        if not numbers:
+            return f"A synthesis of the answers to: {question}"
+        return f"The answer is {Counter(numbers).most_common(1)[0][0]}"
+    if not question.startswith("q"):
+        return f"An answer to: {question} (after {len(request.messages)} messages)"
+    q = int(question.removeprefix("q"))
+    seed = request.seed or 0
+    return f"The answer is {q if (seed + q) % 3 else 999}"
+
+
+def _build(spec: MemberSpec, pool: ResourcePool) -> Model:
+    return FunctionModel(_fake_answer, name=spec.model)
+
+
+register_provider("evalfake", _build)
+
+
+STACK = """
+name = "fake3"
+[defaults]
+provider = "evalfake"
+max_tokens = 16
+[[layers]]
+members = [{ model = "m", n = 3, seed = 1 }]
+[aggregator]
+model = "m"
+seed = 100
+"""
+
+
+@pytest.fixture
+def stack_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fake3.toml"
+    path.write_text(STACK)
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "qs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "answer": str(i), "id": f"q{i}"}) + "\n"
+            for i in range(1, 7)
+        )
+    )
+    return path
+
+
+def _run(out: Path, specs: list[str], dataset: Path) -> Runner:
+    items = load_user_jsonl(dataset)
+
+    async def go() -> Runner:
+        cache = ResponseCache(out / "cache.sqlite")
+        factory = ModelFactory(cache, {}, 4)
+        runner = Runner(build_scorer("number"), factory, out)
+        await runner.run(build_systems(specs), items)
+        await factory.aclose()
+        cache.close()
+        return runner
+
+    return asyncio.run(go())
+
+
+# -- cache and limiter ---------------------------------------------------------------------
+
+SPEC = MemberSpec(provider="evalfake", model="m")
+
+
+def test_cache_serves_identical_requests_and_keys_on_every_field() -> None:
+    inner = FunctionModel(lambda r: "hello")
+    cache = ResponseCache()
+    model = CachedModel(inner, cache, model_identity(SPEC))
+    msgs = [{"role": "user", "content": "hi"}]
+
+    async def go() -> list[str]:
+        a = await collect(model.stream(ChatRequest(messages=msgs, seed=1)))
+        b = await collect(model.stream(ChatRequest(messages=msgs, seed=1)))
+        c = await collect(model.stream(ChatRequest(messages=msgs, seed=2)))
+        d = await collect(model.stream(ChatRequest(messages=msgs, seed=1, top_p=0.5)))
+        return [a.text, b.text, c.text, d.text]
+
+    assert asyncio.run(go()) == ["hello"] * 4
+    assert len(inner.requests) == 3 and (cache.hits, cache.misses) == (1, 3)
+    other = CachedModel(inner, cache, model_identity(SPEC.model_copy(update={"model": "n"})))
+    asyncio.run(collect(other.stream(ChatRequest(messages=msgs, seed=1))))
+    assert len(inner.requests) == 4  # another model identity never shares an entry
+
+
+class _DiesMidStream(Model):
+    """Streams some text, then fails: a partial answer must not be cached as if complete."""
+
+    name = "dies"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        yield Chunk(text="partial answer")
+        if self.calls == 1:
+            raise ModelCallError("connection reset", kind="connection")
+        yield Chunk(text=" and the rest", finish_reason="stop")
+
+
+def test_failed_call_is_not_cached() -> None:
+    """Guard checked on a broken build (storing in ``finally``): the partial text got cached."""
+    inner = _DiesMidStream()
+    cache = ResponseCache()
+    model = CachedModel(inner, cache, model_identity(SPEC))
+    request = ChatRequest(messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(ModelCallError):
+        asyncio.run(collect(model.stream(request)))
+    assert len(cache) == 0 and cache.failures == 1
+    assert asyncio.run(collect(model.stream(request))).text == "partial answer and the rest"
+    assert inner.calls == 2 and len(cache) == 1
+    assert asyncio.run(collect(model.stream(request))).text == "partial answer and the rest"
+    assert inner.calls == 2  # now served from the cache
+
+
+def test_concurrent_identical_requests_call_once() -> None:
+    inner = FunctionModel(lambda r: "same", delay_s=0.05)
+    model = CachedModel(inner, ResponseCache(), model_identity(SPEC))
+    request = ChatRequest(messages=[{"role": "user", "content": "x"}])
+
+    async def go() -> list[str]:
+        done = await asyncio.gather(*(collect(model.stream(request)) for _ in range(5)))
+        return [c.text for c in done]
+
+    assert asyncio.run(go()) == ["same"] * 5 and len(inner.requests) == 1
+
+
+def test_endpoint_limit_caps_calls_in_flight() -> None:
+    in_flight = peak = 0
+
+    async def slow(request: ChatRequest) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return "x"
+
+    async def go() -> None:
+        model = ConcurrencyLimitedModel(FunctionModel(slow), asyncio.Semaphore(2))
+        requests = [ChatRequest(messages=[{"role": "user", "content": str(i)}]) for i in range(8)]
+        await asyncio.gather(*(collect(model.stream(r)) for r in requests))
+
+    asyncio.run(go())
+    assert peak == 2
+
+
+# -- systems and the runner ----------------------------------------------------------------
+
+
+def test_systems_hash_changes_with_config(stack_file: Path, tmp_path: Path) -> None:
+    a = build_systems([f"moa:{stack_file}"])[0]
+    changed = tmp_path / "fake3b.toml"
+    changed.write_text(STACK.replace("max_tokens = 16", "max_tokens = 17"))
+    b = build_systems([f"moa:{changed},name=moa:fake3"])[0]
+    assert a.name == b.name and a.hash != b.hash
+    assert parse_ranker_choice("Response 2 is best", 3) == 1
+    assert parse_ranker_choice("7", 3) is None
+
+
+def test_runner_scores_systems_and_reuses_calls(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    CALLS.clear()
+    out = tmp_path / "res"
+    specs = [f"{k}:{stack_file}" for k in ("single", "moa", "ranker", "majority", "collab")]
+    runner = _run(out, specs, dataset)
+    systems = {s.name: s for s in build_systems(specs)}
+    recs = {name: runner.load_records(s) for name, s in systems.items()}
+    assert all(len(r) == 6 for r in recs.values())
+    moa = recs["moa:fake3"]
+    # q3: seeds 1,2,3 -> (1+3)%3, (2+3)%3 right, (3+3)%3 wrong: a right majority, kept.
+    layer = moa["q3"]["layers"][0]
+    assert [m["correct"] for m in layer] == [True, True, False]
+    assert moa["q3"]["score"]["correct"] is True
+    assert recs["majority:fake3"]["q3"]["extra"]["winner"] == "3"
+    assert recs["ranker:fake3"]["q3"]["final"] == layer[1]["output"]  # it picked "2"
+    # Every proposer request was made once, whatever number of systems reused it.
+    proposer_calls = {k: v for k, v in CALLS.items() if not k.endswith("True")}
+    assert proposer_calls and set(proposer_calls.values()) == {1}
+    collab = recs["collab:fake3:m#3"]["q3"]
+    assert collab["extra"]["alone_correct"] is False and collab["score"]["correct"] is True
+
+
+def test_resume_skips_finished_items_and_keeps_changed_systems_apart(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "res"
+    _run(out, [f"moa:{stack_file}"], dataset)
+    files = sorted((out / "records").iterdir())
+    lines = files[0].read_text().splitlines()
+    CALLS.clear()
+    _run(out, [f"moa:{stack_file}"], dataset)
+    assert sorted((out / "records").iterdir()) == files
+    assert files[0].read_text().splitlines() == lines  # nothing re-run, nothing appended
+    assert sum(CALLS.values()) == 0
+    stack_file.write_text(STACK.replace("seed = 100", "seed = 101"))
+    _run(out, [f"moa:{stack_file}"], dataset)
+    new_files = sorted((out / "records").iterdir())
+    assert len(new_files) == 2 and files[0] in new_files
+    runner = _run(out, [f"moa:{stack_file}"], dataset)
+    assert runner.stale_files(build_systems([f"moa:{stack_file}"])[0]) == [files[0]]
+    assert files[0].read_text().splitlines() == lines  # the old results are left alone
+
+
+def test_resume_retries_failed_items(stack_file: Path, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    runner = _run(out, [f"single:{stack_file}"], dataset)
+    system = build_systems([f"single:{stack_file}"])[0]
+    path = runner.records_path(system)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows[0]["error"] = "upstream 500"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runner = _run(out, [f"single:{stack_file}"], dataset)
+    assert len(path.read_text().splitlines()) == 7  # exactly the failed item ran again
+    assert runner.load_records(system)[rows[0]["item_id"]]["error"] is None
+
+
+def test_cli_writes_summary_report_and_plots(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cli"
+    args = ["eval", "run", "--dataset", str(dataset), "--out", str(out), "--scorer", "number"]
+    for kind in ("single", "moa", "ranker", "self-moa", "majority"):
+        args += ["--system", f"{kind}:{stack_file}"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    names = [r["name"] for r in summary["systems"]]
+    assert names == [
+        "single:fake3",
+        "moa:fake3",
+        "ranker:fake3",
+        "self-moa:fake3",
+        "majority:fake3",
+    ]
+    assert summary["reference"] == "single:fake3"
+    assert {c["test"] for c in summary["comparisons"]} == {"mcnemar-exact"}
+    moa = summary["analyses"]["moa:fake3"]
+    assert moa["layer_curve"][-1]["layer"] == "final"
+    assert len(moa["error_correlation"]["matrix"]) == 3
+    assert "## MoA analyses: `moa:fake3`" in (out / "report.md").read_text()
+    for png in ("layer_curve", "cost_quality", "error_correlation", "length_score"):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retrying_model_retries_transient_failures_only() -> None:
+    from moakit.eval.cache import RetryingModel
+
+    replies: list[str | Exception] = [ModelCallError("503", kind="http", status=503), "fine"]
+    flaky = FunctionModel(lambda r: replies.pop(0))
+    model = RetryingModel(flaky, retries=2, timeout_s=5)
+    request = ChatRequest(messages=[{"role": "user", "content": "x"}])
+    assert asyncio.run(collect(model.stream(request))).text == "fine"
+    fatal = RetryingModel(FunctionModel(lambda r: ModelCallError("bad key", kind="auth")))
+    with pytest.raises(ModelCallError, match="bad key"):
+        asyncio.run(collect(fatal.stream(request)))
+
+
+def test_a_failing_judge_fails_the_item_not_the_run(
+    dataset: Path, tmp_path: Path, stack_file: Path
+) -> None:
+    from moakit.eval.scorers.judges import RatingJudgeScorer
+
+    judge = FunctionModel(lambda r: ModelCallError("judge down", kind="auth"))
+    items = load_user_jsonl(dataset)
+    system = build_systems([f"single:{stack_file}"])[0]
+
+    async def go() -> Runner:
+        factory = ModelFactory(ResponseCache(), {}, 4)
+        runner = Runner(RatingJudgeScorer(judge), factory, tmp_path / "j")
+        await runner.run([system], items)
+        await factory.aclose()
+        return runner
+
+    records = asyncio.run(go()).load_records(system)
+    assert len(records) == 6
+    assert all("judge down" in (r["error"] or "") for r in records.values())
+
+
+def test_cli_pairwise_run_reports_win_rates(stack_file: Path, tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "pairwise"
+    args = [
+        "eval",
+        "run",
+        "--dataset",
+        "alpaca-eval",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--system",
+        f"single:{stack_file}",
+        "--judge",
+        "evalfake:judge",
+        "--judge-price",
+        "10,30",
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "summary.json").read_text())["systems"][0]
+    # The fake judge always answers [[A]]: one win and one loss per item, in the two orders.
+    assert row["score"]["mean"] == 0.5 and row["win_rate"] == 50.0
+    assert 0 <= row["length_controlled_winrate"] <= 100
+    assert row["judge_tokens_in"] > 0 and row["judge_cost_usd"] > 0
+    exported = json.loads((out / "model_outputs" / "single_fake3.json").read_text())
+    assert len(exported) == 3 and {"instruction", "output", "generator"} <= set(exported[0])
+
+
+def test_mt_bench_second_turn_is_a_real_turn(stack_file: Path, tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "mt"
+    args = [
+        "eval",
+        "run",
+        "--dataset",
+        "mt-bench",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--system",
+        f"moa:{stack_file}",
+        "--judge",
+        "evalfake:judge",
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    system = build_systems([f"moa:{stack_file}"])[0]
+    path = out / "records" / f"moa_fake3.{system.hash}.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(len(r["finals"]) == 2 for r in records)
+    assert all(r["score"]["detail"]["ratings"] == [7.0, 7.0] for r in records)
+    assert all(r["score"]["value"] == 7.0 for r in records)
+    # Turn 2's proposers saw the conversation with the system's own first answer in it.
+    for r in records:
+        assert r["finals"][0].startswith("A synthesis of the answers to:")
+        assert all(m["output"].endswith("(after 3 messages)") for m in r["layers"][0])
+
+
+def test_budget_overrides_reach_every_call(stack_file: Path) -> None:
+    moa, single, ranker = build_systems(
+        [f"moa:{stack_file}", f"single:{stack_file}", f"ranker:{stack_file}"],
+        max_tokens=200,
+        timeout_s=600,
+    )
+    assert moa.config is not None and ranker.config is not None and single.member is not None
+    specs = [*moa.config.layer_members(0), *moa.config.aggregators()]
+    assert {(s.max_tokens, s.timeout_s) for s in specs} == {(200, 600.0)}
+    assert (single.member.max_tokens, single.member.timeout_s) == (200, 600.0)
+    assert ranker.config.aggregators()[0].max_tokens == 8  # the ranker only writes a number
+    assert moa.hash != build_systems([f"moa:{stack_file}"])[0].hash
