@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 
-from moakit.config import MemberSpec, StackConfig
+from moakit.config import DEFAULT_PROVIDER, MemberSpec, StackConfig
 from moakit.engine import Stack
 from moakit.errors import MoaError
 from moakit.eval.cache import (
@@ -85,7 +85,11 @@ def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest
 async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]) -> Result:
     t0 = time.monotonic()
     out = MemberOutput(
-        layer=1, index=0, label=spec.display, provider=spec.provider, model=spec.model
+        layer=1,
+        index=0,
+        label=spec.display,
+        provider=spec.provider or DEFAULT_PROVIDER,
+        model=spec.model,
     )
     try:
         completion = await collect(model.stream(member_request(spec, messages)))
