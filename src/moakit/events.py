@@ -8,9 +8,8 @@ aggregators are indexed from 0 (the aggregator is 0, its fallbacks 1, 2, ...).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from moakit.models.base import ChatRequest
 from moakit.result import LayerResult, MemberOutput, Result
@@ -93,11 +92,6 @@ class AggregatorAttemptFailed(BaseEvent):
     will_retry: bool
     had_text: bool
 
-    @property
-    def discard_text(self) -> bool:
-        """Deprecated: the old ``AggregatorFailed`` event's name for ``had_text``."""
-        return self.had_text
-
 
 @dataclass(frozen=True)
 class TextDelta(BaseEvent):
@@ -134,15 +128,3 @@ Event = (
     | RunFailed
 )
 
-
-def __getattr__(name: str) -> Any:
-    # Transitional: the event was renamed so that no event shares a name with an error
-    # (``moakit.errors.AggregatorFailed``). Remove once every caller imports the new name.
-    if name == "AggregatorFailed":
-        warnings.warn(
-            "moakit.events.AggregatorFailed is now AggregatorAttemptFailed",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return AggregatorAttemptFailed
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

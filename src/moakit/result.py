@@ -58,12 +58,6 @@ class LayerResult(BaseModel):
     def answered(self) -> int:
         return sum(1 for m in self.members if m.ok)
 
-    @property
-    def index(self) -> int:
-        """Deprecated spelling of ``layer`` (1-based), kept until the server's renderer moves;
-        ``index`` elsewhere always means a 0-based position."""
-        return self.layer
-
 
 class Result(BaseModel):
     stack: str

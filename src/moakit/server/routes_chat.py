@@ -81,7 +81,7 @@ def _stream(
                 elif isinstance(item, LayerFinished):
                     # Progress as an SSE comment: clients ignore it, curl users see it.
                     layer = item.layer
-                    yield f": layer {layer.index} done {layer.answered}/{len(layer.members)}\n\n"
+                    yield f": layer {layer.layer} done {layer.answered}/{len(layer.members)}\n\n"
                 else:
                     yield chunk({}, finish_reason(item))
                     access.tokens = usage_body(item)["total_tokens"]

@@ -126,7 +126,7 @@ export async function runQuery() {
     LayerFinished(ev) {
       const layer = ev.layer;
       // LayerResult's 1-based number is `layer` (engine rework) or `index` (before it).
-      const no = layer.layer !== undefined ? layer.layer : layer.index;
+      const no = layer.layer;
       grid.row(no, "layer " + no + " · " + layer.answered + "/" +
         layer.members.length + " answered · " + fmtSeconds(layer.latency_s));
     },
@@ -145,7 +145,7 @@ export async function runQuery() {
     AggregatorFailed(ev) {
       const out = ev.failed;
       grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out);
-      if (ev.discard_text || ev.had_text) {
+      if (ev.had_text) {
         setText(final, "");
       }
     },
