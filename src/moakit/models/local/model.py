@@ -25,8 +25,11 @@ from moakit.models.local.sampling import (
 from moakit.models.local.scheduler import Delta, Failed, Finished, SequenceEvent, SequenceRequest
 from moakit.models.local.weights import resolve_model_path
 
-DEFAULT_N_CTX = 8192  # KV cells shared by every live sequence of the file (unified cache)
-DEFAULT_N_SEQ_MAX = 8  # sequences decoded together at most; more wait in the queue
+# KV budget of a model file: N_SEQ_MAX sequences decoded together (more wait in the queue), each
+# with N_CTX cells for its prompt and answer. Allocated at load: 4 × 4096 cells is ~200 MB for
+# Qwen2.5-0.5B (12 KiB a cell) and ~380 MB for SmolLM2-135M (23 KiB a cell).
+DEFAULT_N_CTX = 4096
+DEFAULT_N_SEQ_MAX = 4
 DEFAULT_MAX_TOKENS = 512
 
 

@@ -47,12 +47,15 @@ class LlamaRuntime:
             path_model=key.path, params=llama_cpp.llama_model_default_params(), verbose=True
         )
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = key.n_ctx
+        params.n_ctx = key.n_ctx * key.n_seq_max  # llama.cpp splits it into n_seq_max streams
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = key.n_seq_max
-        params.kv_unified = True  # every sequence may use the whole n_ctx; prefixes are shared
+        params.kv_unified = False  # a KV stream per sequence: see scheduler/batch.py for why
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
+        # As ``Llama`` does: the default (auto) picks flash attention on CPU, whose different
+        # rounding would make answers differ from create_chat_completion's for the same seed.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.context: Any = _internals.LlamaContext(model=self.model, params=params, verbose=True)
         self.template = ChatTemplate(self.model)
         budget = KVBudget(n_ctx=key.n_ctx, n_seq_max=key.n_seq_max, n_batch=n_batch)

@@ -19,7 +19,7 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 TOP_K = 40
 MIN_P = 0.05
-REPEAT_PENALTY = 1.1  # create_chat_completion's default, kept so answers read the same
+REPEAT_PENALTY = 1.0  # what create_chat_completion applies by default (none)
 PENALTY_LAST_N = 64
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 

@@ -5,16 +5,21 @@ queued sequences (from any number of concurrent queries), then builds ONE ``llam
 the next token of every generating sequence plus as much pending prompt as fits, decodes it, and
 samples each sequence that produced logits with that sequence's own sampler chain.
 
+Memory: the context has ``n_seq_max`` KV streams of ``n_ctx`` cells each (llama.cpp's
+non-unified KV cache), so at most ``n_seq_max × n_ctx`` cells exist, allocated once at load.
+A request waits in the queue, in order, until a stream is free; one whose prompt does not fit
+``n_ctx`` fails alone, and its answer is cut at ``n_ctx`` (finish reason "length").
+
+Why a stream per sequence rather than one unified cache: a sequence's cells then sit at the same
+offsets as when it runs alone, so attention sums in the same order and a batched answer is
+bit-for-bit the answer the same request gets alone (with a unified cache, interleaved cells
+change the rounding and greedy answers drift apart).
+
 Shared prompt prefix: a new sequence whose prompt starts like a live one's (the members of a layer
 see the same conversation and references) does not decode that prefix again. It waits until the
-other sequence's prefix is in the KV cache, then ``llama_memory_seq_cp`` makes those cells its own
-too (with a unified KV cache this adds a sequence id to the cells; nothing is recomputed or
-duplicated) and only its own suffix is decoded.
-
-Memory is bounded by ``KVBudget``: at most ``n_seq_max`` live sequences and, counted without the
-sharing discount, at most ``n_ctx`` KV cells reserved (each sequence reserves its prompt plus its
-max_tokens). A request that does not fit waits in the queue, in order; one that could never fit
-(a prompt as long as the context) fails alone.
+other sequence has decoded it, then ``llama_memory_seq_cp`` copies that stream's KV data (llama.cpp
+copies whole streams, at the start of the next decode) and ``llama_memory_seq_rm`` drops what lies
+past the shared prefix; only the sequence's own suffix is decoded.
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ from moakit.models.local.scheduler.sequence import (
 
 log = logging.getLogger(__name__)
 
-MIN_SHARED_PREFIX = 8  # below this, copying is not worth making a sequence wait
+# A copy moves a whole KV stream (tens of MB); below this many tokens decoding is cheaper.
+MIN_SHARED_PREFIX = 32
 
 
 @dataclass(frozen=True)
 class KVBudget:
-    n_ctx: int  # KV cells of the context, shared by all sequences (unified KV cache)
-    n_seq_max: int  # live sequences at most
+    n_ctx: int  # KV cells of each sequence: its prompt plus its answer
+    n_seq_max: int  # live sequences at most (one KV stream each)
     n_batch: int  # tokens per decode step at most
 
 
@@ -54,6 +60,7 @@ class SchedulerStats:
     prompt_tokens_evaluated: int = 0
     prompt_tokens_shared: int = 0
     tokens_generated: int = 0
+    max_live: int = 0  # most sequences live at once
 
 
 class BatchScheduler:
@@ -125,25 +132,19 @@ class BatchScheduler:
 
     def _admit(self) -> None:
         """Move queued requests into the context while ids and KV cells allow (lock held)."""
-        reserved = sum(seq.reserved for seq in self._live)
         while self._queue and self._free_ids:
-            request = self._queue[0]
+            request = self._queue.popleft()
             if request.cancelled.is_set():
-                self._queue.popleft()
                 continue
-            need = request.reserve(self.budget.n_ctx)
-            if reserved + need > self.budget.n_ctx:
-                break  # wait for room, in order
-            self._queue.popleft()
             try:
                 chain = build_chain(request.sampling, self._model)
             except Exception as exc:
                 request.emit(Failed(exc))
                 continue
             seq = LiveSequence(request, self._free_ids.pop(0), chain, self.budget.n_ctx)
-            reserved += seq.reserved
             self._find_prefix_source(seq)
             self._live.append(seq)
+            self.stats.max_live = max(self.stats.max_live, len(self._live))
             if seq.max_tokens == 0:
                 self._end(seq, seq.finished("length"))
 
@@ -164,7 +165,9 @@ class BatchScheduler:
         if source is None or source.n_past < seq.wait_len:
             return
         mem = self._ctx.memory
-        self._llama.llama_memory_seq_cp(mem, source.seq_id, seq.seq_id, 0, seq.wait_len)
+        # Across streams llama.cpp copies only whole sequences: copy, then cut at the prefix.
+        self._llama.llama_memory_seq_cp(mem, source.seq_id, seq.seq_id, -1, -1)
+        self._llama.llama_memory_seq_rm(mem, seq.seq_id, seq.wait_len, -1)
         seq.n_past = seq.wait_len
         self.stats.prompt_tokens_shared += seq.wait_len
         seq.wait_for, seq.wait_len = None, 0

@@ -45,10 +45,6 @@ class SequenceRequest:
     stop: Sequence[str] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def reserve(self, n_ctx: int) -> int:
-        """KV cells this sequence may occupy at most (its prompt plus every token it may add)."""
-        return min(n_ctx, len(self.prompt) + self.max_tokens)
-
 
 class LiveSequence:
     """A live sequence: its id in the context, how much of it is in the KV cache, its sampler."""
@@ -61,7 +57,6 @@ class LiveSequence:
         self.n_prompt = len(self.tokens)
         # Room in the context bounds the answer, as create_completion does.
         self.max_tokens = max(0, min(request.max_tokens, n_ctx - self.n_prompt))
-        self.reserved = request.reserve(n_ctx)
         self.n_past = 0  # positions [0, n_past) of this sequence are in the KV cache
         self.evaluated = 0  # of those, decoded by this sequence (not copied from another)
         self.generated = 0
