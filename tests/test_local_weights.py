@@ -45,7 +45,7 @@ def test_a_corrupted_part_is_refused_and_nothing_is_cached(tmp_path: Path) -> No
     data[100] ^= 0xFF  # one flipped byte, same size
     parts[2].write_bytes(bytes(data))
     target = tmp_path / "cache" / "model.gguf"
-    with pytest.raises(WeightsError, match="sha256 .* does not match") as info:
+    with pytest.raises(WeightsError, match=r"sha256 .* does not match") as info:
         assemble(parts, target, size=len(whole), sha256=digest)
     assert info.value.field == "model"
     assert list(target.parent.iterdir()) == []  # neither the target nor a temp file
@@ -81,7 +81,7 @@ def test_missing_part_package_names_what_to_install() -> None:
     split = weights.SplitWeights(
         filename="x.gguf", size=1, sha256="0" * 64, parts=(("no-such-dist-xyz", "1.0", "a.bin"),)
     )
-    with pytest.raises(weights.ConfigError, match="no-such-dist-xyz==1.0"):
+    with pytest.raises(weights.ConfigError, match=r"no-such-dist-xyz==1\.0"):
         split.part_paths()
 
 
