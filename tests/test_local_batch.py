@@ -180,3 +180,10 @@ async def test_an_unenforceable_response_format_is_a_clear_error() -> None:
     request = greedy(response_format={"type": "json_schema", "json_schema": {"schema": 3}})
     with pytest.raises(ModelCallError, match=r"response_format\.json_schema\.schema"):
         await model().complete(request)
+
+
+async def test_a_schema_with_a_remote_ref_is_refused_before_anything_is_fetched() -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/s.json"}}}
+    request = greedy(response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    with pytest.raises(ModelCallError, match=r"only local \$ref"):
+        await model().complete(request)

@@ -53,6 +53,7 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
                 "response_format.json_schema.schema must be a JSON schema object",
                 field="response_format.json_schema.schema",
             )
+        _reject_remote_refs(schema)
         try:
             return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
         except Exception as exc:  # the converter raises bare built-ins for unsupported schemas
@@ -64,6 +65,24 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
         f"response_format.type {kind!r} is not supported (use text, json_object or json_schema)",
         field="response_format.type",
     )
+
+
+def _reject_remote_refs(node: Any) -> None:
+    """A request's schema is untrusted: only local ``#/...`` references. (The converter's own
+    refusal to fetch is an ``assert``, which ``python -O`` removes.)"""
+    if isinstance(node, Mapping):
+        ref = node.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+            raise ConfigError(
+                f"response_format.json_schema.schema: only local $ref ('#/...') are allowed, "
+                f"not {str(ref)[:80]!r}",
+                field="response_format.json_schema.schema",
+            )
+        for value in node.values():
+            _reject_remote_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _reject_remote_refs(value)
 
 
 def build_chain(params: SamplingParams, model: Any) -> Any:
