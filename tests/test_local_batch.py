@@ -93,10 +93,10 @@ async def test_cancelling_one_sequence_leaves_the_others_finishing() -> None:
         await victim
     scheduler = shared_runtime(m.key).scheduler
     for _ in range(100):  # the scheduler drops it at its next step
-        if not scheduler._live:
+        if not scheduler.live:
             break
         await asyncio.sleep(0.02)
-    assert scheduler._live == []
+    assert scheduler.live == 0
 
 
 async def test_a_prompt_too_long_for_the_context_fails_only_that_member() -> None:

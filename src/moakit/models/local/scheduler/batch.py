@@ -102,6 +102,11 @@ class BatchScheduler:
             self._queue.append(request)
             self._cond.notify()
 
+    @property
+    def live(self) -> int:
+        """Sequences in the context now (not counting the queue)."""
+        return len(self._live)
+
     def close(self) -> None:
         with self._cond:
             self._closing = True
