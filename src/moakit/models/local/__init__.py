@@ -15,7 +15,7 @@ import os
 # costs little on an idle machine. Set before llama.cpp loads; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from moakit.config import MemberSpec  # imported after: E402 is not selected
+from moakit.config import MemberSpec
 from moakit.models.base import Model
 from moakit.models.local.model import LocalModel
 from moakit.models.local.weights import KNOWN_MODELS, resolve_model_path
