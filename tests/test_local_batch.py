@@ -187,3 +187,20 @@ async def test_a_schema_with_a_remote_ref_is_refused_before_anything_is_fetched(
     request = greedy(response_format={"type": "json_schema", "json_schema": {"schema": schema}})
     with pytest.raises(ModelCallError, match=r"only local \$ref"):
         await model().complete(request)
+
+
+async def test_concurrent_queries_share_one_batch() -> None:
+    # Two callers that know nothing of each other (two stacks, two server requests) build their
+    # own LocalModel; the same file and budget give the same scheduler, and they decode together.
+    first, second = model(n_seq_max=3), model(n_seq_max=3)
+    scheduler = shared_runtime(first.key).scheduler
+    assert shared_runtime(second.key).scheduler is scheduler
+    steps = scheduler.stats.decode_steps
+    a, b = await asyncio.gather(
+        first.complete(greedy(max_tokens=12)),
+        second.complete(ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=12, seed=3)),
+    )
+    assert scheduler.stats.max_live == 2
+    # Decoded side by side: fewer steps than the two answers' tokens one after the other.
+    solo_steps = a.usage.completion_tokens + b.usage.completion_tokens
+    assert scheduler.stats.decode_steps - steps < solo_steps
