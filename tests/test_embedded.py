@@ -11,7 +11,8 @@ import pytest
 
 import moakit
 from moakit import Stack, parse_config
-from moakit.models.local import LocalModel, resolve_model_path, shared_llama
+from moakit.models.local import LocalModel, resolve_model_path
+from moakit.models.local.runtime import shared_runtime
 
 pytestmark = pytest.mark.embedded
 
@@ -41,9 +42,10 @@ async def test_one_instance_shared_and_seeded_outputs_reproducible() -> None:
         a = await stack.run([{"role": "user", "content": "Say hi."}])
         b = await stack.run([{"role": "user", "content": "Say hi."}])
     assert a.final == b.final  # same seeds, same answer
-    model = LocalModel(parse_config(TINY).aggregators()[0])
+    spec = parse_config(TINY).aggregators()[0]
+    model = LocalModel(spec.model, dict(spec.options))
     assert model.loaded()
-    assert shared_llama(model.path, model.n_ctx) is shared_llama(model.path, model.n_ctx)
+    assert shared_runtime(model.key) is shared_runtime(LocalModel(spec.model).key)
 
 
 def test_sync_wrapper() -> None:
@@ -54,7 +56,7 @@ def test_sync_wrapper() -> None:
 def test_cli_ask_json_with_local_preset() -> None:
     env = {**os.environ, "MOAKIT_LLAMA_THREADS": "2"}
     proc = subprocess.run(
-        [sys.executable, "-m", "moakit.cli.main", "ask", "--json", "--preset", "local", "Hi!"],
+        [sys.executable, "-m", "moakit.cli.main", "ask", "--json", "--preset", "local-fast", "Hi!"],
         capture_output=True,
         text=True,
         timeout=240,

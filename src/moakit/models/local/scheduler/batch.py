@@ -1,0 +1,292 @@
+"""Continuous batching on one llama.cpp context.
+
+One scheduler thread per loaded model file owns its context. Between two decode steps it admits
+queued sequences (from any number of concurrent queries), then builds ONE ``llama_batch`` holding
+the next token of every generating sequence plus as much pending prompt as fits, decodes it, and
+samples each sequence that produced logits with that sequence's own sampler chain.
+
+Memory: the context has ``n_seq_max`` KV streams of ``n_ctx`` cells each (llama.cpp's
+non-unified KV cache), so at most ``n_seq_max × n_ctx`` cells exist, allocated once at load.
+A request waits in the queue, in order, until a stream is free; one whose prompt does not fit
+``n_ctx`` fails alone, and its answer is cut at ``n_ctx`` (finish reason "length").
+
+Why a stream per sequence rather than one unified cache: a sequence's cells then sit at the same
+offsets as when it runs alone, so attention sums in the same order and a batched answer is
+bit-for-bit the answer the same request gets alone (with a unified cache, interleaved cells
+change the rounding and greedy answers drift apart).
+
+Shared prompt prefix: a new sequence whose prompt starts like a live one's (the members of a layer
+see the same conversation and references) does not decode that prefix again. It waits until the
+other sequence has decoded it, then ``llama_memory_seq_cp`` copies that stream's KV data (llama.cpp
+copies whole streams, at the start of the next decode) and ``llama_memory_seq_rm`` drops what lies
+past the shared prefix; only the sequence's own suffix is decoded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from moakit.errors import ModelCallError
+from moakit.models.local.sampling import build_chain
+from moakit.models.local.scheduler.sequence import (
+    Delta,
+    Failed,
+    LiveSequence,
+    SequenceRequest,
+    common_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+# A copy moves a whole KV stream (tens of MB); below this many tokens decoding is cheaper.
+MIN_SHARED_PREFIX = 32
+
+
+@dataclass(frozen=True)
+class KVBudget:
+    n_ctx: int  # KV cells of each sequence: its prompt plus its answer
+    n_seq_max: int  # live sequences at most (one KV stream each)
+    n_batch: int  # tokens per decode step at most
+
+
+@dataclass
+class SchedulerStats:
+    decode_steps: int = 0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_shared: int = 0
+    tokens_generated: int = 0
+    max_live: int = 0  # most sequences live at once
+
+
+class BatchScheduler:
+    def __init__(self, model: Any, ctx: Any, budget: KVBudget, *, name: str = "llama") -> None:
+        import llama_cpp
+
+        self._llama: Any = llama_cpp
+        self._model = model  # llama_cpp._internals.LlamaModel
+        self._ctx = ctx  # llama_cpp._internals.LlamaContext (n_seq_max, kv_unified)
+        self.budget = budget
+        self.stats = SchedulerStats()
+        self._batch = llama_cpp.llama_batch_init(budget.n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(64)
+        self._queue: deque[SequenceRequest] = deque()
+        self._live: list[LiveSequence] = []
+        self._free_ids = list(range(budget.n_seq_max))
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-batch", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def submit(self, request: SequenceRequest) -> None:
+        if len(request.prompt) >= self.budget.n_ctx:
+            request.emit(
+                Failed(
+                    ModelCallError(
+                        f"prompt of {len(request.prompt)} tokens does not fit the context "
+                        f"(n_ctx={self.budget.n_ctx})",
+                        kind="other",
+                    )
+                )
+            )
+            return
+        with self._cond:
+            if self._closing:
+                raise ModelCallError("the embedded model is shutting down", kind="other")
+            self._queue.append(request)
+            self._cond.notify()
+
+    @property
+    def live(self) -> int:
+        """Sequences in the context now (not counting the queue)."""
+        return len(self._live)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self._llama.llama_batch_free(self._batch)
+
+    # -- the scheduler thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._queue and not self._live:
+                    self._cond.wait()
+                if self._closing:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                log.exception("embedded model scheduler step failed")
+                for seq in list(self._live):
+                    self._end(seq, Failed(ModelCallError(f"llama.cpp failed: {exc}")))
+        for seq in list(self._live):
+            self._end(seq, Failed(ModelCallError("the embedded model is shutting down")))
+        for request in self._queue:
+            request.emit(Failed(ModelCallError("the embedded model is shutting down")))
+
+    def _admit(self) -> None:
+        """Move queued requests into the context while ids and KV cells allow (lock held)."""
+        while self._queue and self._free_ids:
+            request = self._queue.popleft()
+            if request.cancelled.is_set():
+                continue
+            try:
+                chain = build_chain(request.sampling, self._model)
+            except Exception as exc:
+                request.emit(Failed(exc))
+                continue
+            seq = LiveSequence(request, self._free_ids.pop(0), chain, self.budget.n_ctx)
+            self._find_prefix_source(seq)
+            self._live.append(seq)
+            self.stats.max_live = max(self.stats.max_live, len(self._live))
+            if seq.max_tokens == 0:
+                self._end(seq, seq.finished("length"))
+
+    def _find_prefix_source(self, seq: LiveSequence) -> None:
+        best, best_len = None, 0
+        for other in self._live:
+            if other is seq or other.wait_for is seq:
+                continue
+            n = min(common_prefix(seq.tokens, other.tokens[: other.n_prompt]), seq.n_prompt - 1)
+            if n > best_len:
+                best, best_len = other, n
+        if best is not None and best_len >= MIN_SHARED_PREFIX:
+            seq.wait_for, seq.wait_len = best, best_len
+            self._resolve_wait(seq)
+
+    def _resolve_wait(self, seq: LiveSequence) -> None:
+        source = seq.wait_for
+        if source is None or source.n_past < seq.wait_len:
+            return
+        mem = self._ctx.memory
+        # Across streams llama.cpp copies only whole sequences: copy, then cut at the prefix.
+        self._llama.llama_memory_seq_cp(mem, source.seq_id, seq.seq_id, -1, -1)
+        self._llama.llama_memory_seq_rm(mem, seq.seq_id, seq.wait_len, -1)
+        seq.n_past = seq.wait_len
+        self.stats.prompt_tokens_shared += seq.wait_len
+        seq.wait_for, seq.wait_len = None, 0
+
+    def _step(self) -> None:
+        for seq in list(self._live):
+            if seq.request.cancelled.is_set():
+                self._end(seq, None)
+        for seq in self._live:
+            self._resolve_wait(seq)
+        batch = self._batch
+        batch.n_tokens = 0
+        outputs: list[tuple[LiveSequence, int]] = []
+        room = self.budget.n_batch
+        for seq in self._live:  # generating sequences first: one token each keeps them flowing
+            if seq.next_token is not None and room > 0:
+                outputs.append((seq, self._add(seq.next_token, seq.n_past, seq.seq_id, True)))
+                room -= 1
+        prefill: list[tuple[LiveSequence, int]] = []
+        for seq in self._live:
+            if not seq.prefilling or seq.wait_for is not None or room == 0:
+                continue
+            take = min(room, seq.n_prompt - seq.n_past)
+            for i in range(take):
+                pos = seq.n_past + i
+                last = pos == seq.n_prompt - 1
+                index = self._add(seq.tokens[pos], pos, seq.seq_id, last)
+                if last:
+                    outputs.append((seq, index))
+            prefill.append((seq, take))
+            room -= take
+        if batch.n_tokens == 0:
+            return
+        status = self._llama.llama_decode(self._ctx.ctx, batch)
+        self.stats.decode_steps += 1
+        if status != 0:
+            members = {seq for seq, _ in outputs} | {seq for seq, _ in prefill}
+            for seq in members:  # the others keep running; these callers may retry
+                self._end(
+                    seq,
+                    Failed(
+                        ModelCallError(f"llama_decode failed ({status}): no room in the KV cache")
+                    ),
+                )
+            return
+        for seq, take in prefill:
+            seq.n_past += take
+            seq.evaluated += take
+            self.stats.prompt_tokens_evaluated += take
+        for seq, _ in outputs:
+            if seq.next_token is not None:
+                seq.n_past += 1
+        for seq, index in outputs:
+            if seq in self._live:
+                self._sample(seq, index)
+
+    def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        batch = self._batch
+        i: int = batch.n_tokens
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+        batch.n_tokens = i + 1
+        return i
+
+    def _sample(self, seq: LiveSequence, index: int) -> None:
+        try:
+            token: int = self._llama.llama_sampler_sample(seq.chain.sampler, self._ctx.ctx, index)
+        except Exception as exc:
+            self._end(seq, Failed(ModelCallError(f"sampling failed: {exc}")))
+            return
+        if self._llama.llama_vocab_is_eog(self._model.vocab, token):
+            self._finish(seq, "stop")
+            return
+        seq.generated += 1
+        self.stats.tokens_generated += 1
+        text = seq.text.feed(self._piece(token))
+        if text:
+            seq.emit(Delta(text))
+        if seq.text.stopped:
+            self._end(seq, seq.finished("stop"))
+        elif seq.generated >= seq.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _piece(self, token: int) -> bytes:
+        # Not LlamaModel.token_to_piece: it returns its whole 32-byte buffer, NULs included.
+        size = len(self._piece_buf)
+        n = self._llama.llama_token_to_piece(
+            self._model.vocab, token, self._piece_buf, size, 0, False
+        )
+        if n < 0:  # buffer too small: llama.cpp says how much it needs
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            return self._piece(token)
+        return bytes(self._piece_buf.raw[:n])
+
+    def _finish(self, seq: LiveSequence, reason: str) -> None:
+        rest = seq.text.flush()
+        if rest:
+            seq.emit(Delta(rest))
+        self._end(seq, seq.finished(reason))
+
+    def _end(self, seq: LiveSequence, event: Any) -> None:
+        """Release the sequence's KV cells, sampler and id; report ``event`` (None: cancelled)."""
+        self._live.remove(seq)
+        self._llama.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
+        seq.chain.close()
+        self._free_ids.append(seq.seq_id)
+        for other in self._live:
+            if other.wait_for is seq:  # its prefix will never arrive from this one
+                other.wait_for, other.wait_len = None, 0
+                self._find_prefix_source(other)
+        if event is not None:
+            seq.emit(event)

@@ -1,0 +1,206 @@
+"""Batched local inference on the real (small) model: sequences decoded together behave exactly
+as they do alone, fail and stop alone, and report the tokenizer's counts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from moakit.errors import ModelCallError
+from moakit.models.base import ChatRequest, Completion
+from moakit.models.local import LocalModel
+from moakit.models.local.runtime import shared_runtime
+
+pytestmark = pytest.mark.embedded
+
+MODEL = "smollm2-135m"
+OPTIONS = {"n_ctx": 2048, "n_seq_max": 4}
+# A layer's members share the conversation; only their sampling differs.
+CONVERSATION = [
+    {"role": "system", "content": "You are a concise assistant. " * 6},
+    {"role": "user", "content": "List three colours of the rainbow."},
+]
+
+
+def model(**options: Any) -> LocalModel:
+    return LocalModel(MODEL, {**OPTIONS, **options})
+
+
+def greedy(max_tokens: int = 24, **kw: Any) -> ChatRequest:
+    return ChatRequest(CONVERSATION, temperature=0.0, max_tokens=max_tokens, **kw)
+
+
+async def test_batched_outputs_equal_the_same_requests_run_alone() -> None:
+    m = model()
+    requests = [
+        greedy(),
+        ChatRequest(CONVERSATION, temperature=0.9, seed=5, max_tokens=24),
+        ChatRequest(CONVERSATION, temperature=1.1, seed=9, max_tokens=24, top_p=0.8),
+    ]
+    alone = [await m.complete(r) for r in requests]
+    stats = shared_runtime(m.key).scheduler.stats
+    shared_before = stats.prompt_tokens_shared
+    together = await asyncio.gather(*(m.complete(r) for r in requests))
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.usage for c in together] == [c.usage for c in alone]
+    assert alone[0].text.strip()
+    # The common prompt was decoded once: the other two copied it (all but its last token).
+    n_prompt = alone[0].usage.prompt_tokens
+    assert stats.prompt_tokens_shared - shared_before == 2 * (n_prompt - 1)
+
+
+async def test_prompt_and_counts_match_create_chat_completion() -> None:
+    from llama_cpp import Llama
+
+    m = model()
+    ours = await m.complete(greedy(max_tokens=20))
+    reference = Llama(model_path=str(m.path), n_ctx=512, verbose=False)
+    try:
+        theirs: Any = reference.create_chat_completion(
+            messages=CONVERSATION, temperature=0.0, max_tokens=20
+        )
+    finally:
+        reference.close()
+    assert ours.text == theirs["choices"][0]["message"]["content"]
+    assert ours.usage.prompt_tokens == theirs["usage"]["prompt_tokens"]
+    assert ours.usage.completion_tokens == theirs["usage"]["completion_tokens"]
+    # The tokenizer's count, not a word count.
+    assert ours.usage.completion_tokens != len(ours.text.split())
+
+
+async def test_cancelling_one_sequence_leaves_the_others_finishing() -> None:
+    m = model()
+    expected = await m.complete(greedy(max_tokens=32))
+    got_first = asyncio.Event()
+
+    async def cancelled_member() -> None:
+        async for chunk in m.stream(ChatRequest(CONVERSATION, temperature=0.8, seed=1,
+                                                max_tokens=200)):
+            if chunk.text:
+                got_first.set()
+                await asyncio.sleep(3600)  # parked mid-stream until cancelled
+
+    victim = asyncio.create_task(cancelled_member())
+    others = [asyncio.create_task(m.complete(greedy(max_tokens=32))) for _ in range(2)]
+    await got_first.wait()
+    victim.cancel()
+    results = await asyncio.gather(*others)
+    assert [r.text for r in results] == [expected.text, expected.text]
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    scheduler = shared_runtime(m.key).scheduler
+    for _ in range(100):  # the scheduler drops it at its next step
+        if not scheduler.live:
+            break
+        await asyncio.sleep(0.02)
+    assert scheduler.live == 0
+
+
+async def test_a_prompt_too_long_for_the_context_fails_only_that_member() -> None:
+    m = model(n_ctx=256)
+    long = [{"role": "user", "content": "word " * 400}]
+    results = await asyncio.gather(
+        m.complete(greedy(max_tokens=8)),
+        m.complete(ChatRequest(long, max_tokens=8)),
+        m.complete(greedy(max_tokens=8)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ModelCallError) and "n_ctx=256" in str(results[1])
+    assert isinstance(results[0], Completion) and isinstance(results[2], Completion)
+    assert results[0].text.strip() and results[0].text == results[2].text
+
+
+async def test_stop_strings_and_max_tokens_apply_per_sequence() -> None:
+    m = model()
+    free = await m.complete(greedy(max_tokens=24))
+    words = free.text.split()
+    assert len(words) >= 3
+    stop = " " + words[2]
+    results = await asyncio.gather(
+        m.complete(greedy(max_tokens=5)),
+        m.complete(greedy(max_tokens=24, stop=[stop])),
+        m.complete(greedy(max_tokens=24)),
+    )
+    short, stopped, full = results
+    assert short.finish_reason == "length" and short.usage.completion_tokens == 5
+    assert free.text.startswith(short.text) and len(short.text) < len(free.text)
+    assert stopped.finish_reason == "stop" and stopped.text == free.text[: free.text.index(stop)]
+    assert full.text == free.text
+
+
+async def test_more_requests_than_sequences_wait_in_the_queue_instead_of_failing() -> None:
+    m = model(n_ctx=512, n_seq_max=2)
+    requests = [greedy(max_tokens=16)] * 5
+    results = await asyncio.gather(*(m.complete(r) for r in requests))
+    assert len({r.text for r in results}) == 1 and results[0].text.strip()
+    assert shared_runtime(m.key).scheduler.stats.max_live == 2
+
+
+async def test_json_schema_output_parses_and_matches_the_schema() -> None:
+    m = model()
+    schema = {
+        "type": "object",
+        "properties": {
+            "colour": {"type": "string", "maxLength": 16},
+            "count": {"type": "integer"},
+        },
+        "required": ["colour", "count"],
+        "additionalProperties": False,
+    }
+    request = ChatRequest(
+        [{"role": "user", "content": "Give a colour and a number as JSON."}],
+        temperature=0.0,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert LocalModel.supports_response_format
+    data = json.loads((await m.complete(request)).text)
+    assert set(data) == {"colour", "count"}
+    assert isinstance(data["colour"], str) and len(data["colour"]) <= 16
+    assert isinstance(data["count"], int)
+
+
+async def test_json_object_output_parses() -> None:
+    m = model()
+    request = ChatRequest(
+        [{"role": "user", "content": 'Reply with the JSON object {"ok": true}.'}],
+        temperature=0.0,
+        max_tokens=40,
+        response_format={"type": "json_object"},
+    )
+    completion = await m.complete(request)
+    assert completion.finish_reason == "stop", completion.text
+    assert isinstance(json.loads(completion.text), dict)
+
+
+async def test_an_unenforceable_response_format_is_a_clear_error() -> None:
+    request = greedy(response_format={"type": "json_schema", "json_schema": {"schema": 3}})
+    with pytest.raises(ModelCallError, match=r"response_format\.json_schema\.schema"):
+        await model().complete(request)
+
+
+async def test_a_schema_with_a_remote_ref_is_refused_before_anything_is_fetched() -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/s.json"}}}
+    request = greedy(response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    with pytest.raises(ModelCallError, match=r"only local \$ref"):
+        await model().complete(request)
+
+
+async def test_concurrent_queries_share_one_batch() -> None:
+    # Two callers that know nothing of each other (two stacks, two server requests) build their
+    # own LocalModel; the same file and budget give the same scheduler, and they decode together.
+    first, second = model(n_seq_max=3), model(n_seq_max=3)
+    scheduler = shared_runtime(first.key).scheduler
+    assert shared_runtime(second.key).scheduler is scheduler
+    steps = scheduler.stats.decode_steps
+    a, b = await asyncio.gather(
+        first.complete(greedy(max_tokens=12)),
+        second.complete(ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=12, seed=3)),
+    )
+    assert scheduler.stats.max_live == 2
+    # Decoded side by side: fewer steps than the two answers' tokens one after the other.
+    solo_steps = a.usage.completion_tokens + b.usage.completion_tokens
+    assert scheduler.stats.decode_steps - steps < solo_steps
