@@ -38,6 +38,7 @@ from moakit.errors import (
 )
 from moakit.models.base import ChatRequest, Message, Model, Usage
 from moakit.result import MemberOutput, Result
+from moakit.trace import TraceRecorder, TraceStore, default_store, traced_run
 
 __version__ = "0.1.0"
 
@@ -53,11 +54,23 @@ async def arun(
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
+    trace: bool | TraceStore = False,
 ) -> Result:
-    """Answer ``prompt`` (a question or an OpenAI-style message list) with a stack."""
+    """Answer ``prompt`` (a question or an OpenAI-style message list) with a stack.
+
+    ``trace=True`` records the run in the default trace store (``moa trace list`` shows it);
+    a ``TraceStore`` records it there. The library records nothing unless asked."""
     stack_config = config if isinstance(config, StackConfig) else resolve_stack(preset, config)
     async with Stack(stack_config) as stack:
-        return await stack.run(as_messages(prompt))
+        if trace is False:
+            return await stack.run(as_messages(prompt))
+        store = default_store() if trace is True else trace
+        try:
+            recorder = TraceRecorder(store, stack=stack, source="library")
+            return await traced_run(stack, as_messages(prompt), recorder)
+        finally:
+            if trace is True:
+                store.close()  # ours: commit what is queued and release the file
 
 
 def run(
@@ -65,12 +78,13 @@ def run(
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
+    trace: bool | TraceStore = False,
 ) -> Result:
     """Sync wrapper over ``arun`` for scripts. Inside a running event loop, await ``arun``."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun(prompt, preset=preset, config=config))
+        return asyncio.run(arun(prompt, preset=preset, config=config, trace=trace))
     raise RuntimeError("moakit.run() was called inside an event loop; use `await moakit.arun()`")
 
 

@@ -62,6 +62,25 @@ from moakit.errors import ConfigError
     show_default=True,
     help="Load embedded models at startup; /ready answers 503 until they are in memory.",
 )
+@click.option(
+    "--trace/--no-trace",
+    default=True,
+    show_default=True,
+    help="Record every query in the trace store and serve the web UI at /ui "
+    "(MOAKIT_TRACE=0 also turns recording off).",
+)
+@click.option(
+    "--trace-db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Trace store file (default: $MOAKIT_TRACE_DB, else under the user data dir).",
+)
+@click.option(
+    "--evals-dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Directory of `moa eval` results the UI's eval viewer shows.",
+)
 def serve_cmd(
     host: str,
     port: int,
@@ -72,6 +91,9 @@ def serve_cmd(
     max_body_bytes: int,
     log_level: str,
     preload: bool,
+    trace: bool,
+    trace_db: Path | None,
+    evals_dir: Path | None,
 ) -> None:
     """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint.
 
@@ -82,6 +104,7 @@ def serve_cmd(
 
     from moakit.server import create_app
     from moakit.server.settings import ServerSettings, read_server_settings
+    from moakit.trace import default_store, tracing_enabled
 
     stacks: dict[str, StackConfig] | None = None
     settings = ServerSettings()
@@ -101,6 +124,8 @@ def serve_cmd(
         preload=preload,
         settings=settings,
         allow_request_stacks=allow_request_stacks,
+        trace_store=default_store(trace_db) if trace and tracing_enabled() else None,
+        evals_dir=evals_dir,
     )
     # moakit.server writes its own structured access line per request (id, model, status,
     # latency, tokens), so uvicorn's plain access log is off rather than doubled.

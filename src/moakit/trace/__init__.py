@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from moakit.trace.adapter import new_run_id, traced_events, traced_run
 from moakit.trace.collector import TraceSink, config_hash
-from moakit.trace.defaults import default_recorder, tracing_enabled
+from moakit.trace.defaults import default_recorder, default_store, tracing_enabled
 from moakit.trace.recorder import TraceRecorder
 from moakit.trace.records import (
     AttemptRecord,
@@ -37,6 +37,7 @@ __all__ = [
     "config_hash",
     "content_hash",
     "default_recorder",
+    "default_store",
     "default_trace_path",
     "new_run_id",
     "secret_values",

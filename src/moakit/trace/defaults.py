@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moakit.trace.collector import TraceSink
@@ -38,8 +39,8 @@ def tracing_enabled() -> bool:
     return _flag("MOAKIT_TRACE")
 
 
-def default_store() -> TraceStore:
-    return TraceStore(store_prompts=_flag("MOAKIT_TRACE_PROMPTS"))
+def default_store(path: str | Path | None = None) -> TraceStore:
+    return TraceStore(path, store_prompts=_flag("MOAKIT_TRACE_PROMPTS"))
 
 
 def otel_sink() -> TraceSink | None:
