@@ -18,7 +18,6 @@ from moakit.config import MemberSpec
 from moakit.errors import ModelCallError
 from moakit.eval.cache import (
     CachedModel,
-    ConcurrencyLimitedModel,
     ResponseCache,
     model_identity,
 )
@@ -29,6 +28,7 @@ from moakit.eval.scorers import build_scorer
 from moakit.eval.systems import build_systems, parse_ranker_choice
 from moakit.models.base import ChatRequest, Chunk, Model, collect
 from moakit.models.registry import ResourcePool, register_provider
+from moakit.models.wrappers import ConcurrencyLimitedModel
 from moakit.testing.models import FunctionModel
 
 CALLS: Counter[str] = Counter()

@@ -56,7 +56,7 @@ def test_presets_show_prints_the_provider_members_really_use() -> None:
     providers = {m["provider"] for layer in resolved["layers"] for m in layer}
     providers |= {m["provider"] for m in resolved["aggregators"]}
     assert providers == {"local"}
-    assert resolved["aggregators"][0]["max_tokens"] == 96
+    assert resolved["aggregators"][0]["max_tokens"] == 384  # the preset's own, not the default
 
 
 def test_key_variables_are_defined_in_one_place() -> None:

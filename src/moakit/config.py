@@ -24,12 +24,12 @@ from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 PRESET_SUFFIXES = (".toml", ".yaml", ".yml")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # extra="forbid" turns a typo such as ``temprature`` into an error naming it.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MemberDefaults(_Strict):
+class MemberDefaults(StrictModel):
     """Fields a stack may set once for all of its members. A member's own value wins."""
 
     provider: str | None = None
@@ -42,7 +42,7 @@ class MemberDefaults(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class MemberSpec(_Strict):
+class MemberSpec(StrictModel):
     """One model call in a layer (or ``n`` samples of one model, the single-proposer variant)."""
 
     # Unset means "the stack's default provider, else openai" (decided in ``resolve_member``).
@@ -120,7 +120,7 @@ class AggregatorSpec(MemberSpec):
         return self
 
 
-class LayerSpec(_Strict):
+class LayerSpec(StrictModel):
     members: list[MemberSpec] = Field(min_length=1)
     min_successful: int | None = Field(default=None, ge=1)
 
@@ -133,7 +133,7 @@ class LayerSpec(_Strict):
         return data
 
 
-class StragglerPolicy(_Strict):
+class StragglerPolicy(StrictModel):
     """Early aggregation: once ``min_successful`` members of a layer have answered, wait at most
     ``grace_s`` seconds, or ``grace_factor`` × the slowest finished member's latency, for the
     rest; then cancel them and move on. With both set, the later cut-off wins."""
@@ -148,7 +148,7 @@ class StragglerPolicy(_Strict):
         return self
 
 
-class RetryPolicy(_Strict):
+class RetryPolicy(StrictModel):
     """The one retry policy (openai-python's): exponential backoff from ``initial_s`` to
     ``max_s`` with jitter, honouring Retry-After; SDK-level retries are switched off."""
 
@@ -159,7 +159,7 @@ class RetryPolicy(_Strict):
     max_retry_after_s: float = Field(default=60.0, ge=0)
 
 
-class ReferencesConfig(_Strict):
+class ReferencesConfig(StrictModel):
     """How one layer's answers become the next layer's references: ``transforms`` run in order
     (names registered in ``moakit.references``; none by default), then ``formatter`` writes the
     block appended to the system prompt (``paper``: the reference implementation's, byte-exact)."""
@@ -168,7 +168,7 @@ class ReferencesConfig(_Strict):
     formatter: str = "paper"
 
 
-class StackConfig(_Strict):
+class StackConfig(StrictModel):
     name: str = "custom"
     description: str = ""
     defaults: MemberDefaults = Field(default_factory=MemberDefaults)

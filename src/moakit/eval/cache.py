@@ -1,5 +1,6 @@
-"""Model wrappers for evaluation runs: a content-addressed response cache and a per-endpoint
-concurrency limit (until the engine's ``moakit.models.wrappers.ConcurrencyLimitedModel`` lands).
+"""Model wrappers for evaluation runs: a content-addressed response cache and retries for calls
+made outside a stack (the per-endpoint concurrency limit is the engine's
+``moakit.models.wrappers.ConcurrencyLimitedModel``).
 
 The cache key is the sha256 of the model's identity (provider, model, base URL, options) and the
 full ``ChatRequest``, so any ablation that sends an identical request (the same proposers under a
@@ -181,30 +182,6 @@ class CachedModel(Model):
         finally:
             del self.cache._inflight[key]
             done.set()
-
-
-class ConcurrencyLimitedModel(Model):
-    """At most the limiter's slots of calls in flight to one endpoint, shared by every model on
-    it (rate limits are per endpoint, not per stack)."""
-
-    def __init__(self, wrapped: Model, limiter: asyncio.Semaphore) -> None:
-        self.wrapped = wrapped
-        self.name = wrapped.name
-        self.limiter = limiter
-
-    def loaded(self) -> bool:
-        return self.wrapped.loaded()
-
-    async def load(self) -> None:
-        await self.wrapped.load()
-
-    async def aclose(self) -> None:
-        await self.wrapped.aclose()
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        async with self.limiter:
-            async for chunk in self.wrapped.stream(request):
-                yield chunk
 
 
 class RetryingModel(Model):

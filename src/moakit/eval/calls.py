@@ -13,7 +13,6 @@ from moakit.engine import Stack
 from moakit.errors import MoaError
 from moakit.eval.cache import (
     CachedModel,
-    ConcurrencyLimitedModel,
     ResponseCache,
     RetryingModel,
     endpoint_key,
@@ -22,6 +21,7 @@ from moakit.eval.cache import (
 from moakit.events import RunFinished, TextDelta
 from moakit.models.base import ChatRequest, Message, Model, collect
 from moakit.models.registry import ResourcePool, build_model
+from moakit.models.wrappers import ConcurrencyLimitedModel
 from moakit.prompts import with_system_prompt
 from moakit.result import MemberOutput, Result
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from moakit.config import StackConfig, format_validation_error
+from moakit.config import StackConfig, StrictModel, format_validation_error
 from moakit.server.errors import ApiError, bad_request
 from moakit.server.settings import ServerSettings
 from moakit.server.text import Text
@@ -22,11 +22,7 @@ from moakit.server.text import Text
 STACK_PARAM = "moa"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RequestMember(_Strict):
+class RequestMember(StrictModel):
     endpoint: Text | None = Field(default=None, max_length=100)
     model: Text = Field(min_length=1, max_length=200)
     label: Text | None = Field(default=None, max_length=100)
@@ -44,7 +40,7 @@ class RequestAggregator(RequestMember):
     fallbacks: list[RequestMember] = Field(default_factory=list, max_length=8)
 
 
-class RequestLayer(_Strict):
+class RequestLayer(StrictModel):
     members: list[RequestMember] = Field(min_length=1)
     min_successful: int | None = Field(default=None, ge=1)
 
@@ -54,12 +50,12 @@ class RequestLayer(_Strict):
         return {"members": data} if isinstance(data, list) else data
 
 
-class RequestStraggler(_Strict):
+class RequestStraggler(StrictModel):
     grace_s: float | None = Field(default=None, ge=0, le=600)
     grace_factor: float | None = Field(default=None, ge=0, le=100)
 
 
-class RequestStack(_Strict):
+class RequestStack(StrictModel):
     name: Text = Field(default="request", max_length=100)
     layers: list[RequestLayer] = Field(min_length=1)
     aggregator: RequestAggregator

@@ -27,20 +27,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from moakit.config import format_validation_error
+from moakit.config import StrictModel, format_validation_error
 from moakit.errors import ConfigError
 
 # The embedded models a request stack may name by default: packaged weights only, never a path.
 DEFAULT_EMBEDDED = ("smollm2-135m", "gemma3-270m")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EndpointSettings(_Strict):
+class EndpointSettings(StrictModel):
     provider: Literal["openai", "anthropic"] = "openai"
     base_url: str | None = None
     api_key_env: str | None = None
@@ -50,7 +46,7 @@ class EndpointSettings(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
-class RequestStackCaps(_Strict):
+class RequestStackCaps(StrictModel):
     enabled: bool = False
     embedded_models: list[str] = Field(default_factory=lambda: list(DEFAULT_EMBEDDED))
     max_layers: int = Field(default=3, ge=1, le=16)
@@ -61,7 +57,7 @@ class RequestStackCaps(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictModel):
     request_stacks: RequestStackCaps = Field(default_factory=RequestStackCaps)
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
 
