@@ -19,12 +19,12 @@ from moakit.server.request_stack import RequestStack
 from moakit.server.text import Text, check_text
 
 
-class _Wire(BaseModel):
+class WireModel(BaseModel):
     # strict: "5" is not an integer and "yes" is not a boolean, as on OpenAI's own API.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class TextPart(_Wire):
+class TextPart(WireModel):
     type: Literal["text"]
     text: Text
 
@@ -58,7 +58,7 @@ Content = Annotated[list[TextPart], BeforeValidator(_parts)]
 _EMPTY_OK = frozenset({"tool_calls", "function_call", "audio", "annotations", "refusal"})
 
 
-class ChatMessage(_Wire):
+class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: Content
     name: Text | None = None
@@ -81,7 +81,7 @@ class ChatMessage(_Wire):
         return {"role": self.role, "content": "".join(p.text for p in self.content)}
 
 
-class JsonSchemaFormat(_Wire):
+class JsonSchemaFormat(WireModel):
     model_config = ConfigDict(populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -90,7 +90,7 @@ class JsonSchemaFormat(_Wire):
     strict: bool | None = None
 
 
-class ResponseFormat(_Wire):
+class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -109,7 +109,7 @@ class ResponseFormat(_Wire):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-class StreamOptions(_Wire):
+class StreamOptions(WireModel):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
@@ -122,7 +122,7 @@ Empty = Annotated[dict[str, Any], Field(max_length=0)]
 NoItems = Annotated[list[Any], Field(max_length=0)]
 
 
-class ChatCompletionRequest(_Wire):
+class ChatCompletionRequest(WireModel):
     model: Text = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     # Honoured: applied to the final aggregator (proposers answer with the stack's settings).

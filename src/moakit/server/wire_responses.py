@@ -10,20 +10,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from moakit.models.base import ChatRequest, Message
 from moakit.result import Result
 from moakit.server.text import Text, check_text
-from moakit.server.wire import Empty, NoItems
+from moakit.server.wire import Empty, NoItems, WireModel
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class InputText(_Wire):
+class InputText(WireModel):
     type: Literal["input_text", "output_text"]
     text: Text
     annotations: NoItems | None = None
@@ -51,7 +47,7 @@ def _parts(value: Any) -> Any:
     return value
 
 
-class InputMessage(_Wire):
+class InputMessage(WireModel):
     type: Literal["message"] | None = None
     role: Literal["system", "developer", "user", "assistant"]
     content: Annotated[list[InputText], BeforeValidator(_parts)]
@@ -83,7 +79,7 @@ def _as_messages(value: Any) -> Any:
     return value
 
 
-class TextFormat(_Wire):
+class TextFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -107,12 +103,12 @@ class TextFormat(_Wire):
         return {"type": "json_schema", "json_schema": spec}
 
 
-class TextConfig(_Wire):
+class TextConfig(WireModel):
     format: TextFormat | None = None
     verbosity: Literal["medium"] | None = None
 
 
-class ResponsesRequest(_Wire):
+class ResponsesRequest(WireModel):
     model: Text = Field(min_length=1)
     input: Annotated[list[InputMessage], BeforeValidator(_as_messages)] = Field(min_length=1)
     instructions: Text | None = None
