@@ -33,7 +33,7 @@ from moakit.config import StrictModel, format_validation_error
 from moakit.errors import ConfigError
 
 # The embedded models a request stack may name by default: packaged weights only, never a path.
-DEFAULT_EMBEDDED = ("smollm2-135m", "gemma3-270m")
+DEFAULT_EMBEDDED = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma3-270m")
 
 
 class EndpointSettings(StrictModel):
