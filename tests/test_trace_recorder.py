@@ -206,43 +206,26 @@ class CountingSink:
         self.finished.append(getattr(query, "status", ""))
 
 
-async def test_adapter_hands_the_recorder_to_an_engine_with_observers() -> None:
-    """Once Stack.events takes run_id/observers (the engine contract), traced_run passes the
-    recorder as an observer instead of feeding it too: each event is recorded once."""
-    from collections.abc import AsyncIterator, Sequence
-    from typing import Any
-
+async def test_traced_run_records_each_call_once_through_the_engine_observers() -> None:
+    """traced_run hands the recorder to Stack.events as an observer (it never feeds it a second
+    time), and other observers passed along see the same run."""
     from moakit import Stack
     from moakit.testing.models import echo_model
     from moakit.trace import traced_run
     from trace_helpers import two_layer_config
 
     seen: list[str] = []
-
-    class ObservingStack(Stack):
-        def events(  # type: ignore[override]
-            self,
-            request: Any,
-            *,
-            run_id: str | None = None,
-            observers: Sequence[Any] = (),
-        ) -> AsyncIterator[Any]:
-            async def gen() -> AsyncIterator[Any]:
-                async for event in Stack.events(self, request):
-                    for observe in observers:
-                        observe(event)
-                    seen.append(type(event).__name__)
-                    yield event
-
-            return gen()
-
     sink = CountingSink()
     models = {n: echo_model(n) for n in ("a", "b", "c", "agg")}
-    async with ObservingStack(two_layer_config(), models=models) as stack:
-        result = await traced_run(stack, [{"role": "user", "content": "q"}],
-                                  TraceRecorder(sink, stack=stack))
+    async with Stack(two_layer_config(), models=models) as stack:
+        result = await traced_run(
+            stack,
+            [{"role": "user", "content": "q"}],
+            TraceRecorder(sink, stack=stack),
+            observers=[lambda event: seen.append(type(event).__name__)],
+        )
     assert result.final == "agg: q"
-    assert "MemberFinished" in seen
+    assert seen.count("MemberFinished") == 3 and seen[-1] == "RunFinished"
     assert sorted(sink.calls) == ["a", "agg", "b", "c"]  # once each, not twice
     assert sink.finished == ["complete"]
 
