@@ -178,3 +178,19 @@ async def test_events_without_observers_still_yield_live_events() -> None:
     assert observed.llm_calls == unobserved.llm_calls == 4
     assert [m.output for m in observed.calls()] == [m.output for m in unobserved.calls()]
     assert [m.ttft_s is not None for m in unobserved.calls()] == [True] * 4
+
+
+async def test_member_deltas_off_builds_no_proposer_deltas_and_changes_nothing_else() -> None:
+    async with Stack(two_layers(), models=models()) as stack:
+        with_deltas = [e async for e in stack.events(CONV, run_id="r")]
+        without = [e async for e in stack.events(CONV, run_id="r", member_deltas=False)]
+    assert any(isinstance(e, MemberDelta) for e in with_deltas)
+    assert not any(isinstance(e, MemberDelta) for e in without)
+    kept = [type(e).__name__ for e in with_deltas if not isinstance(e, MemberDelta)]
+    assert [type(e).__name__ for e in without] == kept
+    final_with = next(e for e in with_deltas if isinstance(e, RunFinished)).result
+    final_without = next(e for e in without if isinstance(e, RunFinished)).result
+    assert final_without.final == final_with.final
+    assert [m.output for m in final_without.calls()] == [m.output for m in final_with.calls()]
+    # Time to first token is still measured: the proposers still stream, unseen.
+    assert all(m.ttft_s is not None for m in final_without.calls())

@@ -121,8 +121,9 @@ async def _propose(run: Run, call: Call) -> MemberOutput:
     def on_text(text: str) -> None:
         run.emit(MemberDelta(layer=call.layer, index=call.index, text=text, **run.stamp()))
 
+    wanted = run.live and run.member_deltas
     completion = await call_with_retries(
-        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text if run.live else None
+        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text if wanted else None
     )
     if completion is None:
         assert call.error is not None

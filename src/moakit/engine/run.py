@@ -118,6 +118,7 @@ class Run:
         # False when nobody can see the events at all (a Stack.run() without observers): the
         # per-call ones (MemberStarted, MemberDelta) are then not even built.
         self.live = True
+        self.member_deltas = True  # emit MemberDelta as proposers write (when live)
 
     def unwatched(self) -> Run:
         self.channel = Discard()

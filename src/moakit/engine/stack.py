@@ -115,6 +115,7 @@ class Stack(Model):
         run_id: str | None = None,
         observers: Sequence[Observer] = (),
         streaming: bool = True,
+        member_deltas: bool = True,
     ) -> AsyncGenerator[Event, None]:
         """Run the stack, yielding every event (``observers`` see each one first), ending
         with ``RunFinished``, or ``RunFailed`` followed by the ``QueryFailed`` (carrying the
@@ -123,8 +124,12 @@ class Stack(Model):
         Closing the generator early (or cancelling its consumer) cancels every in-flight call.
         ``streaming``: the final text is sent as it is written (see ``engine.aggregate`` for
         the stream rule); otherwise it comes as one TextDelta once an attempt completed.
+        ``member_deltas=False``: no ``MemberDelta`` per proposer token, for consumers that only
+        need each member's finished answer (the server's wire format, a trace recorder): on a
+        busy server those per-token events are most of what observing a run costs.
         """
         run = self._new_run(request, run_id, streaming)
+        run.member_deltas = member_deltas
         watchers = Observers(observers) if observers else None
         task = asyncio.create_task(self._execute(run))
         try:

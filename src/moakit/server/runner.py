@@ -172,12 +172,20 @@ async def answer(
     The stream rule is the engine's (``streaming=True``): once answer text was emitted, a
     failure of the attempt that wrote it raises ``AggregatorFailed`` instead of retrying, so
     a client never sees text that is not the answer."""
+    # The wire shows no proposer text, so no per-token MemberDelta events are built.
     events: AsyncGenerator[Event, None] = (
         traced_events(
-            query.stack, query.request, query.recorder, run_id=query.run_id, streaming=streaming
+            query.stack,
+            query.request,
+            query.recorder,
+            run_id=query.run_id,
+            streaming=streaming,
+            member_deltas=False,
         )
         if query.recorder is not None
-        else query.stack.events(query.request, run_id=query.run_id, streaming=streaming)
+        else query.stack.events(
+            query.request, run_id=query.run_id, streaming=streaming, member_deltas=False
+        )
     )
     async with aclosing(events):
         async for event in events:

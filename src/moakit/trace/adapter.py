@@ -34,6 +34,7 @@ async def traced_events(
     run_id: str | None = None,
     observers: Sequence[Observer] = (),
     streaming: bool = True,
+    member_deltas: bool = True,
 ) -> AsyncGenerator[Event, None]:
     """``stack.events(request, ...)``, recorded. ``run_id`` defaults to a new uuid4 hex."""
     if not isinstance(request, ChatRequest):
@@ -46,6 +47,7 @@ async def traced_events(
         run_id=run_id,
         observers=[recorder.bind(run_id), *observers],
         streaming=streaming,
+        member_deltas=member_deltas,
     )
     finished = False
     try:
@@ -77,10 +79,17 @@ async def traced_run(
     run_id: str | None = None,
     observers: Sequence[Observer] = (),
     streaming: bool = False,
+    member_deltas: bool = True,
 ) -> Result:
     """``stack.run(request)``, recorded (non-streaming by default, as ``Stack.run``)."""
     events = traced_events(
-        stack, request, recorder, run_id=run_id, observers=observers, streaming=streaming
+        stack,
+        request,
+        recorder,
+        run_id=run_id,
+        observers=observers,
+        streaming=streaming,
+        member_deltas=member_deltas,
     )
     async with aclosing(events):
         async for event in events:
