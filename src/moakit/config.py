@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -168,6 +168,19 @@ class ReferencesConfig(_Strict):
     formatter: str = "paper"
 
 
+class StaircaseConfig(_Strict):
+    """Options of ``strategy = "staircase"`` (``moakit.engine.staircase``): the layer above
+    (and the final aggregator) writes its answer ``chunk_tokens`` tokens (streamed deltas) at a
+    time, continuing its own partial answer as more of the references arrive.
+
+    ``schedule``: ``lockstep`` (step k waits until every answering member below has produced k
+    chunks, or finished, and sees exactly those k chunks); ``greedy`` (each step starts as soon
+    as the previous one ended and something new arrived, and sees everything so far)."""
+
+    chunk_tokens: int = Field(default=32, ge=1, le=4096)
+    schedule: Literal["lockstep", "greedy"] = "lockstep"
+
+
 class StackConfig(_Strict):
     name: str = "custom"
     description: str = ""
@@ -187,6 +200,7 @@ class StackConfig(_Strict):
     # How the layers run (``moakit.engine.strategies``): "layered" is the paper's, one layer
     # after another. Checked against the registered strategies when a Stack is built.
     strategy: str = "layered"
+    staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
 
     @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:
