@@ -29,16 +29,25 @@ class Scripted(Model):
     supports_prefill = True
 
     def __init__(
-        self, name: str, words: int, *, per_token_s: float = 0.0, fail_at: int | None = None
+        self,
+        name: str,
+        words: int,
+        *,
+        per_token_s: float = 0.0,
+        fail_at: int | None = None,
+        log: list[str] | None = None,
     ) -> None:
         self.name = name
         self.words = [f"{name}{i}" for i in range(words)]
         self.per_token_s = per_token_s
         self.fail_at = fail_at
         self.requests: list[ChatRequest] = []
+        # Shared by several models: every word yielded and every request, in order.
+        self.log = log if log is not None else []
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
+        self.log.append(f"request:{self.name}")
         start = len(request.prefill.split()) if request.prefill else 0
         end = len(self.words)
         if request.max_tokens is not None:
@@ -48,6 +57,7 @@ class Scripted(Model):
                 raise ModelCallError(f"{self.name} broke", kind="http", status=500)
             if self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
+            self.log.append(self.name)
             yield Chunk(text=self.words[i] if i == 0 else " " + self.words[i])
         finish = "length" if end < len(self.words) else "stop"
         yield Chunk(finish_reason=finish, usage=Usage(completion_tokens=end - start))
@@ -58,6 +68,7 @@ def staircase(
     aggregator: str = "agg",
     chunk: int = 2,
     fallbacks: tuple[str, ...] = (),
+    schedule: str = "lockstep",
     **extra: Any,
 ) -> Any:
     return parse_config(
@@ -69,7 +80,7 @@ def staircase(
                 "fallbacks": [{"model": f, "retries": 0} for f in fallbacks],
             },
             "strategy": "staircase",
-            "staircase": {"chunk_tokens": chunk},
+            "staircase": {"chunk_tokens": chunk, "schedule": schedule},
             **extra,
         }
     )
@@ -126,6 +137,42 @@ async def test_each_step_sees_exactly_the_chunks_that_had_arrived() -> None:
         assert list(request.messages[1:]) == CONV
     # The aggregator started long before the proposers were done: its first step saw 2 words.
     assert steps[0].refs_chars_seen == {"a": len("a0 a1"), "b": len("b0 b1")}
+
+
+async def test_each_step_sees_the_whole_chunks_that_had_arrived_and_no_more() -> None:
+    log: list[str] = []
+    a = Scripted("a", 60, per_token_s=0.004, log=log)  # three times faster than b
+    b = Scripted("b", 60, per_token_s=0.012, log=log)
+    agg = Scripted("agg", 8, log=log)  # done (on its own) before the proposers
+    async with Stack(staircase([["a", "b"]]), models={"a": a, "b": b, "agg": agg}) as stack:
+        result, text = await streamed(stack)
+    assert_continuous(result, text, agg)
+    steps = result.aggregator.steps  # type: ignore[union-attr]
+    assert len(steps) == 4 and not any(s.final for s in steps)
+    for k, step in enumerate(steps, start=1):
+        before = log[: [i for i, e in enumerate(log) if e == "request:agg"][k - 1]]
+        arrived = {m.name: before.count(m.name) for m in (a, b)}
+        # Lockstep: step k started once the slower member had k chunks of 2 words.
+        assert arrived["b"] == 2 * k and arrived["a"] > 2 * k
+        seen = {m.name: " ".join(m.words[: arrived[m.name] // 2 * 2]) for m in (a, b)}
+        assert step.refs_chars_seen == {name: len(t) for name, t in seen.items()}
+        block = f"{AGGREGATE_AND_SYNTHESIZE}\n1. {seen['a']}\n2. {seen['b']}"
+        assert agg.requests[k - 1].messages[0] == {"role": "system", "content": block}
+
+
+async def test_greedy_schedule_steps_whenever_a_chunk_arrived() -> None:
+    a = Scripted("a", 40, per_token_s=0.005)
+    b = Scripted("b", 6, per_token_s=0.05)  # ten times slower
+    agg = Scripted("agg", 60)
+    config = staircase([["a", "b"]], schedule="greedy")
+    async with Stack(config, models={"a": a, "b": b, "agg": agg}) as stack:
+        result, text = await streamed(stack)
+    assert_continuous(result, text, agg)
+    first, second = result.aggregator.steps[:2]  # type: ignore[union-attr]
+    # Both start once b has its first chunk; the second does not wait for b's second chunk
+    # (lockstep would): a new chunk of a is enough.
+    assert first.refs_chars_seen["b"] == second.refs_chars_seen["b"] == len("b0 b1")
+    assert second.refs_chars_seen["a"] > first.refs_chars_seen["a"]
 
 
 async def test_middle_layer_writes_in_steps_and_feeds_the_aggregator() -> None:

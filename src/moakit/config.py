@@ -173,9 +173,11 @@ class StaircaseConfig(_Strict):
     (and the final aggregator) writes its answer ``chunk_tokens`` tokens (streamed deltas) at a
     time, continuing its own partial answer as more of the references arrive.
 
-    ``schedule``: ``lockstep`` (step k waits until every answering member below has produced k
-    chunks, or finished, and sees exactly those k chunks); ``greedy`` (each step starts as soon
-    as the previous one ended and something new arrived, and sees everything so far)."""
+    Every step sees the whole chunks that have arrived from each answering member below (all
+    of a finished answer). ``schedule``: ``lockstep`` (step k starts once every answering
+    member has produced k chunks, or finished; so the first step waits for everyone's first
+    chunk); ``greedy`` (the first step likewise, then each step as soon as the previous one
+    ended and a new chunk arrived anywhere)."""
 
     chunk_tokens: int = Field(default=32, ge=1, le=4096)
     schedule: Literal["lockstep", "greedy"] = "lockstep"

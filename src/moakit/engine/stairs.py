@@ -85,6 +85,11 @@ class Stair:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def _arrived(self, feed: Feed) -> int:
+        """Deltas of ``feed`` a step may see: all of a finished answer, else its whole chunks."""
+        n = len(feed.parts)
+        return n if feed.done else n - n % self.chunk
+
     def _ready(self) -> bool:
         source = self.source
         if source.settled:
@@ -92,13 +97,11 @@ class Stair:
         live = [f for f in source.feeds if not f.dropped]
         if all(f.done for f in live):
             return False  # nothing more can come before it settles (or fails): wait for that
-        # Every step waits until each answering member has its first chunk (or finished).
-        if not all(f.done or len(f.parts) >= self.chunk for f in live):
-            return False
-        if not self.steps:
-            return True
-        if self.greedy:
-            return sum(len(f.parts) for f in live) > self._seen_total
+        if self.greedy and self.steps:
+            # Anything new since the last step.
+            return sum(self._arrived(f) for f in live) > self._seen_total
+        # Step k waits until every answering member has k chunks (or finished): the first
+        # step starts as soon as each has its first chunk.
         need = self.chunk * (len(self.steps) + 1)
         return all(f.done or len(f.parts) >= need for f in live)
 
@@ -111,12 +114,11 @@ class Stair:
             seen = {r.label: len(r.text) for r in refs}
             last = True
         else:
-            limit = None if self.greedy else self.chunk * (len(self.steps) + 1)
             refs, seen = [], {}
             live = [f for f in self.source.feeds if not f.dropped]
-            self._seen_total = sum(len(f.parts) for f in live)
+            self._seen_total = sum(self._arrived(f) for f in live)
             for feed in live:
-                text = "".join(feed.parts[:limit])
+                text = "".join(feed.parts[: self._arrived(feed)])
                 seen[feed.call.spec.label] = len(text)
                 spec = feed.call.spec
                 refs.append(
