@@ -18,7 +18,7 @@ from moakit.models.base import ChatRequest, collect
 from moakit.models.openai_compat import build
 from moakit.models.registry import ResourcePool
 from moakit.result import Result
-from moakit.testing.fake_backend import Behavior, FakeBackend, Latency
+from moakit.testing.fake_backend import Behavior, FakeBackend, Latency, expected_content
 from test_anthropic_wire import Fake, message_end, message_start, model, sse, text_events
 
 CONV = [{"role": "user", "content": "Tell me a story."}]
@@ -114,3 +114,26 @@ async def test_anthropic_prefill_is_a_trailing_assistant_turn(
     # dropped, so the text joins up as "Once upon a time".
     assert fake.bodies[0]["messages"][-1] == {"role": "assistant", "content": "Once"}
     assert "Once " + completion.text == "Once upon a time"
+
+
+async def test_fake_backend_continues_the_answer_it_would_have_given() -> None:
+    async with FakeBackend(default=Behavior(tokens=6)) as fb:
+        pool = ResourcePool()
+        try:
+            spec = MemberSpec(
+                model="m", base_url=fb.base_url, options={"continue_final_message": True}
+            )
+            m = build(spec, pool)
+            assert m.supports_prefill
+            whole = expected_content("m", CONV, 6)
+            written = " ".join(whole.split()[:2])
+            for complete in (True, False):
+                request = ChatRequest(messages=CONV, prefill=written)
+                if complete:
+                    completion = await m.complete(request)
+                else:
+                    completion = await collect(m.stream(request))
+                assert written + completion.text == whole
+                assert completion.finish_reason == "stop"
+        finally:
+            await pool.aclose()
