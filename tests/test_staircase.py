@@ -44,8 +44,17 @@ class Scripted(Model):
         self.requests: list[ChatRequest] = []
         # Shared by several models: every word yielded and every request, in order.
         self.log = log if log is not None else []
+        self.open = 0  # streams started and not yet closed
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.open += 1
+        try:
+            async for chunk in self._stream(request):
+                yield chunk
+        finally:
+            self.open -= 1
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         self.log.append(f"request:{self.name}")
         start = len(request.prefill.split()) if request.prefill else 0
@@ -254,10 +263,19 @@ async def test_cancelling_the_stream_stops_every_call() -> None:
         async for event in events:
             if isinstance(event, TextDelta):
                 break  # the user goes away after the first words
-    # Nothing keeps running: every model stream was closed, none will write again.
-    counts = [len(a.requests), len(b.requests), len(agg.requests)]
-    await asyncio.sleep(0.1)
-    assert [len(a.requests), len(b.requests), len(agg.requests)] == counts
+    # Nothing keeps running: every model stream was closed when the consumer left.
+    assert [a.open, b.open, agg.open] == [0, 0, 0]
+    assert len(a.requests) == len(b.requests) == 1
+
+
+async def test_an_unwatched_run_answers_the_same() -> None:
+    a, b = Scripted("a", 8, per_token_s=0.01), Scripted("b", 8, per_token_s=0.01)
+    agg = Scripted("agg", 12)
+    async with Stack(staircase([["a", "b"]]), models={"a": a, "b": b, "agg": agg}) as stack:
+        result = await stack.run(CONV)
+    assert result.final == " ".join(agg.words)
+    assert len(result.aggregator.steps) == len(agg.requests) >= 2  # type: ignore[union-attr]
+    assert [m.output for m in result.layers[0].members] == [" ".join(a.words), " ".join(b.words)]
 
 
 async def test_an_aggregator_without_prefill_is_a_config_error() -> None:
