@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -337,3 +338,17 @@ async def test_deadline_cuts_proposers_and_keeps_the_text_already_sent() -> None
     # The proposer's own timeout is clipped by the proposers' share of the deadline.
     cut = result.layers[0].members[0]
     assert not cut.ok and cut.error is not None and cut.error.startswith("deadline")
+
+
+async def test_a_traced_staircase_run_records_every_call(tmp_path: Path) -> None:
+    from moakit.trace import TraceRecorder, TraceStore, traced_run
+
+    a, agg = Scripted("a", 8, per_token_s=0.01), Scripted("agg", 10)
+    with TraceStore(tmp_path / "t.db") as store:
+        async with Stack(staircase([["a"]]), models={"a": a, "agg": agg}) as stack:
+            await traced_run(stack, CONV, TraceRecorder(store, stack=stack), run_id="s")
+        assert store.flush()
+        record = store.get("s")
+    assert record is not None
+    outputs = {c.label: c.output for c in record.calls}
+    assert outputs == {"a": " ".join(a.words), "agg": " ".join(agg.words)}
