@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from moakit import ConfigError, Stack, parse_config
+from moakit import ConfigError, LayerFailed, Stack, parse_config
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import TextDelta
 from moakit.models.base import ChatRequest, Chunk, Model, Usage
@@ -352,3 +352,22 @@ async def test_a_traced_staircase_run_records_every_call(tmp_path: Path) -> None
     assert record is not None
     outputs = {c.label: c.output for c in record.calls}
     assert outputs == {"a": " ".join(a.words), "agg": " ".join(agg.words)}
+
+
+async def test_a_layer_missing_its_quorum_fails_the_query_keeping_the_text_sent() -> None:
+    a = Scripted("a", 20, per_token_s=0.01)
+    b = Scripted("b", 20, per_token_s=0.01, fail_at=5)
+    agg = Scripted("agg", 40)
+    config = staircase([["a", "b"]], min_successful=2)
+    deltas: list[str] = []
+    async with Stack(config, models={"a": a, "b": b, "agg": agg}) as stack:
+        with pytest.raises(LayerFailed) as caught:
+            async with aclosing(stack.events(CONV)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        deltas.append(event.text)
+    result = caught.value.result
+    assert result is not None and deltas  # the aggregator had started writing
+    assert result.final == "".join(deltas)
+    assert [m.ok for m in result.layers[0].members] == [True, False]
+    assert agg.open == a.open == 0

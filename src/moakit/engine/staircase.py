@@ -87,11 +87,13 @@ class StaircaseStrategy:
             while error is None and not agg.done():
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 error = next((t.exception() for t in done if t.exception() is not None), None)
+            if agg.done() and agg.exception() is None:
+                error = None  # the answer is complete: a layer failing meanwhile is moot
             # The answer is complete (or a layer failed): stop what still runs, and let each
             # layer record its members, the cut ones included.
             for board in boards:
                 board.halt_reason = (
-                    "cancelled: answer complete" if error is None else ("cancelled: query failed")
+                    "cancelled: answer complete" if error is None else "cancelled: query failed"
                 )
                 board.halt.set()
             if not agg.done():
