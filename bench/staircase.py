@@ -2,12 +2,15 @@
 and total time, for 1, 2 and 3 proposer layers, side by side in one run.
 
 Every member streams from the fake backend like a real server: ``--ttft`` before the first token
-of every request (a staircase step is a new request, so it pays it again), then one token every
-``--per-token`` seconds, answers of ``--tokens`` tokens. The aggregator and the members above
+of every request (a staircase step is a new request, so it pays it again), plus
+``--prompt-per-token`` per prompt word (reading the prompt; no prefix cache, as the references
+sit before the conversation), then one token every ``--per-token`` seconds, answers of
+``--tokens`` tokens. The aggregator and the members above
 layer 1 continue their partial answers with vLLM-style prefill (``continue_final_message``).
 Queries alternate between the two strategies, so load noise hits both alike.
 
     .venv/bin/python bench/staircase.py --queries 3
+    .venv/bin/python bench/staircase.py --queries 3 --prompt-per-token 0.00005
 """
 
 from __future__ import annotations
@@ -59,12 +62,14 @@ async def one_query(stack: Stack, i: int) -> tuple[float, float, int]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    behavior = Behavior(
-        latency=Latency(ttft_s=args.ttft, per_token_s=args.per_token), tokens=args.tokens
+    latency = Latency(
+        ttft_s=args.ttft, per_token_s=args.per_token, prompt_per_token_s=args.prompt_per_token
     )
+    behavior = Behavior(latency=latency, tokens=args.tokens)
     print(
         f"{args.members} proposers per layer, answers of {args.tokens} tokens, ttft "
-        f"{args.ttft * 1000:.0f} ms per request, {args.per_token * 1000:.1f} ms per token; "
+        f"{args.ttft * 1000:.0f} ms per request + {args.prompt_per_token * 1e6:.0f} us per "
+        f"prompt word, {args.per_token * 1000:.1f} ms per token; "
         f"staircase chunk {args.chunk} tokens ({args.schedule}); median of {args.queries} "
         "alternating queries per cell\n"
     )
@@ -110,6 +115,9 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--ttft", type=float, default=0.05)
     parser.add_argument("--per-token", type=float, default=0.005)
+    parser.add_argument(
+        "--prompt-per-token", type=float, default=0.0, help="s per prompt word, every request"
+    )
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--schedule", choices=["lockstep", "greedy"], default="lockstep")
     parser.add_argument("--queries", type=int, default=3)

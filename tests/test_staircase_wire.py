@@ -18,7 +18,13 @@ from moakit.models.base import ChatRequest, collect
 from moakit.models.openai_compat import build
 from moakit.models.registry import ResourcePool
 from moakit.result import Result
-from moakit.testing.fake_backend import Behavior, FakeBackend, Latency, expected_content
+from moakit.testing.fake_backend import (
+    Behavior,
+    FakeBackend,
+    Latency,
+    behavior_from_mapping,
+    expected_content,
+)
 from test_anthropic_wire import Fake, message_end, message_start, model, sse, text_events
 
 CONV = [{"role": "user", "content": "Tell me a story."}]
@@ -137,3 +143,10 @@ async def test_fake_backend_continues_the_answer_it_would_have_given() -> None:
                 assert completion.finish_reason == "stop"
         finally:
             await pool.aclose()
+
+
+def test_fake_backend_prompt_reading_cost_is_configurable() -> None:
+    behavior = behavior_from_mapping({"prompt_per_token_s": 0.001, "per_token_s": 0.01})
+    assert behavior.latency.prompt_per_token_s == 0.001
+    with pytest.raises(ValueError, match="prompt_per_token_s"):
+        Latency(prompt_per_token_s=-1.0)

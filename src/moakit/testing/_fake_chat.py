@@ -183,7 +183,8 @@ class ChatEndpoint:
         words = wire.content_words(model, messages, skip + n)[skip:]
         if prefill and words and not prefill[-1].isspace():
             words[0] = " " + words[0]
-        prompt_tokens = wire.count_prompt_tokens(messages)
+        prompt_tokens = wire.count_prompt_tokens(req["messages"])
+        ttft += behavior.latency.prompt_per_token_s * prompt_tokens
         rid = f"chatcmpl-fake-{next(self._backend._ids)}"
         created = int(time.time())
 
