@@ -131,7 +131,7 @@ async def test_each_step_sees_exactly_the_chunks_that_had_arrived() -> None:
         result, text = await streamed(stack)
     assert_continuous(result, text, agg)
     steps = result.aggregator.steps  # type: ignore[union-attr]
-    assert len(steps) == len(agg.requests) >= 3 and steps[-1].final
+    assert len(steps) == len(agg.requests) >= 2 and steps[-1].final
     assert not any(s.final for s in steps[:-1])
     for k, (step, request) in enumerate(zip(steps, agg.requests, strict=True), start=1):
         if step.final:
@@ -162,8 +162,9 @@ async def test_each_step_sees_the_whole_chunks_that_had_arrived_and_no_more() ->
     for k, step in enumerate(steps, start=1):
         before = log[: [i for i, e in enumerate(log) if e == "request:agg"][k - 1]]
         arrived = {m.name: before.count(m.name) for m in (a, b)}
-        # Lockstep: step k started once the slower member had k chunks of 2 words.
-        assert arrived["b"] == 2 * k and arrived["a"] > 2 * k
+        # Lockstep: step k started once the slower member had k chunks of 2 words (whatever
+        # arrived since, up to the request, is seen too, in whole chunks).
+        assert arrived["b"] >= 2 * k
         seen = {m.name: " ".join(m.words[: arrived[m.name] // 2 * 2]) for m in (a, b)}
         assert step.refs_chars_seen == {name: len(t) for name, t in seen.items()}
         block = f"{AGGREGATE_AND_SYNTHESIZE}\n1. {seen['a']}\n2. {seen['b']}"
