@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -168,6 +168,21 @@ class ReferencesConfig(StrictModel):
     formatter: str = "paper"
 
 
+class StaircaseConfig(StrictModel):
+    """Options of ``strategy = "staircase"`` (``moakit.engine.staircase``): the layer above
+    (and the final aggregator) writes its answer ``chunk_tokens`` tokens (streamed deltas) at a
+    time, continuing its own partial answer as more of the references arrive.
+
+    Every step sees the whole chunks that have arrived from each answering member below (all
+    of a finished answer). ``schedule``: ``lockstep`` (step k starts once every answering
+    member has produced k chunks, or finished; so the first step waits for everyone's first
+    chunk); ``greedy`` (the first step likewise, then each step as soon as the previous one
+    ended and a new chunk arrived anywhere)."""
+
+    chunk_tokens: int = Field(default=32, ge=1, le=4096)
+    schedule: Literal["lockstep", "greedy"] = "lockstep"
+
+
 class StackConfig(StrictModel):
     name: str = "custom"
     description: str = ""
@@ -187,6 +202,7 @@ class StackConfig(StrictModel):
     # How the layers run (``moakit.engine.strategies``): "layered" is the paper's, one layer
     # after another. Checked against the registered strategies when a Stack is built.
     strategy: str = "layered"
+    staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
 
     @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:

@@ -21,6 +21,16 @@ class Attempt(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class StairStep(BaseModel):
+    """One step of a staircase writer (an aggregator, or a member above layer 1): the
+    reference text it had seen, in characters per reference label, and how many characters of
+    its own answer it had written by the end of the step (cumulative)."""
+
+    refs_chars_seen: dict[str, int]
+    text_chars: int
+    final: bool = False  # the step that saw every reference complete
+
+
 class MemberOutput(BaseModel):
     layer: int  # 1-based; the aggregator's layer is ``len(layers) + 1``
     index: int  # position in the layer (0-based), the order references are injected in
@@ -41,6 +51,8 @@ class MemberOutput(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    # Staircase strategy only: the writer's steps in order (empty for the layered strategy).
+    steps: list[StairStep] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -115,13 +115,15 @@ async def call_with_retries(
     on_text: OnText | None = None,
     final_after_text: bool = False,
     on_failure: OnFailure | None = None,
+    allow_empty: bool = False,
 ) -> Completion | None:
     """Attempts until one answers (its ``Completion``) or the call gives up (``None``; the
     reason is ``call.error``). ``final_after_text``: an attempt that failed after producing
-    text is not retried (the stream rule: that text has been shown)."""
+    text is not retried (the stream rule: that text has been shown). ``allow_empty``: an empty
+    answer is an answer (a continuation of a partial answer may have nothing to add)."""
     retries = call.spec.retries
     for number in range(retries + 1):
-        completion = await _attempt(run, call, deadline_at, on_text)
+        completion = await _attempt(run, call, deadline_at, on_text, allow_empty)
         if completion is not None:
             return completion
         error = call.error
@@ -143,7 +145,11 @@ async def call_with_retries(
 
 
 async def _attempt(
-    run: Run, call: Call, deadline_at: float | None, on_text: OnText | None
+    run: Run,
+    call: Call,
+    deadline_at: float | None,
+    on_text: OnText | None,
+    allow_empty: bool = False,
 ) -> Completion | None:
     spec = call.spec
     started = run.now()
@@ -185,7 +191,7 @@ async def _attempt(
                 # releases its connection or limiter slot at once, not when collected.
                 await _close(chunks)
                 raise
-        if not "".join(parts).strip():
+        if not allow_empty and not "".join(parts).strip():
             error = ModelCallError("empty answer", kind="empty")
     except TimeoutError:
         kind: CallErrorKind = "deadline" if binding else "timeout"

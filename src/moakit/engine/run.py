@@ -85,8 +85,10 @@ class Discard(EventChannel):
 
 
 class Strategy(Protocol):
-    """How a run is carried out (layered; later chunk-wise). It emits events through ``run``,
-    fills ``run.result`` and raises a ``QueryFailed`` when no answer is possible."""
+    """How a run is carried out (layered, staircase). It emits events through ``run``, fills
+    ``run.result`` and raises a ``QueryFailed`` when no answer is possible. It may also define
+    ``check(stack)``, called once the stack's models are built, to refuse a stack it cannot
+    run with a ``ConfigError``."""
 
     async def execute(self, run: Run) -> None: ...
 

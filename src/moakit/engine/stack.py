@@ -58,6 +58,11 @@ class Stack(Model):
         # Every model is built now, so a missing key or unknown provider fails before any call.
         self.layer_models = [[self._member_model(s, wrap) for s in ss] for ss in self.layer_specs]
         self.aggregator_models = [self._member_model(s, wrap) for s in self.aggregator_specs]
+        # A strategy may refuse a stack it cannot run (staircase: an aggregator without
+        # prefill), with a ConfigError now rather than a failure on the first query.
+        check = getattr(self.strategy, "check", None)
+        if check is not None:
+            check(self)
 
     def _all_specs(self) -> list[ResolvedMember]:
         return [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]

@@ -9,12 +9,18 @@ from collections.abc import Callable
 
 from moakit.engine.layered import LayeredStrategy
 from moakit.engine.run import Strategy
+from moakit.engine.staircase import StaircaseStrategy
 from moakit.errors import ConfigError
 
-_STRATEGIES: dict[str, Callable[[], Strategy]] = {"layered": LayeredStrategy}
+_STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "layered": LayeredStrategy,
+    "staircase": StaircaseStrategy,
+}
 
 
 def register_strategy(name: str, factory: Callable[[], Strategy]) -> None:
+    """Add a strategy. A strategy may also define ``check(stack)``, called once the stack's
+    models are built, to refuse with a ``ConfigError`` a stack it cannot run."""
     _STRATEGIES[name] = factory
 
 

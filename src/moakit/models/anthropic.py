@@ -35,6 +35,8 @@ def split_system(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
 
 
 class AnthropicModel(Model):
+    # Assistant prefill: a trailing assistant turn is continued, not answered.
+    supports_prefill: ClassVar[bool] = True
     # The Messages API has no presence/frequency penalties; the server refuses them with a
     # 400 up front when this model aggregates, rather than dropping them.
     supports_penalties: ClassVar[bool] = False
@@ -46,6 +48,12 @@ class AnthropicModel(Model):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         system, turns = split_system(request.messages)
+        # The API refuses a final assistant turn ending in whitespace: send it stripped, and
+        # drop the whitespace the model then writes first, so the text joins up as it was.
+        prefill = (request.prefill or "").rstrip()
+        strip_lead = bool(request.prefill) and prefill != request.prefill
+        if prefill:
+            turns.append({"role": "assistant", "content": prefill})
         params: dict[str, Any] = {
             "model": self.name,
             "messages": turns,
@@ -68,6 +76,9 @@ class AnthropicModel(Model):
         try:
             async with self._client.messages.stream(**params) as stream:
                 async for text in stream.text_stream:
+                    if strip_lead and text:
+                        text = text.lstrip()
+                        strip_lead = not text
                     if text:
                         yield Chunk(text=text)
                 final = await stream.get_final_message()

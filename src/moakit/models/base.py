@@ -56,6 +56,11 @@ class ChatRequest:
     # ..., "schema": {...}, "strict": ...}}. ``None`` means free text. Only a model whose
     # ``supports_response_format`` is true may be sent one.
     response_format: Mapping[str, Any] | None = None
+    # The assistant's answer so far: the model continues it (a trailing assistant message the
+    # backend completes rather than answers) and streams only the NEW text. Only a model whose
+    # ``supports_prefill`` is true may be sent one; ``messages`` stay the conversation, without
+    # that partial answer. Used by the staircase strategy to write an answer in chunks.
+    prefill: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,15 @@ def approx_tokens(text: str) -> int:
     return len(text.split())
 
 
+def with_prefill(messages: Sequence[Message], prefill: str | None) -> list[Message]:
+    """``messages`` with the partial answer ``prefill`` as a trailing assistant message (the
+    wire shape of assistant prefill for Anthropic and vLLM's ``continue_final_message``)."""
+    out = list(messages)
+    if prefill:
+        out.append({"role": "assistant", "content": prefill})
+    return out
+
+
 def message_text(message: Message) -> str:
     content: Any = message.get("content")
     if isinstance(content, str):
@@ -157,4 +171,5 @@ __all__ = [
     "closing_stream",
     "collect",
     "message_text",
+    "with_prefill",
 ]

@@ -23,7 +23,7 @@ import aiohttp
 from moakit import __version__
 from moakit.config import MemberSpec, key_env_for
 from moakit.errors import MissingKeyError, ModelCallError
-from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
+from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage, with_prefill
 from moakit.models.registry import ResourcePool
 from moakit.retry import parse_retry_after
 from moakit.secrets import scrub
@@ -99,9 +99,26 @@ class OpenAICompatModel(Model):
         self.name = spec.model
         self._endpoint = endpoint
         self._stream_usage = bool(spec.options.get("stream_usage", True))
+        # Assistant prefill is not part of OpenAI's API; vLLM (and servers copying it) continue
+        # a trailing assistant message with ``continue_final_message``. Opt-in per member
+        # (``options.continue_final_message = true``), since an endpoint without it would
+        # answer the partial message instead of continuing it. An instance attribute shadows
+        # the class default, as in ``WrapperModel``.
+        if bool(spec.options.get("continue_final_message", False)):
+            self.__dict__["supports_prefill"] = True
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
         body: dict[str, Any] = {"model": self.name, "messages": list(request.messages)}
+        if request.prefill:
+            if not self.supports_prefill:
+                raise ModelCallError(
+                    f"model {self.name!r} cannot continue a partial answer (set "
+                    "options.continue_final_message = true on a vLLM-style endpoint)",
+                    kind="other",
+                )
+            body["messages"] = with_prefill(request.messages, request.prefill)
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.max_tokens is not None:

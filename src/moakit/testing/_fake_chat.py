@@ -162,7 +162,14 @@ class ChatEndpoint:
             return await _send_json(send, 401, body)
 
         messages: list[dict[str, Any]] = req["messages"]
-        n = behavior.tokens
+        # vLLM's assistant prefill: the trailing assistant message is continued. The answer
+        # is then the one the conversation before it gets, minus the words already written,
+        # so an answer written in steps has the same length as one written at once.
+        prefill = _prefill_of(req)
+        skip = len(prefill.split()) if prefill is not None else 0
+        if prefill is not None:
+            messages = messages[:-1]
+        n = max(0, behavior.tokens - skip)
         finish = "stop"
         cap = req.get("max_completion_tokens")
         if cap is None:
@@ -173,8 +180,11 @@ class ChatEndpoint:
             n = 0
         elif kind == "truncated":
             finish = "length"
-        words = wire.content_words(model, messages, n)
-        prompt_tokens = wire.count_prompt_tokens(messages)
+        words = wire.content_words(model, messages, skip + n)[skip:]
+        if prefill and words and not prefill[-1].isspace():
+            words[0] = " " + words[0]
+        prompt_tokens = wire.count_prompt_tokens(req["messages"])
+        ttft += behavior.latency.prompt_per_token_s * prompt_tokens
         rid = f"chatcmpl-fake-{next(self._backend._ids)}"
         created = int(time.time())
 
@@ -256,6 +266,18 @@ class ChatEndpoint:
             # "returned without completing response".
             await conn.until_gone(max_wait_s=1.0)
         return "aborted"
+
+
+def _prefill_of(req: dict[str, Any]) -> str | None:
+    """The partial answer to continue (``continue_final_message`` with a trailing assistant
+    message), or None for an ordinary request."""
+    messages = req["messages"]
+    if not req.get("continue_final_message") or not messages:
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return None
+    return str(last["content"])
 
 
 def _bearer_token(scope: Scope) -> str:

@@ -41,13 +41,16 @@ RECEIVED_LIMIT = 10_000
 class Latency:
     ttft_s: float = 0.0
     per_token_s: float = 0.0
+    # Reading the prompt: this much more before the first token per prompt word (no prefix
+    # cache: every request reads its whole prompt), so longer prompts answer later.
+    prompt_per_token_s: float = 0.0
     distribution: Distribution = "fixed"
     sigma: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.ttft_s < 0 or self.per_token_s < 0:
-            raise ValueError("latency: ttft_s and per_token_s must be >= 0")
+        if self.ttft_s < 0 or self.per_token_s < 0 or self.prompt_per_token_s < 0:
+            raise ValueError("latency: ttft_s, per_token_s and prompt_per_token_s must be >= 0")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"latency: distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}"
@@ -151,6 +154,7 @@ _KEYS = frozenset(
         "tokens",
         "ttft_s",
         "per_token_s",
+        "prompt_per_token_s",
         "distribution",
         "sigma",
         "seed",
@@ -174,6 +178,7 @@ def behavior_from_mapping(data: Mapping[str, Any], base: Behavior | None = None)
     latency = Latency(
         ttft_s=float(data.get("ttft_s", lat.ttft_s)),
         per_token_s=float(data.get("per_token_s", lat.per_token_s)),
+        prompt_per_token_s=float(data.get("prompt_per_token_s", lat.prompt_per_token_s)),
         distribution=data.get("distribution", lat.distribution),
         sigma=float(data.get("sigma", lat.sigma)),
         seed=int(data.get("seed", lat.seed)),

@@ -16,13 +16,27 @@ AnswerFn = Callable[[ChatRequest], Reply | Awaitable[Reply]]
 
 class FunctionModel(Model):
     """Answers with ``fn(request)``; raising (or returning) an exception makes the call fail.
-    ``delay_s`` sleeps before answering; ``requests`` records every request received."""
+    ``delay_s`` sleeps before answering, ``per_token_s`` between streamed words; ``requests``
+    records every request received. ``prefill=True`` declares ``supports_prefill``: ``fn``
+    then sees ``request.prefill`` and returns only the continuation."""
 
-    def __init__(self, fn: AnswerFn, *, name: str = "function", delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        fn: AnswerFn,
+        *,
+        name: str = "function",
+        delay_s: float = 0.0,
+        per_token_s: float = 0.0,
+        prefill: bool = False,
+    ) -> None:
         self.name = name
         self.fn = fn
         self.delay_s = delay_s
+        self.per_token_s = per_token_s
         self.requests: list[ChatRequest] = []
+        if prefill:
+            # An instance attribute shadows the class default (as in WrapperModel).
+            self.__dict__["supports_prefill"] = True
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
@@ -35,6 +49,8 @@ class FunctionModel(Model):
             raise reply
         words = reply.split(" ")
         for i, word in enumerate(words):
+            if i and self.per_token_s:
+                await asyncio.sleep(self.per_token_s)
             yield Chunk(text=word if i == 0 else " " + word)
         prompt = sum(approx_tokens(str(m.get("content", ""))) for m in request.messages)
         yield Chunk(
