@@ -347,12 +347,19 @@ async def test_a_traced_staircase_run_records_every_call(tmp_path: Path) -> None
     a, agg = Scripted("a", 8, per_token_s=0.01), Scripted("agg", 10)
     with TraceStore(tmp_path / "t.db") as store:
         async with Stack(staircase([["a"]]), models={"a": a, "agg": agg}) as stack:
-            await traced_run(stack, CONV, TraceRecorder(store, stack=stack), run_id="s")
+            result = await traced_run(
+                stack, CONV, TraceRecorder(store, stack=stack), run_id="s"
+            )
         assert store.flush()
         record = store.get("s")
     assert record is not None
     outputs = {c.label: c.output for c in record.calls}
     assert outputs == {"a": " ".join(a.words), "agg": " ".join(agg.words)}
+    # The trace keeps, per aggregator step, which reference chunks it had seen.
+    stored = next(c for c in record.calls if c.label == "agg").steps
+    assert result.aggregator is not None and len(stored) == len(result.aggregator.steps) > 1
+    assert stored == [step.model_dump(mode="json") for step in result.aggregator.steps]
+    assert stored[-1]["final"] and stored[0]["refs_chars_seen"]["a"] < len(outputs["a"])
 
 
 async def test_a_layer_missing_its_quorum_fails_the_query_keeping_the_text_sent() -> None:

@@ -310,6 +310,7 @@ class RunCollector:
                 )
                 for a in out.attempts
             ],
+            steps=[step.model_dump(mode="json") for step in out.steps],
             level=_level(out),
             status_message=out.error,
         )

@@ -95,6 +95,13 @@ def m002_source_ttft_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX queries_stack_start ON queries (stack_name, start_time)")
 
 
+@migration
+def m003_call_steps(db: sqlite3.Connection) -> None:
+    # Chunk-wise ("staircase") writers answer in steps: per step, how many characters of each
+    # reference it had seen and how much text it had written (JSON list; [] for one-shot calls).
+    db.execute("ALTER TABLE calls ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     db.execute(
         "CREATE TABLE IF NOT EXISTS _moakit_migrations (name TEXT PRIMARY KEY, applied_at REAL)"

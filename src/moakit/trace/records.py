@@ -76,6 +76,8 @@ class CallRecord:
     latency_s: float = 0.0
     ttft_s: float | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    # Staircase steps: [{"refs_chars_seen": {label: chars}, "text_chars": n, "final": bool}].
+    steps: list[dict[str, Any]] = field(default_factory=list)
     level: Level = "DEFAULT"
     status_message: str | None = None  # the error, when the call failed or was cut
 

@@ -310,6 +310,7 @@ def _call(row: sqlite3.Row) -> CallRecord:
         latency_s=row["latency_s"],
         ttft_s=row["ttft_s"],
         attempts=[AttemptRecord(**a) for a in _loads(row["attempts"], [])],
+        steps=_loads(row["steps"], []),
         level=row["level"],
         status_message=row["status_message"],
     )

@@ -308,6 +308,7 @@ class Writer:
             c.latency_s,
             c.ttft_s,
             _dumps(attempts),
+            _dumps(r.value(c.steps)) if c.steps else "[]",
             c.level,
             r.text(c.status_message),
         )
@@ -350,7 +351,7 @@ _CALL_COLUMNS = (
     "query_id", "layer", "idx", "role", "label", "provider", "model_name", "model_parameters",
     "input", "input_hash", "references_shown", "output", "finish_reason", "truncated",
     "cancelled", "prompt_tokens", "completion_tokens", "cost_usd", "start_time", "end_time",
-    "latency_s", "ttft_s", "attempts", "level", "status_message",
+    "latency_s", "ttft_s", "attempts", "steps", "level", "status_message",
 )  # fmt: skip
 _QUERY_SQL = _upsert_sql("queries", _QUERY_COLUMNS, ("id",))
 _CALL_SQL = _upsert_sql("calls", _CALL_COLUMNS, ("query_id", "layer", "idx"))
