@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from moakit.engine.aggregate import aggregate
 from moakit.engine.calls import Call, call_with_retries
@@ -98,13 +99,19 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
     run.emit(LayerFinished(layer=layer, **run.stamp()))
     if layer.answered >= needed:
         return layer
-    failures = [(m.label, m.error or "no answer") for m in layer.members if not m.ok]
     # Transient if a failed member's last error was (a timeout, a 5xx, a rate limit...).
     retryable = any(
         c.error is not None and c.error.retryable for c in calls if not outputs[c.index].ok
     )
+    raise_quorum_missed(run, layer, needed, retryable=retryable)
+
+
+def raise_quorum_missed(run: Run, layer: LayerResult, needed: int, *, retryable: bool) -> NoReturn:
+    """The layer answered fewer than ``needed``: ``LayerFailed`` listing every member's reason,
+    or ``DeadlineExceeded`` when the query's proposer time ran out (shared by the strategies)."""
+    failures = [(m.label, m.error or "no answer") for m in layer.members if not m.ok]
     err = LayerFailed(
-        layer_no,
+        layer.layer,
         failures,
         answered=layer.answered,
         needed=needed,

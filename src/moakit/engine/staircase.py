@@ -21,13 +21,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from moakit.engine.calls import Call, call_with_retries
+from moakit.engine.layered import raise_quorum_missed
 from moakit.engine.run import Run
 from moakit.engine.stairs import Board, Feed, Stair
 from moakit.errors import (
     AggregatorFailed,
     ConfigError,
     DeadlineExceeded,
-    LayerFailed,
     ModelCallError,
     QueryFailed,
 )
@@ -252,20 +252,8 @@ async def _supervise(
         board.settled = True
         board.changed()
         return layer
-    failures = [(m.label, m.error or "no answer") for m in layer.members if not m.ok]
     retryable = any(f.call.error is not None and f.call.error.retryable for f in members.values())
-    err = LayerFailed(
-        position + 1,
-        failures,
-        answered=layer.answered,
-        needed=needed,
-        result=run.result,
-        retryable=retryable,
-    )
-    deadline = run.proposers_deadline_at
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceeded(f"query deadline exceeded: {err}", result=run.result)
-    raise err
+    raise_quorum_missed(run, layer, needed, retryable=retryable)
 
 
 def _settle(run: Run, board: Board, feed: Feed, out: MemberOutput) -> None:

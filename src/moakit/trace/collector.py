@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moakit.engine.run import FINAL_OVERRIDES
 from moakit.prompts import inject_references, with_system_prompt
 from moakit.trace.records import (
     AttemptRecord,
@@ -67,16 +68,8 @@ def config_record(config: StackConfig) -> tuple[str, dict[str, Any]]:
     return cached[1], cached[2]
 
 
-_PARAMETERS = (
-    "temperature",
-    "max_tokens",
-    "seed",
-    "stop",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-)
+# The request fields that steer the final aggregator: the engine's own list.
+_PARAMETERS = FINAL_OVERRIDES
 
 
 # A stack's specs are resolved once and reused by every query: their parameters too.
