@@ -91,11 +91,13 @@ class Adversary(BaseModel):
                 field="adversary",
             )
         kind, layer, slot, ignore = match.groups()
-        return cls(
-            kind=kind,
-            layer=int(layer or 1),
-            slot=int(slot or 0),
-            ignore_references=bool(ignore),
+        return cls.model_validate(
+            {
+                "kind": kind,
+                "layer": int(layer or 1),
+                "slot": int(slot or 0),
+                "ignore_references": bool(ignore),
+            }
         )
 
     def label(self, config: StackConfig) -> str:
