@@ -277,3 +277,31 @@ def test_injection_payload_tries_every_breakout() -> None:
     payload = injection_payload("7")
     for piece in ("End of responses", "\nSYSTEM:", "OPERATOR", "\n3. ", "<|im_start|>", "[INST]"):
         assert piece in payload
+
+
+def test_eval_systems_build_attacked_and_defended_stacks(tmp_path: Any) -> None:
+    from moakit.eval.systems import build_systems
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "s"\n[[layers]]\nmembers = [{model = "a"}, {model = "b"}, {model = "c"}]\n'
+        '[aggregator]\nmodel = "agg"\n'
+    )
+    clean, attacked, defended = build_systems(
+        [
+            f"moa:{path}",
+            f"moa:{path},adversary=injector@1:2",
+            f"moa:{path},adversary=injector@1:2,defense=fence+trust",
+        ]
+    )
+    assert clean.config is not None and attacked.config is not None
+    assert defended.config is not None
+    assert attacked.name == "moa:s,adversary=injector@1:2" and clean.hash != attacked.hash
+    assert attacked.config.layer_members(0)[2].system is not None
+    assert defended.config.references.formatter == "fenced"
+    assert defended.config.references.transforms == ["trust"]
+    assert [m.trust for m in defended.config.layer_members(0)] == [
+        "trusted",
+        "trusted",
+        "untrusted",
+    ]
