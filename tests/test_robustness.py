@@ -305,3 +305,11 @@ def test_eval_systems_build_attacked_and_defended_stacks(tmp_path: Any) -> None:
         "trusted",
         "untrusted",
     ]
+
+
+def test_fencing_is_on_only_in_the_preset_that_mixes_providers() -> None:
+    from moakit.config import load_preset
+
+    assert load_preset("moa-gpt4o").references.formatter == "fenced"
+    for name in ("together-moa", "moa-lite", "claude-trio", "local"):
+        assert load_preset(name).references.formatter == "paper"
