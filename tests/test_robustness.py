@@ -155,7 +155,8 @@ async def test_cluster_filter_drops_the_outlier() -> None:
     models["agg"] = scripted_aggregator(persuasion=1.0)
     config = with_defense(stack_config(5), "cluster")
     result = await run(config, models)
-    assert [(a.defense, a.dropped) for a in result.defenses] == [("cluster", ["p4"])]
+    # Recorded against the layer whose input it filtered: here the aggregator's (layer 2).
+    assert [(a.defense, a.layer, a.dropped) for a in result.defenses] == [("cluster", 2, ["p4"])]
     assert "25" not in str(models["agg"].requests[0].messages[0]["content"])  # type: ignore[attr-defined]
 
 
