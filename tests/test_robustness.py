@@ -314,3 +314,16 @@ def test_fencing_is_on_only_in_the_preset_that_mixes_providers() -> None:
     assert load_preset("moa-gpt4o").references.formatter == "fenced"
     for name in ("together-moa", "moa-lite", "claude-trio", "local"):
         assert load_preset(name).references.formatter == "paper"
+
+
+async def test_vote_streams_only_the_winning_answer() -> None:
+    from moakit.events import TextDelta
+
+    config, models = liar_stack("vote")
+    config = parse_config(
+        {**config.model_dump(exclude_unset=True), "vote": {"samples": 9, "subset_size": 2}}
+    )
+    async with Stack(config, models=models) as stack:
+        events = [e async for e in stack.events(CONV)]
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert answer_of(text) == "18" and text.count("####") == 1
