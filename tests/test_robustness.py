@@ -327,3 +327,69 @@ async def test_vote_streams_only_the_winning_answer() -> None:
         events = [e async for e in stack.events(CONV)]
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert answer_of(text) == "18" and text.count("####") == 1
+
+
+async def test_cluster_filter_uses_the_declared_embeddings_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiohttp import web
+
+    seen: list[tuple[str | None, dict[str, Any]]] = []
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.headers.get("Authorization"), body))
+        # Two directions: "orange" texts one way, the rest the other.
+        data = [
+            {"index": i, "embedding": [0.0, 1.0] if "orange" in t else [1.0, 0.1 * i]}
+            for i, t in enumerate(body["input"])
+        ]
+        return web.json_response({"data": list(reversed(data))})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-test-embed")
+    try:
+        models: dict[str, Model] = {
+            f"p{i}": FunctionModel(lambda r, i=i: f"apples: {18 + i % 2}", name=f"p{i}")
+            for i in range(4)
+        }
+        models["p4"] = FunctionModel(lambda r: "oranges: 25", name="p4")
+        models["agg"] = scripted_aggregator()
+        endpoint = {
+            "base_url": f"http://127.0.0.1:{port}/v1",
+            "model": "embed-small",
+            "api_key_env": "TEST_EMBED_KEY",
+        }
+        config = with_defense(stack_config(5), "cluster")
+        data = config.model_dump(exclude_unset=True)
+        data["references"]["cluster"] = {"embedder": "endpoint", "endpoint": endpoint}
+        result = await run(parse_config(data), models)
+        assert [(a.defense, a.dropped) for a in result.defenses] == [("cluster", ["p4"])]
+        assert seen[0][0] == "Bearer sk-test-embed"
+        assert seen[0][1]["model"] == "embed-small" and len(seen[0][1]["input"]) == 5
+        # The endpoint gone: the stack still answers, keeps every reference, says why.
+        await runner.cleanup()
+        result = await run(parse_config(data), models)
+        assert [a.dropped for a in result.defenses] == [[]]
+        assert "embeddings endpoint failed" in result.defenses[0].detail
+        assert "sk-test-embed" not in result.model_dump_json()
+    finally:
+        await runner.cleanup()
+
+
+def test_endpoint_embedder_without_an_endpoint_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "layers": [[{"model": "a"}]],
+                "aggregator": {"model": "agg"},
+                "references": {"cluster": {"embedder": "endpoint"}},
+            }
+        )
+    assert info.value.field == "references.cluster"

@@ -163,6 +163,13 @@ class RetryPolicy(_Strict):
     max_retry_after_s: float = Field(default=60.0, ge=0)
 
 
+class EmbeddingsEndpoint(_Strict):
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
 class ClusterFilterConfig(_Strict):
     """Settings of the ``cluster`` transform (``moakit.defenses.cluster``): embed a layer's
     references, split them in two, keep the majority when the split is clear."""
@@ -174,8 +181,16 @@ class ClusterFilterConfig(_Strict):
     # A split is "clear" only when the two clusters' centroids are at most this cosine-similar
     # (near-identical answers split at random otherwise).
     max_centroid_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
-    # Offline TF-IDF (scikit-learn, the ``eval`` extra); the only embedder so far.
-    embedder: Literal["tfidf"] = "tfidf"
+    # "tfidf": offline (scikit-learn, the ``eval`` extra). "endpoint": an OpenAI-compatible
+    # ``POST {base_url}/embeddings`` the operator declares here (key from ``api_key_env``).
+    embedder: Literal["tfidf", "endpoint"] = "tfidf"
+    endpoint: EmbeddingsEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> ClusterFilterConfig:
+        if self.embedder == "endpoint" and self.endpoint is None:
+            raise ValueError("embedder 'endpoint' needs an endpoint table")
+        return self
 
 
 class TrustConfig(_Strict):

@@ -11,7 +11,8 @@ also accepts a ``ReferencePipeline`` object directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from moakit.config import ReferencesConfig, StackConfig
@@ -49,7 +50,11 @@ class Formatted:
     actions: Sequence[DefenseAction] = ()
 
 
-ReferenceTransform = Callable[[Sequence[Reference]], Sequence[Reference] | Filtered]
+# A transform may be async (e.g. one that calls an embeddings endpoint).
+ReferenceTransform = Callable[
+    [Sequence[Reference]],
+    Sequence[Reference] | Filtered | Awaitable[Sequence[Reference] | Filtered],
+]
 # A transform that needs the stack (its members' trust, its settings) is built from it.
 TransformFactory = Callable[[StackConfig], ReferenceTransform]
 # (references, the stack's aggregate prompt) -> the block appended to the system message.
@@ -123,10 +128,10 @@ class ReferencePipeline:
             )
         return cls(tuple(transforms), formatter)
 
-    def apply(self, references: Sequence[Reference]) -> list[Reference]:
-        return self.apply_recorded(references)[0]
+    async def apply(self, references: Sequence[Reference]) -> list[Reference]:
+        return (await self.apply_recorded(references))[0]
 
-    def apply_recorded(
+    async def apply_recorded(
         self, references: Sequence[Reference]
     ) -> tuple[list[Reference], list[DefenseAction]]:
         """The transformed references and what each defense among the transforms did."""
@@ -134,6 +139,8 @@ class ReferencePipeline:
         actions: list[DefenseAction] = []
         for transform in self.transforms:
             produced = transform(out)
+            if inspect.isawaitable(produced):
+                produced = await produced
             if isinstance(produced, Filtered):
                 actions.extend(produced.actions)
                 produced = produced.references

@@ -24,7 +24,7 @@ class LayeredStrategy:
         references: list[Reference] = []
         for position in range(len(run.config.layers)):
             layer = await run_layer(run, position, references)
-            references, actions = run.stack.references.apply_recorded(
+            references, actions = await run.stack.references.apply_recorded(
                 from_outputs(layer.members)
             )
             run.record_defenses(actions, layer=position + 2)
