@@ -264,6 +264,9 @@ CONFIG = [
     'transforms = ["trust", "cluster"]   # run in order on every layer\'s references',
     'trust = { mode = "drop", quorum = 2 } # or mode = "label"',
     "cluster = { min_references = 3, min_majority = 0.6, max_centroid_similarity = 0.9 }",
+    "# embeddings from an endpoint you run instead of TF-IDF (failure: keep all, recorded):",
+    '# cluster = { embedder = "endpoint", endpoint = { base_url = "http://127.0.0.1:8080/v1", '
+    'model = "nomic-embed", api_key_env = "EMBED_KEY" } }',
     "",
     "[[layers]]",
     'members = [{ model = "a" }, { model = "b", trust = "untrusted" }]',
