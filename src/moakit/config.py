@@ -71,6 +71,10 @@ class MemberSpec(StrictModel):
     price_out_per_mtok: float | None = Field(default=None, ge=0)
     # Provider-specific knobs (e.g. ``n_ctx`` for the embedded model). Passed through untouched.
     options: dict[str, Any] = Field(default_factory=dict)
+    # Member trust (``moakit.defenses``): with the ``trust`` reference transform on, an
+    # untrusted member's references are labelled to the next layer, or dropped when enough
+    # trusted members answered. Nothing changes while that transform is off.
+    trust: Literal["trusted", "untrusted"] = "trusted"
 
     @property
     def display(self) -> str:
@@ -159,13 +163,66 @@ class RetryPolicy(StrictModel):
     max_retry_after_s: float = Field(default=60.0, ge=0)
 
 
+class EmbeddingsEndpoint(StrictModel):
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ClusterFilterConfig(StrictModel):
+    """Settings of the ``cluster`` transform (``moakit.defenses.cluster``): embed a layer's
+    references, split them in two, keep the majority when the split is clear."""
+
+    # Below this many references there is no majority worth trusting: keep all.
+    min_references: int = Field(default=3, ge=3)
+    # The majority cluster must hold at least this share of the references.
+    min_majority: float = Field(default=0.6, gt=0.5, le=1.0)
+    # A split is "clear" only when the two clusters' centroids are at most this cosine-similar
+    # (near-identical answers split at random otherwise).
+    max_centroid_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
+    # "tfidf": offline (scikit-learn, the ``eval`` extra). "endpoint": an OpenAI-compatible
+    # ``POST {base_url}/embeddings`` the operator declares here (key from ``api_key_env``).
+    embedder: Literal["tfidf", "endpoint"] = "tfidf"
+    endpoint: EmbeddingsEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> ClusterFilterConfig:
+        if self.embedder == "endpoint" and self.endpoint is None:
+            raise ValueError("embedder 'endpoint' needs an endpoint table")
+        return self
+
+
+class TrustConfig(StrictModel):
+    """Settings of the ``trust`` transform: ``label`` untrusted references, or ``drop`` them
+    when at least ``quorum`` trusted members of the layer answered (else they are labelled)."""
+
+    mode: Literal["label", "drop"] = "label"
+    quorum: int = Field(default=2, ge=1)
+
+
 class ReferencesConfig(StrictModel):
     """How one layer's answers become the next layer's references: ``transforms`` run in order
     (names registered in ``moakit.references``; none by default), then ``formatter`` writes the
-    block appended to the system prompt (``paper``: the reference implementation's, byte-exact)."""
+    block appended to the system prompt (``paper``: the reference implementation's, byte-exact;
+    ``fenced``: each reference framed as data, see ``moakit.defenses.fence``)."""
 
     transforms: list[str] = Field(default_factory=list)
     formatter: str = "paper"
+    cluster: ClusterFilterConfig = Field(default_factory=ClusterFilterConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+
+
+class VoteConfig(StrictModel):
+    """The ``vote`` strategy (dropout-and-vote, ``moakit.defenses.vote``): the final aggregator
+    runs on ``samples`` seeded random subsets of the last layer's references, each answer is
+    extracted (``extractor``: ``gsm8k`` = the final number) and the majority answer wins."""
+
+    samples: int = Field(default=5, ge=1, le=32)
+    # References per subset; unset: all but one (leave-one-out style dropout).
+    subset_size: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    extractor: str = "gsm8k"
 
 
 class StaircaseConfig(StrictModel):
@@ -203,6 +260,7 @@ class StackConfig(StrictModel):
     # after another. Checked against the registered strategies when a Stack is built.
     strategy: str = "layered"
     staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
+    vote: VoteConfig = Field(default_factory=VoteConfig)
 
     @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:

@@ -11,13 +11,14 @@ also accepts a ``ReferencePipeline`` object directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from moakit.config import ReferencesConfig
+from moakit.config import ReferencesConfig, StackConfig
 from moakit.errors import ConfigError
 from moakit.prompts import references_block
-from moakit.result import MemberOutput
+from moakit.result import DefenseAction, MemberOutput
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,34 @@ class Reference:
     layer: int  # 1-based layer that produced it
     index: int  # 0-based position in that layer
     truncated: bool = False  # the answer hit max_tokens: kept, but marked
+    untrusted: bool = False  # set by the ``trust`` defense for an untrusted member's answer
 
 
-ReferenceTransform = Callable[[Sequence[Reference]], Sequence[Reference]]
+@dataclass(frozen=True)
+class Filtered:
+    """What a transform returns when it wants its action recorded in ``Result.defenses``."""
+
+    references: Sequence[Reference]
+    actions: Sequence[DefenseAction] = ()
+
+
+@dataclass(frozen=True)
+class Formatted:
+    """What a formatter returns when it wants its action recorded in ``Result.defenses``."""
+
+    text: str
+    actions: Sequence[DefenseAction] = ()
+
+
+# A transform may be async (e.g. one that calls an embeddings endpoint).
+ReferenceTransform = Callable[
+    [Sequence[Reference]],
+    Sequence[Reference] | Filtered | Awaitable[Sequence[Reference] | Filtered],
+]
+# A transform that needs the stack (its members' trust, its settings) is built from it.
+TransformFactory = Callable[[StackConfig], ReferenceTransform]
 # (references, the stack's aggregate prompt) -> the block appended to the system message.
-ReferenceFormatter = Callable[[Sequence[Reference], str], str]
+ReferenceFormatter = Callable[[Sequence[Reference], str], str | Formatted]
 
 
 def paper_formatter(references: Sequence[Reference], prompt: str) -> str:
@@ -42,12 +66,17 @@ def paper_formatter(references: Sequence[Reference], prompt: str) -> str:
     return references_block([r.text for r in references], prompt)
 
 
-_TRANSFORMS: dict[str, ReferenceTransform] = {}
+_TRANSFORMS: dict[str, TransformFactory] = {}
 _FORMATTERS: dict[str, ReferenceFormatter] = {"paper": paper_formatter}
 
 
 def register_transform(name: str, transform: ReferenceTransform) -> None:
-    _TRANSFORMS[name] = transform
+    _TRANSFORMS[name] = lambda _config: transform
+
+
+def register_transform_factory(name: str, factory: TransformFactory) -> None:
+    """Register a transform built per stack from its config (settings, member trust)."""
+    _TRANSFORMS[name] = factory
 
 
 def register_formatter(name: str, formatter: ReferenceFormatter) -> None:
@@ -76,7 +105,11 @@ class ReferencePipeline:
     formatter: ReferenceFormatter = paper_formatter
 
     @classmethod
-    def from_config(cls, config: ReferencesConfig) -> ReferencePipeline:
+    def from_config(
+        cls, config: ReferencesConfig, stack: StackConfig | None = None
+    ) -> ReferencePipeline:
+        """``stack`` is passed to transform factories (the ``trust`` defense reads its members'
+        trust from it); without it they see an empty one-member stack."""
         transforms = []
         for i, name in enumerate(config.transforms):
             if name not in _TRANSFORMS:
@@ -85,7 +118,7 @@ class ReferencePipeline:
                     f"references.transforms.{i}: unknown transform {name!r} (known: {known})",
                     field=f"references.transforms.{i}",
                 )
-            transforms.append(_TRANSFORMS[name])
+            transforms.append(_TRANSFORMS[name](stack or _bare_stack(config)))
         formatter = _FORMATTERS.get(config.formatter)
         if formatter is None:
             raise ConfigError(
@@ -95,12 +128,41 @@ class ReferencePipeline:
             )
         return cls(tuple(transforms), formatter)
 
-    def apply(self, references: Sequence[Reference]) -> list[Reference]:
+    async def apply(self, references: Sequence[Reference]) -> list[Reference]:
+        return (await self.apply_recorded(references))[0]
+
+    async def apply_recorded(
+        self, references: Sequence[Reference]
+    ) -> tuple[list[Reference], list[DefenseAction]]:
+        """The transformed references and what each defense among the transforms did."""
         out = list(references)
+        actions: list[DefenseAction] = []
         for transform in self.transforms:
-            out = list(transform(out))
-        return out
+            produced = transform(out)
+            if inspect.isawaitable(produced):
+                produced = await produced
+            if isinstance(produced, Filtered):
+                actions.extend(produced.actions)
+                produced = produced.references
+            out = list(produced)
+        return out, actions
 
     def block(self, references: Sequence[Reference], prompt: str) -> str | None:
         """The formatted block, or ``None`` when there is nothing to inject (layer 1)."""
-        return self.formatter(references, prompt) if references else None
+        return self.block_recorded(references, prompt)[0]
+
+    def block_recorded(
+        self, references: Sequence[Reference], prompt: str
+    ) -> tuple[str | None, list[DefenseAction]]:
+        if not references:
+            return None, []
+        produced = self.formatter(references, prompt)
+        if isinstance(produced, Formatted):
+            return produced.text, list(produced.actions)
+        return produced, []
+
+
+def _bare_stack(config: ReferencesConfig) -> StackConfig:
+    return StackConfig.model_validate(
+        {"layers": [[{"model": "-"}]], "aggregator": {"model": "-"}, "references": config}
+    )

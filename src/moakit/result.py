@@ -71,6 +71,18 @@ class LayerResult(BaseModel):
         return sum(1 for m in self.members if m.ok)
 
 
+class DefenseAction(BaseModel):
+    """A defense that acted on a run (``moakit.defenses``): which one, on the references going
+    into which layer (the aggregator's is ``len(layers) + 1``), and what it did."""
+
+    defense: str  # "fence", "cluster", "trust", "vote"
+    layer: int
+    detail: str
+    dropped: list[str] = Field(default_factory=list)  # labels of references removed
+    labelled: list[str] = Field(default_factory=list)  # labels of references marked untrusted
+    extra_calls: int = 0  # calls the defense added beyond the plain stack's
+
+
 class Result(BaseModel):
     stack: str
     run_id: str = ""
@@ -81,6 +93,8 @@ class Result(BaseModel):
     aggregators: list[MemberOutput] = Field(default_factory=list)
     latency_s: float = 0.0
     error: str | None = None
+    # Every time a defense acted (filtered, labelled, fenced, voted); empty without defenses.
+    defenses: list[DefenseAction] = Field(default_factory=list)
 
     @property
     def aggregator(self) -> MemberOutput | None:

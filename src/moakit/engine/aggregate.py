@@ -35,7 +35,8 @@ def _report_failure(run: Run, *, has_fallback: bool) -> OnFailure:
 
 async def aggregate(run: Run, references: Sequence[Reference]) -> None:
     layer_no = len(run.config.layers) + 1
-    block = run.stack.references.block(references, run.config.aggregate_prompt)
+    block, actions = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+    run.record_defenses(actions, layer=layer_no)
     specs = run.stack.aggregator_specs
     models = run.stack.aggregator_models
     reasons: list[str] = []

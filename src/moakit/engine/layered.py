@@ -25,9 +25,16 @@ class LayeredStrategy:
         references: list[Reference] = []
         for position in range(len(run.config.layers)):
             layer = await run_layer(run, position, references)
-            references = run.stack.references.apply(from_outputs(layer.members))
+            references, actions = await run.stack.references.apply_recorded(
+                from_outputs(layer.members)
+            )
+            run.record_defenses(actions, layer=position + 2)
             if run.proposers_deadline_at and time.monotonic() >= run.proposers_deadline_at:
                 break  # out of proposer time: aggregate what we have
+        await self.finish(run, references)
+
+    async def finish(self, run: Run, references: Sequence[Reference]) -> None:
+        """The final step (a subclass may aggregate differently, e.g. dropout-and-vote)."""
         await aggregate(run, references)
 
 
@@ -39,7 +46,8 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
     layer_no = position + 1
     run.emit(LayerStarted(layer=layer_no, members=[s.label for s in specs], **run.stamp()))
     started = run.now()
-    block = run.stack.references.block(references, run.config.aggregate_prompt)
+    block, actions = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+    run.record_defenses(actions, layer=layer_no)
     calls = [
         Call(spec, model, run.member_request(spec, block), layer_no, i)
         for i, (spec, model) in enumerate(zip(specs, models, strict=True))

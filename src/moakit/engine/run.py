@@ -7,13 +7,14 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moakit.config import ResolvedMember
 from moakit.events import Event, Stamp
 from moakit.models.base import ChatRequest
 from moakit.prompts import inject_block, with_system_prompt
-from moakit.result import Result
+from moakit.result import DefenseAction, Result
 
 if TYPE_CHECKING:
     from moakit.engine.stack import Stack
@@ -136,6 +137,11 @@ class Run:
 
     def emit(self, event: Event) -> None:
         self.channel.put(event)
+
+    def record_defenses(self, actions: Sequence[DefenseAction], *, layer: int) -> None:
+        """Keep what a defense did, stamped with the layer whose input it changed."""
+        for action in actions:
+            self.result.defenses.append(action.model_copy(update={"layer": layer}))
 
     def member_request(
         self, spec: ResolvedMember, block: str | None, *, final: bool = False

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import aclosing
 from typing import Any
 
+import moakit.defenses  # noqa: F401  (registers the defense transforms, formatter, strategy)
 from moakit.config import MemberSpec, ResolvedMember, StackConfig
 from moakit.engine.observers import Observer, Observers
 from moakit.engine.run import Run
@@ -48,7 +49,7 @@ class Stack(Model):
         self.name = f"moa:{config.name}"
         self.config_hash = hashlib.sha256(config.model_dump_json().encode()).hexdigest()
         self.strategy = strategy_for(config.strategy)
-        self.references = references or ReferencePipeline.from_config(config.references)
+        self.references = references or ReferencePipeline.from_config(config.references, config)
         self._overrides = dict(models or {})
         self._pool = ResourcePool()
         self._built: dict[Any, Model] = {}

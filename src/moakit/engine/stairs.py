@@ -110,7 +110,7 @@ class Stair:
         run = self.run
         if self.source.settled:
             outputs = [f.output for f in self.source.feeds if f.output is not None]
-            refs = run.stack.references.apply(from_outputs(outputs))
+            refs = await run.stack.references.apply(from_outputs(outputs))
             seen = {r.label: len(r.text) for r in refs}
             last = True
         else:
@@ -130,7 +130,7 @@ class Stair:
                         index=feed.call.index,
                     )
                 )
-            refs = run.stack.references.apply(refs)
+            refs = await run.stack.references.apply(refs)
             last = False
         block = run.stack.references.block(refs, run.config.aggregate_prompt)
         return View(block=block, seen=seen, count=len(refs), last=last)

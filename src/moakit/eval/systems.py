@@ -18,6 +18,12 @@ or a stack config file:
 - ``collab:S`` — collaborativeness: for each first-layer member, the member alone vs. the same
   member given the *other* members' answers as references.
 
+Red team (``moakit.defenses``): ``moa:S,adversary=deceptive@1:2`` makes member 2 (0-based) of
+layer 1 adversarial (``deceptive``/``injector``, ``+ignore``: it ignores its references), and
+``defense=fence+cluster`` switches defenses on (``fence``, ``cluster``, ``trust``, ``vote``;
+``trust`` marks the adversary's slot untrusted). Compare ``moa:S``, ``moa:S,adversary=...`` and
+``moa:S,adversary=...,defense=...`` in one run to see the gap each defense closes.
+
 ``name=`` renames a system. Each system has a hash of everything that decides its answers;
 results of a changed system are kept apart, never mixed in.
 """
@@ -171,7 +177,8 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
             member = found[0]
         return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
     if kind == "moa":
-        return [System(name or f"moa:{stack}", "moa", stack, config=config)]
+        config, suffix = _red_team(config, opts)
+        return [System(name or f"moa:{stack}{suffix}", "moa", stack, config=config)]
     if kind == "majority":
         return [
             System(
@@ -278,6 +285,24 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
             )
         return out
     raise AssertionError(kind)
+
+
+def _red_team(config: StackConfig, opts: dict[str, str]) -> tuple[StackConfig, str]:
+    """``adversary=`` and ``defense=`` options of a ``moa`` system, applied in that order."""
+    from moakit.defenses.redteam import Adversary, with_adversary, with_defense
+
+    suffix = ""
+    untrusted: list[str] = []
+    if "adversary" in opts:
+        adversary = Adversary.parse(opts["adversary"])
+        untrusted.append(adversary.label(config))
+        config = with_adversary(config, adversary)
+        suffix += f",adversary={opts['adversary']}"
+    if "defense" in opts:
+        for defense in opts["defense"].split("+"):
+            config = with_defense(config, defense.strip(), untrusted=untrusted)
+        suffix += f",defense={opts['defense']}"
+    return config, suffix
 
 
 def _as_member(spec: MemberSpec) -> MemberSpec:
