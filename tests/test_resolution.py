@@ -96,8 +96,8 @@ def test_interactive_presets_cut_stragglers_paper_presets_wait() -> None:
 
 def test_unknown_strategy_is_a_config_error_naming_the_field() -> None:
     config = parse_config(
-        {"strategy": "staircase", "layers": [[{"model": "a"}]], "aggregator": {"model": "a"}}
+        {"strategy": "spiral", "layers": [[{"model": "a"}]], "aggregator": {"model": "a"}}
     )
-    with pytest.raises(ConfigError, match="unknown strategy 'staircase'") as info:
+    with pytest.raises(ConfigError, match="unknown strategy 'spiral'") as info:
         Stack(config, models={"a": echo_model("a")})
     assert info.value.field == "strategy"
