@@ -21,7 +21,7 @@ from moakit.models.base import ChatRequest, Model, collect
 from moakit.models.registry import ResourcePool
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SECRET = "sk-ant-test-0123456789abcdef"
+SECRET = "anthropic-canary-key-0123456789abcdef"  # not key-shaped: scrubbing is by value
 REQUEST = ChatRequest(
     messages=[
         {"role": "system", "content": "Be brief."},

@@ -15,8 +15,9 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from moakit.config import ReferencesConfig, StackConfig
+from moakit.config import StackConfig
 from moakit.errors import ConfigError
+from moakit.policies import ReferencesConfig
 from moakit.prompts import references_block
 from moakit.result import DefenseAction, MemberOutput
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from moakit.config import RetryPolicy
+from moakit.policies import RetryPolicy
 
 
 def backoff_delay(

@@ -15,8 +15,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from moakit.config import ClusterFilterConfig, EmbeddingsEndpoint, StackConfig
+from moakit.config import StackConfig
 from moakit.errors import ConfigError
+from moakit.policies import ClusterFilterConfig, EmbeddingsEndpoint
 from moakit.references import Filtered, Reference, ReferenceTransform
 from moakit.result import DefenseAction
 

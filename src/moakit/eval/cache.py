@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moakit.config import MemberSpec, RetryPolicy
+from moakit.config import MemberSpec
 from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
+from moakit.policies import RetryPolicy
 from moakit.retry import backoff_delay
 
 

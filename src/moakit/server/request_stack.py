@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from moakit.config import StackConfig, StrictModel, format_validation_error
+from moakit.config import StackConfig, format_validation_error
+from moakit.policies import StrictModel
 from moakit.server.errors import ApiError, bad_request
 from moakit.server.settings import ServerSettings
 from moakit.server.text import Text

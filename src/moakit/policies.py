@@ -1,0 +1,117 @@
+"""The run policies a stack config is made of, apart from its members: the strict base every
+config model shares, straggler cut-off, retries, the reference pipeline and its defenses, and
+the options of the vote and staircase strategies. ``moakit.config`` re-exports every name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    # extra="forbid" turns a typo such as ``temprature`` into an error naming it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StragglerPolicy(StrictModel):
+    """Early aggregation: once ``min_successful`` members of a layer have answered, wait at most
+    ``grace_s`` seconds, or ``grace_factor`` × the slowest finished member's latency, for the
+    rest; then cancel them and move on. With both set, the later cut-off wins."""
+
+    grace_s: float | None = Field(default=None, ge=0)
+    grace_factor: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_needed(self) -> StragglerPolicy:
+        if self.grace_s is None and self.grace_factor is None:
+            raise ValueError("set grace_s or grace_factor")
+        return self
+
+
+class RetryPolicy(StrictModel):
+    """The one retry policy (openai-python's): exponential backoff from ``initial_s`` to
+    ``max_s`` with jitter, honouring Retry-After; SDK-level retries are switched off."""
+
+    retries: int = Field(default=2, ge=0, le=10)
+    initial_s: float = Field(default=0.5, ge=0)
+    max_s: float = Field(default=8.0, ge=0)
+    # Never wait longer than this for a server's Retry-After; beyond it the member just fails.
+    max_retry_after_s: float = Field(default=60.0, ge=0)
+
+
+class EmbeddingsEndpoint(StrictModel):
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ClusterFilterConfig(StrictModel):
+    """Settings of the ``cluster`` transform (``moakit.defenses.cluster``): embed a layer's
+    references, split them in two, keep the majority when the split is clear."""
+
+    # Below this many references there is no majority worth trusting: keep all.
+    min_references: int = Field(default=3, ge=3)
+    # The majority cluster must hold at least this share of the references.
+    min_majority: float = Field(default=0.6, gt=0.5, le=1.0)
+    # A split is "clear" only when the two clusters' centroids are at most this cosine-similar
+    # (near-identical answers split at random otherwise).
+    max_centroid_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
+    # "tfidf": offline (scikit-learn, the ``eval`` extra). "endpoint": an OpenAI-compatible
+    # ``POST {base_url}/embeddings`` the operator declares here (key from ``api_key_env``).
+    embedder: Literal["tfidf", "endpoint"] = "tfidf"
+    endpoint: EmbeddingsEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> ClusterFilterConfig:
+        if self.embedder == "endpoint" and self.endpoint is None:
+            raise ValueError("embedder 'endpoint' needs an endpoint table")
+        return self
+
+
+class TrustConfig(StrictModel):
+    """Settings of the ``trust`` transform: ``label`` untrusted references, or ``drop`` them
+    when at least ``quorum`` trusted members of the layer answered (else they are labelled)."""
+
+    mode: Literal["label", "drop"] = "label"
+    quorum: int = Field(default=2, ge=1)
+
+
+class ReferencesConfig(StrictModel):
+    """How one layer's answers become the next layer's references: ``transforms`` run in order
+    (names registered in ``moakit.references``; none by default), then ``formatter`` writes the
+    block appended to the system prompt (``paper``: the reference implementation's, byte-exact;
+    ``fenced``: each reference framed as data, see ``moakit.defenses.fence``)."""
+
+    transforms: list[str] = Field(default_factory=list)
+    formatter: str = "paper"
+    cluster: ClusterFilterConfig = Field(default_factory=ClusterFilterConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+
+
+class VoteConfig(StrictModel):
+    """The ``vote`` strategy (dropout-and-vote, ``moakit.defenses.vote``): the final aggregator
+    runs on ``samples`` seeded random subsets of the last layer's references, each answer is
+    extracted (``extractor``: ``gsm8k`` = the final number) and the majority answer wins."""
+
+    samples: int = Field(default=5, ge=1, le=32)
+    # References per subset; unset: all but one (leave-one-out style dropout).
+    subset_size: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    extractor: str = "gsm8k"
+
+
+class StaircaseConfig(StrictModel):
+    """Options of ``strategy = "staircase"`` (``moakit.engine.staircase``): the layer above
+    (and the final aggregator) writes its answer ``chunk_tokens`` tokens (streamed deltas) at a
+    time, continuing its own partial answer as more of the references arrive.
+
+    Every step sees the whole chunks that have arrived from each answering member below (all
+    of a finished answer). ``schedule``: ``lockstep`` (step k starts once every answering
+    member has produced k chunks, or finished; so the first step waits for everyone's first
+    chunk); ``greedy`` (the first step likewise, then each step as soon as the previous one
+    ended and a new chunk arrived anywhere)."""
+
+    chunk_tokens: int = Field(default=32, ge=1, le=4096)
+    schedule: Literal["lockstep", "greedy"] = "lockstep"
