@@ -14,6 +14,7 @@ from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.run import Run
 from moakit.errors import DeadlineExceeded, LayerFailed
 from moakit.events import LayerFinished, LayerStarted, MemberDelta, MemberFinished
+from moakit.policies import StragglerPolicy
 from moakit.references import Reference, from_outputs
 from moakit.result import LayerResult, MemberOutput
 
@@ -71,17 +72,9 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
                 run.emit(MemberFinished(output=out, **run.stamp()))
             ok = [o for o in outputs.values() if o.ok]
             if cutoff_at is None and policy and pending and len(ok) >= needed:
-                grace = max(
-                    policy.grace_s or 0.0,
-                    (policy.grace_factor or 0.0) * max(o.latency_s for o in ok),
-                )
-                cutoff_at = time.monotonic() + grace
+                cutoff_at = straggler_cutoff(policy, ok)
             if not done and pending:
-                deadline = run.proposers_deadline_at
-                if deadline is not None and time.monotonic() >= deadline:
-                    cut_reason = "cancelled: query deadline"
-                else:
-                    cut_reason = "cancelled: straggler cut-off"
+                cut_reason = why_cut(run)
                 break
     finally:
         for task in pending:
@@ -112,6 +105,24 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
         c.error is not None and c.error.retryable for c in calls if not outputs[c.index].ok
     )
     raise_quorum_missed(run, layer, needed, retryable=retryable)
+
+
+def straggler_cutoff(policy: StragglerPolicy, answered: Sequence[MemberOutput]) -> float:
+    """When the layer stops waiting, once its quorum ``answered``: the later of ``grace_s`` and
+    ``grace_factor`` times the slowest answer so far, from now (a monotonic time)."""
+    grace = max(
+        policy.grace_s or 0.0,
+        (policy.grace_factor or 0.0) * max(o.latency_s for o in answered),
+    )
+    return time.monotonic() + grace
+
+
+def why_cut(run: Run) -> str:
+    """The reason recorded on members still running when a layer stops waiting for them."""
+    deadline = run.proposers_deadline_at
+    if deadline is not None and time.monotonic() >= deadline:
+        return "cancelled: query deadline"
+    return "cancelled: straggler cut-off"
 
 
 def raise_quorum_missed(run: Run, layer: LayerResult, needed: int, *, retryable: bool) -> NoReturn:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from moakit.engine.calls import Call, call_with_retries
-from moakit.engine.layered import raise_quorum_missed
+from moakit.engine.layered import raise_quorum_missed, straggler_cutoff, why_cut
 from moakit.engine.run import Run
 from moakit.engine.stairs import Board, Feed, Stair
 from moakit.errors import (
@@ -211,20 +211,12 @@ async def _supervise(
                 outputs[members[task].call.index] = task.result()
             ok = [o for o in outputs.values() if o.ok]
             if cutoff_at is None and policy and pending and len(ok) >= needed:
-                grace = max(
-                    policy.grace_s or 0.0,
-                    (policy.grace_factor or 0.0) * max(o.latency_s for o in ok),
-                )
-                cutoff_at = time.monotonic() + grace
+                cutoff_at = straggler_cutoff(policy, ok)
             if halt in done:
                 cut_reason = board.halt_reason
                 break
             if not done and pending:
-                deadline = run.proposers_deadline_at
-                if deadline is not None and time.monotonic() >= deadline:
-                    cut_reason = "cancelled: query deadline"
-                else:
-                    cut_reason = "cancelled: straggler cut-off"
+                cut_reason = why_cut(run)
                 break
     finally:
         halt.cancel()
