@@ -16,12 +16,12 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from moakit.engine.aggregate import aggregate
+from moakit.engine.aggregate import aggregate, start_aggregator
 from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.layered import LayeredStrategy
 from moakit.engine.run import Run
 from moakit.errors import ConfigError
-from moakit.events import AggregatorStarted, TextDelta
+from moakit.events import TextDelta
 from moakit.models.base import Completion
 from moakit.references import Reference
 from moakit.result import DefenseAction, MemberOutput
@@ -90,16 +90,8 @@ class VoteStrategy(LayeredStrategy):
             )
             if index == 0:
                 run.record_defenses(actions, layer=layer_no)
-            run.emit(
-                AggregatorStarted(
-                    index=index,
-                    label=spec.label,
-                    model=spec.model,
-                    references=len(chosen),
-                    **run.stamp(),
-                )
-            )
-            call = Call(spec, model, run.member_request(spec, block, final=True), layer_no, index)
+            request = run.member_request(spec, block, final=True)
+            call = start_aggregator(run, index, spec, model, request, references=len(chosen))
             return call, await call_with_retries(run, call, deadline_at=run.deadline_at)
 
         done = await asyncio.gather(*(sample(i, s) for i, s in enumerate(subsets)))

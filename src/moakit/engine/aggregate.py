@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from moakit.config import ResolvedMember
 from moakit.engine.calls import Call, OnFailure, call_with_retries
 from moakit.engine.run import Run
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import AggregatorAttemptFailed, AggregatorStarted, TextDelta
+from moakit.models.base import ChatRequest, Model
 from moakit.references import Reference
 
 
@@ -33,6 +35,25 @@ def _report_failure(run: Run, *, has_fallback: bool) -> OnFailure:
     return on_failure
 
 
+def start_aggregator(
+    run: Run,
+    index: int,
+    spec: ResolvedMember,
+    model: Model,
+    request: ChatRequest,
+    *,
+    references: int,
+) -> Call:
+    """Announce aggregator ``index`` (0: the aggregator, then its fallbacks) and its call;
+    shared by every strategy that aggregates."""
+    run.emit(
+        AggregatorStarted(
+            index=index, label=spec.label, model=spec.model, references=references, **run.stamp()
+        )
+    )
+    return Call(spec, model, request, len(run.config.layers) + 1, index)
+
+
 async def aggregate(run: Run, references: Sequence[Reference]) -> None:
     layer_no = len(run.config.layers) + 1
     block, actions = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
@@ -46,16 +67,8 @@ async def aggregate(run: Run, references: Sequence[Reference]) -> None:
         run.emit(TextDelta(text=text, **run.stamp()))
 
     for index, (spec, model) in enumerate(zip(specs, models, strict=True)):
-        run.emit(
-            AggregatorStarted(
-                index=index,
-                label=spec.label,
-                model=spec.model,
-                references=len(references),
-                **run.stamp(),
-            )
-        )
-        call = Call(spec, model, run.member_request(spec, block, final=True), layer_no, index)
+        request = run.member_request(spec, block, final=True)
+        call = start_aggregator(run, index, spec, model, request, references=len(references))
         on_failure = _report_failure(run, has_fallback=index + 1 < len(specs))
         completion = await call_with_retries(
             run,

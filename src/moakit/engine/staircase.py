@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from moakit.engine.aggregate import start_aggregator
 from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.layered import raise_quorum_missed, straggler_cutoff, why_cut
 from moakit.engine.run import Run
@@ -33,7 +34,6 @@ from moakit.errors import (
 )
 from moakit.events import (
     AggregatorAttemptFailed,
-    AggregatorStarted,
     LayerFinished,
     LayerStarted,
     MemberDelta,
@@ -260,7 +260,6 @@ async def _aggregate(run: Run, stair: Stair) -> None:
     """The final aggregator as a staircase writer, with its fallbacks and the stream rule."""
     specs = run.stack.aggregator_specs
     models = run.stack.aggregator_models
-    layer_no = len(run.config.layers) + 1
     reasons: list[str] = []
     index = 0
     call: Call | None = None
@@ -284,16 +283,8 @@ async def _aggregate(run: Run, stair: Stair) -> None:
         while True:  # this step, by the aggregator or (before any text) its fallbacks
             if call is None:
                 spec, model = specs[index], models[index]
-                run.emit(
-                    AggregatorStarted(
-                        index=index,
-                        label=spec.label,
-                        model=spec.model,
-                        references=view.count,
-                        **run.stamp(),
-                    )
-                )
-                call = Call(spec, model, run.member_request(spec, None), layer_no, index)
+                request = run.member_request(spec, None)
+                call = start_aggregator(run, index, spec, model, request, references=view.count)
             mark = len(stair.parts)
             completion = await stair.step(
                 call,

@@ -31,28 +31,37 @@ class TextPart(WireModel):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("type") != "text":
-            raise PydanticCustomError(
-                "unsupported_content",
-                "only text content is supported; this part has type {kind}",
-                {"kind": repr(data.get("type"))},
-            )
-        return data
+        return only_text(data, ("text",))
 
 
-def _parts(value: Any) -> Any:
-    # A plain string is the common case; it becomes one text part.
-    if isinstance(value, str):
-        check_text(value)
-        return [{"type": "text", "text": value}]
-    if not isinstance(value, list):
+def only_text(part: Any, types: tuple[str, ...]) -> Any:
+    """A content part whose ``type`` is not one of the text ``types`` is refused by name."""
+    if isinstance(part, dict) and part.get("type") not in types:
         raise PydanticCustomError(
-            "invalid_content", "content must be a string or an array of text parts"
+            "unsupported_content",
+            "only text content is supported; this part has type {kind}",
+            {"kind": repr(part.get("type"))},
         )
-    return value
+    return part
 
 
-Content = Annotated[list[TextPart], BeforeValidator(_parts)]
+def text_parts(part_type: str) -> BeforeValidator:
+    """Content given as a plain string (the common case) becomes one ``part_type`` part."""
+
+    def parts(value: Any) -> Any:
+        if isinstance(value, str):
+            check_text(value)
+            return [{"type": part_type, "text": value}]
+        if not isinstance(value, list):
+            raise PydanticCustomError(
+                "invalid_content", "content must be a string or an array of text parts"
+            )
+        return value
+
+    return BeforeValidator(parts)
+
+
+Content = Annotated[list[TextPart], text_parts("text")]
 
 
 _EMPTY_OK = frozenset({"tool_calls", "function_call", "audio", "annotations", "refusal"})

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from moakit.models.base import ChatRequest, Message
 from moakit.result import Result
 from moakit.server.text import Text, check_text
-from moakit.server.wire import Empty, NoItems, WireModel
+from moakit.server.wire import Empty, NoItems, WireModel, only_text, text_parts
 
 
 class InputText(WireModel):
@@ -27,30 +27,13 @@ class InputText(WireModel):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("type") not in ("input_text", "output_text"):
-            raise PydanticCustomError(
-                "unsupported_content",
-                "only text content is supported; this part has type {kind}",
-                {"kind": repr(data.get("type"))},
-            )
-        return data
-
-
-def _parts(value: Any) -> Any:
-    if isinstance(value, str):
-        check_text(value)
-        return [{"type": "input_text", "text": value}]
-    if not isinstance(value, list):
-        raise PydanticCustomError(
-            "invalid_content", "content must be a string or an array of text parts"
-        )
-    return value
+        return only_text(data, ("input_text", "output_text"))
 
 
 class InputMessage(WireModel):
     type: Literal["message"] | None = None
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[list[InputText], BeforeValidator(_parts)]
+    content: Annotated[list[InputText], text_parts("input_text")]
     id: Text | None = None
     status: Text | None = None
 
