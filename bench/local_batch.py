@@ -95,8 +95,10 @@ async def main() -> None:
         print(f"{name} ({n_prompt} tokens):")
         for label, row in (("one", one), ("sequential", sequential), ("batched", batched)):
             print(row.line(label, one.wall_s))
-        print(f"  batched / one = {batched.wall_s / one.wall_s:.2f} (target <= 1.5); "
-              f"sequential / batched = {sequential.wall_s / batched.wall_s:.2f}")
+        print(
+            f"  batched / one = {batched.wall_s / one.wall_s:.2f} (target <= 1.5); "
+            f"sequential / batched = {sequential.wall_s / batched.wall_s:.2f}"
+        )
 
 
 if __name__ == "__main__":

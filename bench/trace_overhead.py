@@ -106,8 +106,10 @@ async def run(args: argparse.Namespace, base_url: str | None) -> None:
             recorder = TraceRecorder(store, stack=stack, source="bench")
             where = "HTTP fake backend" if base_url else "in-process members"
             print(f"L={args.latency}s, {args.layers} layers x {PROPOSERS} + aggregator, {where}")
-            print("queries | untraced wall | traced wall | ratio | CPU/query (ms) off, on"
-                  " | max loop lag (ms) off, on")
+            print(
+                "queries | untraced wall | traced wall | ratio | CPU/query (ms) off, on"
+                " | max loop lag (ms) off, on"
+            )
             for n in args.concurrency:
                 rows: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
                 for _ in range(args.repeats):  # alternate, so drift hits both modes alike
@@ -122,8 +124,10 @@ async def run(args: argparse.Namespace, base_url: str | None) -> None:
                     f" | {off[2] * 1e3:6.1f}, {on[2] * 1e3:6.1f}"
                 )
         stats = store.stats()
-        print(f"recorded {stats.queries} queries, {stats.calls} calls, "
-              f"{stats.file_bytes / 1e6:.1f} MB")
+        print(
+            f"recorded {stats.queries} queries, {stats.calls} calls, "
+            f"{stats.file_bytes / 1e6:.1f} MB"
+        )
         store.close()
 
 

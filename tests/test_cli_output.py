@@ -173,3 +173,26 @@ def test_answer_text_is_escaped_on_a_terminal_and_exact_when_piped(
     view(TextDelta(text="a\x1b[31mb", run_id="r", ts=0.0))
     view(RunFinished(result=Result(stack="s"), run_id="r", ts=0.0))
     assert out.getvalue() == expected
+
+
+def test_progress_lines_never_split_a_streaming_answer() -> None:
+    """Staircase: proposers finish after the answer has begun. On a terminal both streams share
+    the screen, so progress lines are held until the answer line has ended."""
+    import io
+
+    from rich.console import Console
+
+    from moakit.cli.ask import TerminalView
+    from moakit.events import MemberFinished, RunFinished, TextDelta
+    from moakit.result import MemberOutput, Result
+
+    screen = io.StringIO()  # stdout and stderr of one terminal
+    view = TerminalView(Console(file=screen, width=200), screen)
+    done = MemberOutput(layer=1, index=0, label="p#1", provider="f", model="m", output="x")
+    view(TextDelta(text="The answer ", run_id="r", ts=0.0))
+    view(MemberFinished(output=done, run_id="r", ts=0.0))
+    view(TextDelta(text="is 72.", run_id="r", ts=0.0))
+    view(RunFinished(result=Result(stack="s"), run_id="r", ts=0.0))
+    lines = screen.getvalue().splitlines()
+    assert lines[0] == "The answer is 72."
+    assert any(line.startswith("  ✓ p#1") for line in lines[1:])

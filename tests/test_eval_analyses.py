@@ -130,3 +130,11 @@ def test_layer_curve_and_collaborativeness() -> None:
         }
     )
     assert collab == [{"system": "collab:x", "alone": 0.5, "with_references": 1.0, "n": 2}]
+
+
+def test_error_correlation_with_no_complete_item_keeps_the_members_shape() -> None:
+    # Every item had a proposer cut by the straggler policy: no rows, but the report still
+    # draws a members × members table (it failed with a zip() error before).
+    from moakit.eval.analyses import error_correlation
+
+    assert error_correlation([], 3) == [[None] * 3 for _ in range(3)]

@@ -42,13 +42,15 @@ async def test_batched_outputs_equal_the_same_requests_run_alone() -> None:
     ]
     alone = [await m.complete(r) for r in requests]
     stats = shared_runtime(m.key).scheduler.stats
-    shared_before = stats.prompt_tokens_shared
+    shared_before, reused_before = stats.prompt_tokens_shared, stats.prompt_tokens_reused
     together = await asyncio.gather(*(m.complete(r) for r in requests))
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.usage for c in together] == [c.usage for c in alone]
     assert alone[0].text.strip()
-    # The common prompt was decoded once: the other two copied it (all but its last token).
+    # The common prompt was not decoded again: the first took over the stream the last lone run
+    # left, the other two copied it from the first (all but its last token, each time).
     n_prompt = alone[0].usage.prompt_tokens
+    assert stats.prompt_tokens_reused - reused_before == n_prompt - 1
     assert stats.prompt_tokens_shared - shared_before == 2 * (n_prompt - 1)
 
 
@@ -77,8 +79,9 @@ async def test_cancelling_one_sequence_leaves_the_others_finishing() -> None:
     got_first = asyncio.Event()
 
     async def cancelled_member() -> None:
-        async for chunk in m.stream(ChatRequest(CONVERSATION, temperature=0.8, seed=1,
-                                                max_tokens=200)):
+        async for chunk in m.stream(
+            ChatRequest(CONVERSATION, temperature=0.8, seed=1, max_tokens=200)
+        ):
             if chunk.text:
                 got_first.set()
                 await asyncio.sleep(3600)  # parked mid-stream until cancelled

@@ -347,9 +347,7 @@ async def test_a_traced_staircase_run_records_every_call(tmp_path: Path) -> None
     a, agg = Scripted("a", 8, per_token_s=0.01), Scripted("agg", 10)
     with TraceStore(tmp_path / "t.db") as store:
         async with Stack(staircase([["a"]]), models={"a": a, "agg": agg}) as stack:
-            result = await traced_run(
-                stack, CONV, TraceRecorder(store, stack=stack), run_id="s"
-            )
+            result = await traced_run(stack, CONV, TraceRecorder(store, stack=stack), run_id="s")
         assert store.flush()
         record = store.get("s")
     assert record is not None

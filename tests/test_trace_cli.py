@@ -29,8 +29,12 @@ async def record_run(db: Path, run_id: str = "cafe0123456789") -> None:
     )
     with TraceStore(db) as store:
         async with stack:
-            await traced_run(stack, [{"role": "user", "content": "q?"}],
-                             TraceRecorder(store, stack=stack), run_id=run_id)
+            await traced_run(
+                stack,
+                [{"role": "user", "content": "q?"}],
+                TraceRecorder(store, stack=stack),
+                run_id=run_id,
+            )
 
 
 def invoke(*args: str) -> str:
@@ -49,8 +53,9 @@ async def test_list_show_export(db: Path) -> None:
     assert "cafe" in invoke("trace", "list", "--db", str(db), "--stack", "trace-test")
     assert "cafe" not in invoke("trace", "list", "--db", str(db), "--stack", "other")
     assert "cafe" in invoke("trace", "list", "--db", str(db), "--since", "1h")
-    rows = [json.loads(line) for line in invoke("trace", "list", "--db", str(db), "--json")
-            .splitlines()]
+    rows = [
+        json.loads(line) for line in invoke("trace", "list", "--db", str(db), "--json").splitlines()
+    ]
     assert [r["id"] for r in rows] == ["cafe0123456789"]
 
     shown = invoke("trace", "show", "cafe01", "--db", str(db))

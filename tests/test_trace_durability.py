@@ -226,14 +226,18 @@ async def test_store_from_the_first_schema_is_migrated_and_keeps_its_data(tmp_pa
         old = store.get("old-run")
         assert old is not None
         assert (old.query.output, old.query.status, old.query.latency_s) == (
-            "old answer", "complete", 2.5
+            "old answer",
+            "complete",
+            2.5,
         )
         assert old.query.source == "library"  # the new column's default
         assert old.query.stack_config == {"name": "old-stack"}
         assert old.query.input == [{"role": "user", "content": "old question"}]
         [call] = old.calls
         assert (call.output, call.ttft_s, call.attempts[0].latency_s) == (
-            "old member answer", None, 1.0
+            "old member answer",
+            None,
+            1.0,
         )
         # And the upgraded store records new runs alongside.
         stack, _ = echo_stack()

@@ -41,8 +41,16 @@ async def test_one_span_per_query_layer_and_call(tmp_path: Path) -> None:
     store, run_id = await run(OtelSink(tp), tmp_path, b=failing("b", "bad gateway"))
     spans = by_name(exporter.get_finished_spans())
     assert sorted(spans) == sorted(
-        ["moa trace-test", "layer 1", "layer 2", "aggregator",
-         "proposer a", "proposer b", "proposer c", "aggregator agg"]
+        [
+            "moa trace-test",
+            "layer 1",
+            "layer 2",
+            "aggregator",
+            "proposer a",
+            "proposer b",
+            "proposer c",
+            "aggregator agg",
+        ]
     )
     root = spans["moa trace-test"]
     assert root.parent is None

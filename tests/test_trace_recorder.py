@@ -148,11 +148,20 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
         AggregatorAttemptFailed("r1", T0 + 2.0, failed_agg, will_retry=True, had_text=False),
         MemberStarted("r1", T0 + 2.1, 2, 0, "agg", "openai", "model-0", 2, agg_req),
         RunFinished(
-            "r1", T0 + 3, Result(stack="stack-one", final="final", layers=[layer],
-                                 aggregators=[good_agg], latency_s=3.0)
+            "r1",
+            T0 + 3,
+            Result(
+                stack="stack-one",
+                final="final",
+                layers=[layer],
+                aggregators=[good_agg],
+                latency_s=3.0,
+            ),
         ),
         RunFailed(
-            "r2", T0 + 4, "every aggregator failed",
+            "r2",
+            T0 + 4,
+            "every aggregator failed",
             Result(stack="stack-two", layers=[], latency_s=3.0, error="every aggregator failed"),
         ),
     ]
@@ -163,7 +172,9 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
     r1, r2 = store.get("r1"), store.get("r2")
     assert r1 is not None and r2 is not None
     assert (r1.query.status, r1.query.stack_name, r1.query.config_hash) == (
-        "complete", "stack-one", "sha256:engine-hash"
+        "complete",
+        "stack-one",
+        "sha256:engine-hash",
     )
     assert r1.query.start_time == T0 and r1.query.output == "final"
     calls = {(c.layer, c.index): c for c in r1.calls}
@@ -242,8 +253,12 @@ async def test_the_engines_config_hash_is_the_stored_one(tmp_path: Path) -> None
     with TraceStore(tmp_path / "h.db") as store:
         async with Stack(two_layer_config(), models=models) as stack:
             stack.config_hash = "0123abcd-engine-hash"  # type: ignore[attr-defined]
-            await traced_run(stack, [{"role": "user", "content": "q"}],
-                             TraceRecorder(store, stack=stack), run_id="h")
+            await traced_run(
+                stack,
+                [{"role": "user", "content": "q"}],
+                TraceRecorder(store, stack=stack),
+                run_id="h",
+            )
         assert store.flush()
         record = store.get("h")
     assert record is not None and record.query.config_hash == "0123abcd-engine-hash"

@@ -104,8 +104,10 @@ async def test_store_prompts_false_keeps_only_hashes(tmp_path: Path) -> None:
         path = tmp_path / f"prompts-{store_prompts}.db"
         with TraceStore(path, store_prompts=store_prompts) as store:
             stack, _ = echo_stack(
-                a=fixed("a", "alpha answer"), b=fixed("b", "beta answer"),
-                c=fixed("c", "gamma answer"), agg=fixed("agg", "final answer"),
+                a=fixed("a", "alpha answer"),
+                b=fixed("b", "beta answer"),
+                c=fixed("c", "gamma answer"),
+                agg=fixed("agg", "final answer"),
             )
             async with stack:
                 await run_traced(store, stack, conv)
@@ -248,8 +250,13 @@ async def test_a_refused_row_costs_only_itself(
 
     # A call whose query row does not exist breaks the foreign key: SQLite refuses that row.
     orphan = CallRecord(
-        query_id="no-such-query", layer=1, index=0, role="proposer", label="x",
-        provider="openai", model_name="x",
+        query_id="no-such-query",
+        layer=1,
+        index=0,
+        role="proposer",
+        label="x",
+        provider="openai",
+        model_name="x",
     )
     writer = store._writer
     start = writer._ensure_started

@@ -17,7 +17,8 @@ from ui_app import make_app
 
 KEY = "ui-test-key-123"
 STATIC_SCRIPTS = sorted(
-    p.name for p in resources.files("moakit.ui").joinpath("static").iterdir()
+    p.name
+    for p in resources.files("moakit.ui").joinpath("static").iterdir()
     if p.name.endswith(".js")
 )
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -67,8 +68,12 @@ def test_the_script_never_inserts_markup() -> None:
 
 async def test_api_requires_the_key(env: tuple[httpx.AsyncClient, TraceStore]) -> None:
     client, _ = env
-    for method, path in (("GET", "/ui/api/traces"), ("GET", "/ui/api/stacks"),
-                         ("GET", "/ui/api/traces/x"), ("POST", "/ui/api/run")):
+    for method, path in (
+        ("GET", "/ui/api/traces"),
+        ("GET", "/ui/api/stacks"),
+        ("GET", "/ui/api/traces/x"),
+        ("POST", "/ui/api/run"),
+    ):
         response = await client.request(method, path, headers={"Authorization": "Bearer wrong"})
         assert response.status_code == 401, path
         assert response.json()["error"]["type"] == "authentication_error"
@@ -96,12 +101,18 @@ async def test_run_streams_events_and_records_the_trace(
     events = sse(response.text)
     types = [e["type"] for e in events]
     assert types[0] == "run" and types[-1] == "RunFinished"
-    for expected in ("LayerStarted", "MemberFinished", "LayerFinished", "AggregatorStarted",
-                     "TextDelta"):
+    for expected in (
+        "LayerStarted",
+        "MemberFinished",
+        "LayerFinished",
+        "AggregatorStarted",
+        "TextDelta",
+    ):
         assert expected in types
     run_id = events[0]["run_id"]
-    failed = [e["output"] for e in events if e["type"] == "MemberFinished"
-              and e["output"]["label"] == "b"]
+    failed = [
+        e["output"] for e in events if e["type"] == "MemberFinished" and e["output"]["label"] == "b"
+    ]
     assert failed and "member b is down" in failed[0]["error"]
     final = events[-1]["result"]["final"]
     assert final == "<b>final</b>"
@@ -122,10 +133,16 @@ async def test_run_streams_events_and_records_the_trace(
         ({"stack": "trace-test"}, 400, "prompt"),
         ({"stack": "trace-test", "prompt": "   "}, 400, "prompt"),
         ({"stack": "nope", "prompt": "x"}, 404, "stack"),
-        ({"stack": "trace-test", "messages": [{"role": "wizard", "content": "x"}]}, 400,
-         "messages.0.role"),
-        ({"stack": "trace-test", "messages": [{"role": "user", "content": 5}]}, 400,
-         "messages.0.content"),
+        (
+            {"stack": "trace-test", "messages": [{"role": "wizard", "content": "x"}]},
+            400,
+            "messages.0.role",
+        ),
+        (
+            {"stack": "trace-test", "messages": [{"role": "user", "content": 5}]},
+            400,
+            "messages.0.content",
+        ),
         ([1, 2], 400, None),
     ],
 )

@@ -93,9 +93,7 @@ def test_playground_run_and_trace_viewer_in_chromium(ui: tuple[str, TraceStore])
             # 401s this test provokes on purpose before it enters the key.
             page.on(
                 "console",
-                lambda m: m.type == "error"
-                and "401" not in m.text
-                and page_errors.append(m.text),
+                lambda m: m.type == "error" and "401" not in m.text and page_errors.append(m.text),
             )
             page.goto(f"{url}/ui")
 
@@ -120,8 +118,9 @@ def test_playground_run_and_trace_viewer_in_chromium(ui: tuple[str, TraceStore])
             for label, status in (("l1a", "ok"), ("l1b", "ok"), ("l1c", "failed")):
                 card = page.locator(f"#live-grid .card[data-layer='1']:has-text('{label}')")
                 expect(card).to_have_attribute("data-status", status)
-            expect(page.locator("#live-grid .card[data-layer='1'][data-status='failed']"))\
-                .to_contain_text("http 500")
+            expect(
+                page.locator("#live-grid .card[data-layer='1'][data-status='failed']")
+            ).to_contain_text("http 500")
             agg = page.locator("#live-grid .card[data-role='aggregator']")
             expect(agg).to_have_attribute("data-status", "ok")
 

@@ -29,8 +29,12 @@ def check_auth(request: Request) -> None:
 def app(root: Path, store: TraceStore) -> Starlette:
     return Starlette(
         routes=[
-            *ui_routes(store, get_stack=lambda n: (_ for _ in ()).throw(KeyError(n)),
-                       stack_names=list, check_auth=check_auth),
+            *ui_routes(
+                store,
+                get_stack=lambda n: (_ for _ in ()).throw(KeyError(n)),
+                stack_names=list,
+                check_auth=check_auth,
+            ),
             *eval_routes(root, check_auth=check_auth),
         ]
     )
@@ -71,8 +75,7 @@ async def test_items_side_by_side(client: httpx.AsyncClient) -> None:
     assert body["systems"] == ["single", "moa"] and body["total"] == 2
     q1 = next(i for i in body["data"] if i["item_id"] == "q1")
     assert q1["systems"]["single"]["final"] == HOSTILE
-    assert q1["systems"]["moa"] == {"final": "Paris", "score": 1.0, "error": None,
-                                    "latency_s": 1.5}
+    assert q1["systems"]["moa"] == {"final": "Paris", "score": 1.0, "error": None, "latency_s": 1.5}
     page = (await client.get("/ui/api/evals/run-1/items?offset=1&limit=1", headers=AUTH)).json()
     assert len(page["data"]) == 1
     bad = await client.get("/ui/api/evals/run-1/items?offset=x", headers=AUTH)

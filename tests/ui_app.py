@@ -107,20 +107,47 @@ def write_eval_results(directory: Path, hostile: str) -> None:
         "dataset": "toy-qa",
         "scorer": "exact",
         "systems": [
-            {"name": "single", "kind": "single", "items": 2, "scored": 2, "errors": 0,
-             "score": {"mean": 0.5, "low": 0.0, "high": 1.0, "n": 2}, "tokens_in": 10,
-             "tokens_out": 20, "cost_usd": None, "latency_s_mean": 0.25, "ttft_s_mean": 0.1},
-            {"name": "moa", "kind": "moa", "items": 2, "scored": 2, "errors": 1,
-             "score": {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 2}, "tokens_in": 40,
-             "tokens_out": 80, "cost_usd": 0.0123, "latency_s_mean": 1.5, "ttft_s_mean": None},
+            {
+                "name": "single",
+                "kind": "single",
+                "items": 2,
+                "scored": 2,
+                "errors": 0,
+                "score": {"mean": 0.5, "low": 0.0, "high": 1.0, "n": 2},
+                "tokens_in": 10,
+                "tokens_out": 20,
+                "cost_usd": None,
+                "latency_s_mean": 0.25,
+                "ttft_s_mean": 0.1,
+            },
+            {
+                "name": "moa",
+                "kind": "moa",
+                "items": 2,
+                "scored": 2,
+                "errors": 1,
+                "score": {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 2},
+                "tokens_in": 40,
+                "tokens_out": 80,
+                "cost_usd": 0.0123,
+                "latency_s_mean": 1.5,
+                "ttft_s_mean": None,
+            },
         ],
     }
     (directory / "summary.json").write_text(json.dumps(summary))
     for system, answers in (("single", ["4", hostile]), ("moa", ["four", "Paris"])):
         lines = [
-            json.dumps({"item_id": f"q{i}", "system": system, "final": answer,
-                        "score": {"value": float(i == 1 or system == "moa")},
-                        "latency_s": 0.5 + i, "error": None})
+            json.dumps(
+                {
+                    "item_id": f"q{i}",
+                    "system": system,
+                    "final": answer,
+                    "score": {"value": float(i == 1 or system == "moa")},
+                    "latency_s": 0.5 + i,
+                    "error": None,
+                }
+            )
             for i, answer in enumerate(answers)
         ]
         (directory / "records" / f"{system}.abc123.jsonl").write_text("\n".join(lines) + "\n")

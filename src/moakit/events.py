@@ -127,4 +127,3 @@ Event = (
     | RunFinished
     | RunFailed
 )
-

@@ -72,7 +72,11 @@ class TerminalView:
 
     Stream rule, terminal side: text once written is never taken back. If the run fails after
     some answer text was written, the answer line is ended and the error (printed by ``moa``'s
-    error handler) goes to stderr alone, so stdout never holds two answers."""
+    error handler) goes to stderr alone, so stdout never holds two answers.
+
+    Progress lines that arrive while the answer streams (a staircase run's proposers finish
+    after the answer has begun) are held and printed once the answer line ends: on a terminal
+    stdout and stderr share the screen, and a line dropped into the answer would split it."""
 
     def __init__(self, progress: Console, out: TextIO | None) -> None:
         self.progress = progress
@@ -83,12 +87,15 @@ class TerminalView:
             literal if out is not None and out.isatty() else (lambda text: text)
         )
         self.wrote_text = False
+        self._held: list[Text] = []
 
     def line(self, *parts: str | tuple[str, str]) -> None:
         """One progress line. Plain ``str`` parts are untrusted (labels, error texts)."""
-        self.progress.print(
-            Text.assemble(*(one_line(p) if isinstance(p, str) else p for p in parts))
-        )
+        text = Text.assemble(*(one_line(p) if isinstance(p, str) else p for p in parts))
+        if self.wrote_text:
+            self._held.append(text)
+        else:
+            self.progress.print(text)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TextDelta):
@@ -133,6 +140,9 @@ class TerminalView:
             self.out.write("\n")
             self.out.flush()
         self.wrote_text = False
+        for text in self._held:
+            self.progress.print(text)
+        self._held.clear()
 
 
 async def answer(

@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 
 
-def error_correlation(correct: Sequence[Sequence[bool]]) -> list[list[float | None]]:
+def error_correlation(
+    correct: Sequence[Sequence[bool]], members: int | None = None
+) -> list[list[float | None]]:
     """``correct[item][member]`` -> member×member correlation of errors. A member that is always
-    right (or always wrong) has no variance: its correlations are undefined (None)."""
+    right (or always wrong) has no variance: its correlations are undefined (None). ``members``
+    sizes the matrix when there are no rows (every item had a member cut or failed)."""
     matrix = np.asarray(correct, dtype=float)
     if matrix.ndim != 2 or matrix.shape[0] < 2:
-        size = matrix.shape[1] if matrix.ndim == 2 else 0
+        size = matrix.shape[1] if matrix.ndim == 2 else (members or 0)
         return [[None] * size for _ in range(size)]
     errors = 1.0 - matrix
     size = errors.shape[1]

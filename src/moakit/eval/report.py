@@ -120,7 +120,10 @@ def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[s
             if len(r["layers"][0]) == len(labels)
             and all(m.get("correct") is not None for m in r["layers"][0])
         ]
-        out["error_correlation"] = {"labels": labels, "matrix": analyses.error_correlation(rows)}
+        out["error_correlation"] = {
+            "labels": labels,
+            "matrix": analyses.error_correlation(rows, len(labels)),
+        }
         out["minority_majority"] = analyses.minority_majority(rows, finals)
     triples = []
     for r in with_layers:

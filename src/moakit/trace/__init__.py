@@ -1,9 +1,9 @@
 """Every answer auditable: a trace store, its recorder, and exports.
 
-    from moakit.trace import TraceRecorder, TraceStore, traced_run
-    store = TraceStore()      # $MOAKIT_TRACE_DB, $MOAKIT_HOME/traces.db, or the data dir
-    result = await traced_run(stack, "Why is the sky blue?", TraceRecorder(store, stack=stack))
-    store.get(result_run_id)                 # TraceRecord: the query and each of its calls
+from moakit.trace import TraceRecorder, TraceStore, traced_run
+store = TraceStore()      # $MOAKIT_TRACE_DB, $MOAKIT_HOME/traces.db, or the data dir
+result = await traced_run(stack, "Why is the sky blue?", TraceRecorder(store, stack=stack))
+store.get(result_run_id)                 # TraceRecord: the query and each of its calls
 """
 
 from __future__ import annotations

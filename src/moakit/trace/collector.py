@@ -181,9 +181,7 @@ class RunCollector:
         index: int = getattr(event, "index", 0)
         request = getattr(event, "request", None)
         shown = getattr(event, "references", None)  # a list of Reference records, if given
-        references = (
-            [_reference(r) for r in shown] if shown is not None else list(self._references)
-        )
+        references = [_reference(r) for r in shown] if shown is not None else list(self._references)
         previous = self._starts.get((layer, index))
         self._starts[(layer, index)] = _Start(
             input=_messages(getattr(request, "messages", None)),
@@ -235,9 +233,7 @@ class RunCollector:
 
     # -- building call records -----------------------------------------------------------------
 
-    def _derived_start(
-        self, spec: MemberSpec, now: float, overrides: dict[str, Any]
-    ) -> _Start:
+    def _derived_start(self, spec: MemberSpec, now: float, overrides: dict[str, Any]) -> _Start:
         assert self.stack is not None
         texts = [r.text or "" for r in self._references]
         messages = with_system_prompt(self.conversation, spec.system)

@@ -73,9 +73,7 @@ def side_by_side(directory: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return systems, list(items.values())
 
 
-def eval_routes(
-    root: Path, *, check_auth: Callable[[Request], None]
-) -> list[BaseRoute]:
+def eval_routes(root: Path, *, check_auth: Callable[[Request], None]) -> list[BaseRoute]:
     """``/ui/api/evals``, ``/ui/api/evals/{name}``, ``/ui/api/evals/{name}/items`` and
     ``/ui/api/evals/{name}/plots/{file}``, over the results directories under ``root``."""
 
@@ -107,8 +105,9 @@ def eval_routes(
             return api_error(404, "no such results directory", "name", "not_found")
         summary = await run_in_threadpool(_summary, directory)
         plots = await run_in_threadpool(_plots, directory)
-        return JSONResponse({"name": request.path_params["name"], "summary": summary,
-                             "plots": plots})
+        return JSONResponse(
+            {"name": request.path_params["name"], "summary": summary, "plots": plots}
+        )
 
     async def items(request: Request) -> Response:
         if (denied := authorized(check_auth, request)) is not None:
@@ -124,8 +123,9 @@ def eval_routes(
         systems, rows = await run_in_threadpool(side_by_side, directory)
         # Columns in the summary's order (the reference system first, as the report has it).
         order = [
-            s.get("name") for s in (await run_in_threadpool(_summary, directory)).get("systems")
-            or [] if isinstance(s, dict)
+            s.get("name")
+            for s in (await run_in_threadpool(_summary, directory)).get("systems") or []
+            if isinstance(s, dict)
         ]
         systems.sort(key=lambda s: order.index(s) if s in order else len(order))
         return JSONResponse(

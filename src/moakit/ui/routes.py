@@ -80,12 +80,16 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
                 raise _BadRequest(
-                    400, "each message needs a role: system, user or assistant",
-                    f"messages.{i}.role", "invalid_value",
+                    400,
+                    "each message needs a role: system, user or assistant",
+                    f"messages.{i}.role",
+                    "invalid_value",
                 )
             if not isinstance(m.get("content"), str):
                 raise _BadRequest(
-                    400, "message content must be a string", f"messages.{i}.content",
+                    400,
+                    "message content must be a string",
+                    f"messages.{i}.content",
                     "invalid_value",
                 )
             out.append({"role": m["role"], "content": m["content"]})
@@ -147,7 +151,9 @@ def ui_routes(
             status = request.query_params.get("status") or None
             if status is not None and status not in QUERY_STATUSES:
                 raise _BadRequest(
-                    400, f"status must be one of {', '.join(QUERY_STATUSES)}", "status",
+                    400,
+                    f"status must be one of {', '.join(QUERY_STATUSES)}",
+                    "status",
                     "invalid_value",
                 )
             limit = int(_number(request, "limit", 50) or 50)

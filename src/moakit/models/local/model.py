@@ -35,6 +35,10 @@ DEFAULT_MAX_TOKENS = 512
 
 class LocalModel(Model):
     supports_response_format = True
+    # A partial answer is appended to the rendered prompt as plain text tokens (never special
+    # ones, so the partial answer cannot close its own turn) and continued; the scheduler's kept
+    # streams mean the unchanged start of the prompt is not decoded again.
+    supports_prefill = True
 
     def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
         options = options or {}
@@ -57,6 +61,9 @@ class LocalModel(Model):
             sampling = _sampling(request)
             runtime = await asyncio.to_thread(shared_runtime, self.key)
             prompt = await asyncio.to_thread(runtime.template.render, request.messages)
+            tokens = prompt.tokens
+            if request.prefill:
+                tokens = [*tokens, *await asyncio.to_thread(runtime.tokenize, request.prefill)]
         except ConfigError as exc:
             raise ModelCallError(str(exc), kind="other") from exc
         loop = asyncio.get_running_loop()
@@ -69,7 +76,7 @@ class LocalModel(Model):
                 sequence.cancelled.set()
 
         sequence = SequenceRequest(
-            prompt=prompt.tokens,
+            prompt=tokens,
             max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
             sampling=sampling,
             emit=emit,

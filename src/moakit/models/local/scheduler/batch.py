@@ -20,6 +20,12 @@ see the same conversation and references) does not decode that prefix again. It 
 other sequence has decoded it, then ``llama_memory_seq_cp`` copies that stream's KV data (llama.cpp
 copies whole streams, at the start of the next decode) and ``llama_memory_seq_rm`` drops what lies
 past the shared prefix; only the sequence's own suffix is decoded.
+
+Kept streams: a sequence that ends keeps its KV stream (prompt and answer) until its id is
+needed. A later request that starts like it (the next step of a staircase aggregator continuing
+its own answer over grown references, a retry, a judge reading the same conversation) takes the
+stream over in place, drops what lies past the common prefix, and decodes only the rest. The
+oldest kept stream is emptied when a request needs an id and none is free.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +62,19 @@ class KVBudget:
 
 
 @dataclass
+class _KeptStream:
+    """The KV stream of an ended sequence, kept for reuse: ``tokens[i]`` sits at position i."""
+
+    seq_id: int
+    tokens: list[int]
+
+
+@dataclass
 class SchedulerStats:
     decode_steps: int = 0
     prompt_tokens_evaluated: int = 0
-    prompt_tokens_shared: int = 0
+    prompt_tokens_shared: int = 0  # copied from a live sequence's stream
+    prompt_tokens_reused: int = 0  # found in a kept stream of an ended sequence
     tokens_generated: int = 0
     max_live: int = 0  # most sequences live at once
 
@@ -77,6 +93,7 @@ class BatchScheduler:
         self._queue: deque[SequenceRequest] = deque()
         self._live: list[LiveSequence] = []
         self._free_ids = list(range(budget.n_seq_max))
+        self._kept: deque[_KeptStream] = deque()  # oldest first
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-batch", daemon=True)
@@ -137,7 +154,7 @@ class BatchScheduler:
 
     def _admit(self) -> None:
         """Move queued requests into the context while ids and KV cells allow (lock held)."""
-        while self._queue and self._free_ids:
+        while self._queue and (self._free_ids or self._kept):
             request = self._queue.popleft()
             if request.cancelled.is_set():
                 continue
@@ -146,22 +163,58 @@ class BatchScheduler:
             except Exception as exc:
                 request.emit(Failed(exc))
                 continue
-            seq = LiveSequence(request, self._free_ids.pop(0), chain, self.budget.n_ctx)
-            self._find_prefix_source(seq)
+            kept, kept_len = self._best_kept(request.prompt)
+            live, live_len = self._best_live(request.prompt)
+            if kept is not None and kept_len >= live_len:
+                # Take the kept stream over in place: no copy, only the tail is dropped.
+                self._kept.remove(kept)
+                self._llama.llama_memory_seq_rm(self._ctx.memory, kept.seq_id, kept_len, -1)
+                seq = LiveSequence(request, kept.seq_id, chain, self.budget.n_ctx)
+                seq.n_past = kept_len
+                self.stats.prompt_tokens_reused += kept_len
+            else:
+                seq = LiveSequence(request, self._claim_id(), chain, self.budget.n_ctx)
+                if live is not None:
+                    seq.wait_for, seq.wait_len = live, live_len
+                    self._resolve_wait(seq)
             self._live.append(seq)
             self.stats.max_live = max(self.stats.max_live, len(self._live))
             if seq.max_tokens == 0:
                 self._end(seq, seq.finished("length"))
 
-    def _find_prefix_source(self, seq: LiveSequence) -> None:
+    def _best_kept(self, prompt: Sequence[int]) -> tuple[_KeptStream | None, int]:
+        # At most len(prompt) - 1: the last prompt token is decoded again for its logits.
+        best, best_len = None, 0
+        for kept in self._kept:
+            n = min(common_prefix(prompt, kept.tokens), len(prompt) - 1)
+            if n > best_len:
+                best, best_len = kept, n
+        return best, best_len
+
+    def _best_live(
+        self, prompt: Sequence[int], exclude: LiveSequence | None = None
+    ) -> tuple[LiveSequence | None, int]:
         best, best_len = None, 0
         for other in self._live:
-            if other is seq or other.wait_for is seq:
+            if other is exclude or (exclude is not None and other.wait_for is exclude):
                 continue
-            n = min(common_prefix(seq.tokens, other.tokens[: other.n_prompt]), seq.n_prompt - 1)
+            n = min(common_prefix(prompt, other.tokens[: other.n_prompt]), len(prompt) - 1)
             if n > best_len:
                 best, best_len = other, n
-        if best is not None and best_len >= MIN_SHARED_PREFIX:
+        if best_len < MIN_SHARED_PREFIX:
+            return None, 0
+        return best, best_len
+
+    def _claim_id(self) -> int:
+        if not self._free_ids:  # _admit only runs with a free id or a kept stream to empty
+            oldest = self._kept.popleft()
+            self._llama.llama_memory_seq_rm(self._ctx.memory, oldest.seq_id, -1, -1)
+            self._free_ids.append(oldest.seq_id)
+        return self._free_ids.pop(0)
+
+    def _find_prefix_source(self, seq: LiveSequence) -> None:
+        best, best_len = self._best_live(seq.tokens[: seq.n_prompt], exclude=seq)
+        if best is not None:
             seq.wait_for, seq.wait_len = best, best_len
             self._resolve_wait(seq)
 
@@ -224,6 +277,7 @@ class BatchScheduler:
             self.stats.prompt_tokens_evaluated += take
         for seq, _ in outputs:
             if seq.next_token is not None:
+                seq.tokens.append(seq.next_token)  # what the stream holds, for a later reuse
                 seq.n_past += 1
         for seq, index in outputs:
             if seq in self._live:
@@ -279,11 +333,16 @@ class BatchScheduler:
         self._end(seq, seq.finished(reason))
 
     def _end(self, seq: LiveSequence, event: Any) -> None:
-        """Release the sequence's KV cells, sampler and id; report ``event`` (None: cancelled)."""
+        """Release the sequence's sampler and id, keeping its KV stream for a later request that
+        starts the same way; report ``event`` (None: cancelled)."""
         self._live.remove(seq)
-        self._llama.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
         seq.chain.close()
-        self._free_ids.append(seq.seq_id)
+        if isinstance(event, Failed) or seq.wait_for is not None or seq.n_past == 0:
+            # A failed decode may have left the stream half-written: empty it.
+            self._llama.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
+            self._free_ids.append(seq.seq_id)
+        else:
+            self._kept.append(_KeptStream(seq.seq_id, seq.tokens[: seq.n_past]))
         for other in self._live:
             if other.wait_for is seq:  # its prefix will never arrive from this one
                 other.wait_for, other.wait_len = None, 0

@@ -53,7 +53,7 @@ class LiveSequence:
         self.request = request
         self.seq_id = seq_id
         self.chain = chain
-        self.tokens = list(request.prompt)
+        self.tokens = list(request.prompt)  # then each sampled token, once it is decoded
         self.n_prompt = len(self.tokens)
         # Room in the context bounds the answer, as create_completion does.
         self.max_tokens = max(0, min(request.max_tokens, n_ctx - self.n_prompt))
