@@ -404,3 +404,28 @@ def test_budget_overrides_reach_every_call(stack_file: Path) -> None:
     assert (single.member.max_tokens, single.member.timeout_s) == (200, 600.0)
     assert ranker.config.aggregators()[0].max_tokens == 8  # the ranker only writes a number
     assert moa.hash != build_systems([f"moa:{stack_file}"])[0].hash
+
+
+async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_path() -> None:
+    # A staircase aggregator needs prefill: behind the eval's cache and retry wrappers the engine
+    # must still see it (they reported the base class's False before), and complete() must
+    # still go through the cache rather than straight to the wrapped model.
+    from moakit.eval.cache import RetryingModel
+
+    class Prefilling(Model):
+        name = "p"
+        supports_prefill = True
+        calls = 0
+
+        async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+            Prefilling.calls += 1
+            yield Chunk(text="ok", finish_reason="stop")
+
+    cache = ResponseCache()
+    cached = CachedModel(Prefilling(), cache, {"model": "p"})
+    retrying = RetryingModel(cached)
+    assert cached.supports_prefill and retrying.supports_prefill
+    request = ChatRequest([{"role": "user", "content": "hi"}])
+    assert (await retrying.complete(request)).text == "ok"
+    assert (await retrying.complete(request)).text == "ok"
+    assert Prefilling.calls == 1  # the second answer came from the cache

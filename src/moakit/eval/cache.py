@@ -26,6 +26,7 @@ from typing import Any
 from moakit.config import MemberSpec
 from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
+from moakit.models.wrappers import WrapperModel
 from moakit.policies import RetryPolicy
 from moakit.retry import backoff_delay
 
@@ -117,25 +118,19 @@ class ResponseCache:
         self._db.close()
 
 
-class CachedModel(Model):
+class CachedModel(WrapperModel):
     """Serves a stored answer for an identical request; otherwise streams the wrapped model's
     answer through and stores it once it completed. Concurrent identical requests wait for the
-    first one instead of calling twice."""
+    first one instead of calling twice. A ``WrapperModel``, so the wrapped model's capabilities
+    (prefill for a staircase aggregator, response formats) stay visible to the engine."""
+
+    # Through this wrapper's stream, not straight to the wrapped model's complete().
+    complete = Model.complete
 
     def __init__(self, wrapped: Model, cache: ResponseCache, identity: Mapping[str, Any]) -> None:
-        self.wrapped = wrapped
-        self.name = wrapped.name
+        super().__init__(wrapped)
         self.cache = cache
         self.identity = dict(identity)
-
-    def loaded(self) -> bool:
-        return self.wrapped.loaded()
-
-    async def load(self) -> None:
-        await self.wrapped.load()
-
-    async def aclose(self) -> None:
-        await self.wrapped.aclose()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         key = request_key(self.identity, request)
@@ -185,9 +180,11 @@ class CachedModel(Model):
             done.set()
 
 
-class RetryingModel(Model):
+class RetryingModel(WrapperModel):
     """Timeout and retries (the engine's one retry policy) for calls made outside a stack: the
     single-model system and the judge. A stream is retried only before its first chunk."""
+
+    complete = Model.complete  # retried through this wrapper's stream
 
     def __init__(
         self,
@@ -197,20 +194,10 @@ class RetryingModel(Model):
         timeout_s: float = 120.0,
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.wrapped = wrapped
-        self.name = wrapped.name
+        super().__init__(wrapped)
         self.retries = retries
         self.timeout_s = timeout_s
         self.policy = policy or RetryPolicy()
-
-    def loaded(self) -> bool:
-        return self.wrapped.loaded()
-
-    async def load(self) -> None:
-        await self.wrapped.load()
-
-    async def aclose(self) -> None:
-        await self.wrapped.aclose()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         for attempt in range(self.retries + 1):
