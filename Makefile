@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock chromium
+.PHONY: run test lint typecheck install clean lock chromium eval-local robustness
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: install
 	$(BIN)/moa ask --preset local "$(QUESTION)"
 
 lint: install
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard scripts)
 
 typecheck: install
 	$(BIN)/mypy
@@ -33,6 +33,15 @@ chromium:
 
 test: install chromium lint typecheck
 	$(BIN)/pytest -q
+
+# The embedded-model evaluation behind docs/eval-local.md: hours on 2 cores, resumable (the
+# same command continues it); EVAL_BUDGET_S=3600 stops it after an hour and writes the page.
+eval-local: install
+	$(BIN)/python scripts/eval_local.py $(if $(EVAL_BUDGET_S),--budget-s $(EVAL_BUDGET_S))
+
+# Red team vs defenses on the embedded model, plus the scripted simulation: docs/robustness.md.
+robustness: install
+	$(BIN)/python scripts/robustness_local.py $(if $(EVAL_BUDGET_S),--budget-s $(EVAL_BUDGET_S))
 
 # Re-pin every dependency from the current venv (run after changing pyproject.toml).
 lock: install

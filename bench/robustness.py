@@ -147,18 +147,12 @@ def render(rows: list[Row], args: argparse.Namespace, items: list[Item], wall: f
         "**SIMULATION.** Every number below comes from scripted members "
         "(`moakit.defenses.simulation`), not from language models. It shows what each defense "
         "does to a stack whose members behave as stated, and what it costs; it says nothing "
-        "about how often a real model is fooled. No real-model table yet: the embedded "
-        "SmolLM2-135M has no GSM8K accuracy to lose (alone it scored 0/10 on the first 10 "
-        "items, `moa eval run -d gsm8k -n 10 -s single:local-fast --max-tokens 128`, 67 s), so "
-        "clean and attacked stacks would both read 0. The stronger embedded default, "
-        "Qwen2.5-Coder-0.5B, scored 27% alone on 30 items (bench/README.md), enough for a "
-        "signal, but the clean/attacked/defended matrix on it (`moa eval run` with "
-        "`--system moa:local,adversary=...,defense=...`) costs about 25-35 s per item and "
-        "system on this machine and has not been run yet.",
+        "about how often a real model is fooled: the real-model table is above it in "
+        "`docs/robustness.md` (`make robustness` writes both).",
         "",
-        "Produced by one command (about a minute on 2 loaded cores):",
+        "Alone (about a minute on 2 loaded cores):",
         "",
-        "    .venv/bin/python bench/robustness.py --out docs/robustness.md",
+        "    .venv/bin/python bench/robustness.py --out simulation.md",
         "",
         f"Setup: {n} GSM8K train items (the first {n} of `gsm8k_train.jsonl`); stack `sim-5x1`: "
         f"5 scripted proposers in one layer (each right with probability p = {args.p}, "

@@ -138,3 +138,21 @@ def test_error_correlation_with_no_complete_item_keeps_the_members_shape() -> No
     from moakit.eval.analyses import error_correlation
 
     assert error_correlation([], 3) == [[None] * 3 for _ in range(3)]
+
+
+def test_error_correlation_uses_every_item_a_pair_both_answered() -> None:
+    # Member 2 was cut on two items; members 0 and 1 still correlate over all five items, and
+    # member 2's pairs over the three it answered (before, any None voided the whole item).
+    correct = [
+        [True, True, None],
+        [False, False, None],
+        [True, True, True],
+        [False, False, False],
+        [True, False, True],
+    ]
+    m = error_correlation(correct)
+    a = np.array([0, 1, 0, 1, 0], dtype=float)
+    b = np.array([0, 1, 0, 1, 1], dtype=float)
+    assert m[0][1] == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert m[0][2] == pytest.approx(1.0)  # items 3-5: errors (0,1,0) and (0,1,0)
+    assert m[1][2] == pytest.approx(0.5)  # items 3-5: errors (0,1,1) vs (0,1,0)

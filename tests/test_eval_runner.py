@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from moakit.cli.main import cli
 from moakit.config import MemberSpec
-from moakit.errors import ModelCallError
+from moakit.errors import ConfigError, ModelCallError
 from moakit.eval.cache import (
     CachedModel,
     ResponseCache,
@@ -429,3 +429,116 @@ async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_
     assert (await retrying.complete(request)).text == "ok"
     assert (await retrying.complete(request)).text == "ok"
     assert Prefilling.calls == 1  # the second answer came from the cache
+
+
+def test_items_option_runs_a_system_on_a_subset_and_keeps_its_hash(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "res"
+    specs = [f"moa:{stack_file}", f"collab:{stack_file},items=2"]
+    runner = _run(out, specs, dataset)
+    systems = {s.name: s for s in build_systems(specs)}
+    assert len(runner.load_records(systems["moa:fake3"])) == 6
+    collab = runner.load_records(systems["collab:fake3:m#1"])
+    assert sorted(collab) == ["q1", "q2"]
+    # A subset decides which items run, not any answer: the same records serve a full run.
+    full = build_systems([f"collab:{stack_file}"])[0]
+    assert full.hash == systems["collab:fake3:m#1"].hash and full.max_items is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("moa:{stack},adversay=deceptive@1:0", "unknown option 'adversay' for moa"),
+        ("single:{stack},n=3", "unknown option 'n' for single"),
+        ("collab:{stack},items=0", "items must be a positive integer"),
+        ("self-moa:{stack},n=three", "n must be a positive integer"),
+    ],
+)
+def test_system_options_are_checked(stack_file: Path, spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_systems([spec.format(stack=stack_file)])
+
+
+AGG_SYSTEMS: list[str] = []
+
+
+def _streamed_answer(request: ChatRequest) -> str:
+    system = next((str(m["content"]) for m in request.messages if m["role"] == "system"), "")
+    if system:
+        AGG_SYSTEMS.append(system)
+        return "The answer is 1"
+    return f"The answer is {request.seed} " + " ".join(f"w{i}" for i in range(20))
+
+
+register_provider(
+    "evalstream",
+    lambda spec, pool: FunctionModel(
+        _streamed_answer, name=spec.model, per_token_s=0.003, prefill=True
+    ),
+)
+
+
+def test_staircase_systems_stream_live_and_never_from_the_cache(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """A cache hit is a whole answer at once: a staircase served from it would see complete
+    references at its first step, i.e. be plain MoA under another name."""
+    layered = tmp_path / "s.toml"
+    layered.write_text(STACK.replace('"evalfake"', '"evalstream"').replace("fake3", "s"))
+    stair = tmp_path / "stair.toml"
+    stair.write_text(
+        'strategy = "staircase"\nstaircase = { chunk_tokens = 2 }\n'
+        + layered.read_text().replace('name = "s"', 'name = "stair"')
+    )
+    AGG_SYSTEMS.clear()
+    out = tmp_path / "res"
+    runner = _run(out, [f"moa:{layered}", f"moa:{stair}"], dataset)
+    moa, staircase = (
+        runner.load_records(s) for s in build_systems([f"moa:{layered}", f"moa:{stair}"])
+    )
+    assert len(moa) == len(staircase) == 6
+    # The staircase system asked for exactly the moa system's proposals, and got them live.
+    assert all(r["cache_hits"] == 0 and r["calls"] >= 4 for r in staircase.values())
+    first_steps = AGG_SYSTEMS[6:]  # after the six layered aggregations
+    partial = [s for s in first_steps if "w19" not in s]
+    assert partial, "no staircase step saw partial references"
+
+
+def test_embedded_calls_are_left_to_the_batch_scheduler() -> None:
+    factory = ModelFactory(ResponseCache(), {}, 4)
+    spec = MemberSpec(provider="local", model="smollm2-135m")
+    model = factory.model_for(spec)
+    assert isinstance(model, CachedModel)
+    assert not isinstance(model.wrapped, ConcurrencyLimitedModel)  # the scheduler batches
+    limited = ModelFactory(ResponseCache(), {"local": 2}, 4).model_for(spec)
+    assert isinstance(limited, CachedModel)
+    assert isinstance(limited.wrapped, ConcurrencyLimitedModel)  # an explicit limit holds
+
+
+def test_records_keep_what_each_defense_did(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    specs = [f"moa:{stack_file},adversary=injector@1:2,defense=fence+trust", f"moa:{stack_file}"]
+    runner = _run(tmp_path / "res", specs, dataset)
+    defended, clean = (runner.load_records(s) for s in build_systems(specs))
+    for record in defended.values():
+        names = [d["defense"] for d in record["defenses"]]
+        assert names == ["trust", "fence"], names
+        trust = record["defenses"][0]
+        assert trust["dropped"] == ["m#3"] and trust["layer"] == 2
+    assert all(r["defenses"] == [] for r in clean.values())
+
+
+def test_trust_needs_someone_to_distrust(stack_file: Path, dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no member is untrusted"):
+        build_systems([f"moa:{stack_file},defense=trust"])
+    with pytest.raises(ConfigError, match="add defense=trust"):
+        build_systems([f"moa:{stack_file},untrusted=1:0"])
+    # The cost of distrusting an honest member on a clean stack: its reference is dropped.
+    spec = f"moa:{stack_file},untrusted=1:0,defense=trust"
+    (system,) = build_systems([spec])
+    assert system.name == "moa:fake3,untrusted=1:0,defense=trust"
+    runner = _run(tmp_path / "res", [spec], dataset)
+    for record in runner.load_records(system).values():
+        assert record["defenses"][0]["dropped"] == ["m#1"]

@@ -4,6 +4,7 @@ operator declared. The exfiltration tests open a listening socket that must rece
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -358,3 +359,86 @@ def test_moa_serve_server_config_file(tmp_path: Any, backend: FakeBackend) -> No
     assert ok.status_code == 200, ok.text
     assert ok.json()["choices"][0]["message"]["content"].startswith("agg")
     assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
+
+
+def _aggregator_systems(backend: FakeBackend) -> list[str]:
+    return [
+        next(m["content"] for m in body["messages"] if m["role"] == "system")
+        for body in backend.stats.received
+        if body["model"] == "agg"
+    ]
+
+
+def test_request_stack_switches_on_fencing_trust_and_the_vote(backend: FakeBackend) -> None:
+    untrusted = {**ok_member("p2"), "trust": "untrusted"}
+    moa = {
+        "layers": [[ok_member("p1"), untrusted, ok_member("p1")]],
+        "aggregator": ok_member("agg"),
+        "references": {
+            "formatter": "fenced",
+            "transforms": ["trust"],
+            "trust": {"mode": "label"},
+        },
+        "strategy": "vote",
+        "vote": {"samples": 3, "subset_size": 2},
+    }
+    app = create_app({}, api_keys=[], settings=settings(backend.base_url))
+    with serve(app) as base:
+        r = post(base, moa)
+    assert r.status_code == 200, r.text
+    systems = _aggregator_systems(backend)
+    assert len(systems) == 3  # the vote: one aggregator call per subset of two references
+    blocks = [b for s in systems for b in re.split(r"<<<REF-\w+ END>>>", s) if "BEGIN" in b]
+    assert len(blocks) == 6  # every reference fenced
+    from_p2 = [b for b in blocks if "p2 saw" in b]
+    assert from_p2 and all("untrusted" in b for b in from_p2)  # labelled, not dropped
+    assert not any("untrusted" in b for b in blocks if "p2 saw" not in b)
+
+
+@pytest.mark.parametrize(
+    ("moa", "param", "code"),
+    [
+        # An embeddings endpoint is a URL and a key: only the operator declares those.
+        (
+            {"references": {"transforms": ["cluster"], "cluster": {"embedder": "endpoint"}}},
+            "moa.references.cluster.embedder",
+            "invalid_request_error",
+        ),
+        ({"references": {"transforms": ["exec"]}}, "moa.references.transforms.0", None),
+        ({"references": {"formatter": "raw-html"}}, "moa.references.formatter", None),
+        (
+            {"strategy": "staircase", "staircase": {"chunk_tokens": 1}},
+            "moa.staircase.chunk_tokens",
+            None,
+        ),
+        ({"strategy": "vote", "vote": {"samples": 7}}, "moa.vote.samples", "limit_exceeded"),
+        ({"strategy": "vote", "vote": {"extractor": "os.system"}}, "moa.vote.extractor", None),
+    ],
+)
+def test_request_stack_defense_fields_are_validated(
+    backend: FakeBackend, moa: dict[str, Any], param: str, code: str | None
+) -> None:
+    body = {"layers": [[ok_member("p1")]], "aggregator": ok_member("agg"), **moa}
+    app = create_app({}, api_keys=[], settings=settings(backend.base_url))
+    with serve(app) as base:
+        r = post(base, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param
+    if code is not None and code != "invalid_request_error":
+        assert err["code"] == code
+    assert backend.stats.requests == 0
+
+
+def test_staircase_request_stack_needs_an_aggregator_that_can_continue(
+    backend: FakeBackend,
+) -> None:
+    # The fake endpoint is declared without continue_final_message: a clear 400, no fallback.
+    body = {"layers": [[ok_member("p1")]], "aggregator": ok_member("agg"), "strategy": "staircase"}
+    app = create_app({}, api_keys=[], settings=settings(backend.base_url))
+    with serve(app) as base:
+        r = post(base, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_stack"
+    assert "continue" in r.json()["error"]["message"]
+    assert backend.stats.requests == 0

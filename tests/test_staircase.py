@@ -377,3 +377,33 @@ async def test_a_layer_missing_its_quorum_fails_the_query_keeping_the_text_sent(
     assert result.final == "".join(deltas)
     assert [m.ok for m in result.layers[0].members] == [True, False]
     assert agg.open == a.open == 0
+
+
+async def test_defenses_act_on_every_step_and_each_step_records_it() -> None:
+    a, b = Scripted("a", 8, per_token_s=0.02), Scripted("b", 8, per_token_s=0.02)
+    c = Scripted("c", 8, per_token_s=0.02)
+    agg = Scripted("agg", 12)
+    config = staircase(
+        [["a", "b", "c"]],
+        references={
+            "formatter": "fenced",
+            "transforms": ["trust"],
+            "trust": {"mode": "label"},
+        },
+    )
+    data = config.model_dump(exclude_unset=True)
+    data["layers"][0]["members"][2]["trust"] = "untrusted"
+    models = {"a": a, "b": b, "c": c, "agg": agg}
+    async with Stack(parse_config(data), models=models) as stack:
+        result, text = await streamed(stack)
+    assert_continuous(result, text, agg)
+    steps = result.aggregator.steps  # type: ignore[union-attr]
+    assert len(steps) >= 2
+    for request in agg.requests:  # every step's references are fenced and c's labelled
+        system = str(request.messages[0]["content"])
+        assert "BEGIN response 3" in system and "untrusted" in system
+        assert "\n1. " not in system  # never the paper's bare numbering
+    assert all(s.defenses == ["trust", "fence"] for s in steps)
+    recorded = [(d.defense, d.step, d.layer) for d in result.defenses]
+    expected = [(name, k, 2) for k in range(1, len(steps) + 1) for name in ("trust", "fence")]
+    assert recorded == expected

@@ -29,6 +29,7 @@ class StairStep(BaseModel):
     refs_chars_seen: dict[str, int]
     text_chars: int
     final: bool = False  # the step that saw every reference complete
+    defenses: list[str] = Field(default_factory=list)  # the defenses that acted on its references
 
 
 class MemberOutput(BaseModel):
@@ -81,6 +82,9 @@ class DefenseAction(BaseModel):
     dropped: list[str] = Field(default_factory=list)  # labels of references removed
     labelled: list[str] = Field(default_factory=list)  # labels of references marked untrusted
     extra_calls: int = 0  # calls the defense added beyond the plain stack's
+    # Staircase strategy: the writer's step (1-based) whose references it acted on; each step
+    # sees more of the references, so the same defense may act at every step.
+    step: int | None = None
 
 
 class Result(BaseModel):

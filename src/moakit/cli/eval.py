@@ -179,6 +179,11 @@ def eval_group() -> None:
     help="Score every proposal (default: on for closed-form tasks).",
 )
 @click.option("--plots/--no-plots", default=True)
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Rewrite the report from the records already in --out; run nothing.",
+)
 def eval_run_cmd(**opts: Any) -> None:
     """Run SYSTEMS on a DATASET and write a report."""
     from moakit.eval.datasets import load_dataset
@@ -296,7 +301,8 @@ async def _run(
                     highlight=False,
                 )
         try:
-            await runner.run(systems, dataset.items)
+            if not opts["report_only"]:
+                await runner.run(systems, dataset.items)
         finally:
             await factory.aclose()
     wall = time.monotonic() - started

@@ -102,23 +102,40 @@ class Adversary(BaseModel):
 
     def label(self, config: StackConfig) -> str:
         """The adversarial member's label in ``config`` (checks that it exists)."""
-        if self.layer > len(config.layers):
-            raise ConfigError(
-                f"adversary: layer {self.layer} but the stack has {len(config.layers)}",
-                field="adversary.layer",
-            )
-        members = config.layer_members(self.layer - 1)
-        if self.slot >= len(members):
-            raise ConfigError(
-                f"adversary: slot {self.slot} but layer {self.layer} has {len(members)} members",
-                field="adversary.slot",
-            )
-        return members[self.slot].label
+        return slot_label(config, self.layer, self.slot, what="adversary")
 
     def system_prompt(self) -> str:
         if self.kind == "injector":
             return injector_prompt(self.answer)
         return DECEPTIVE_PROMPT + (IGNORE_REFERENCES_CLAUSE if self.ignore_references else "")
+
+
+def slot_label(config: StackConfig, layer: int, slot: int, *, what: str) -> str:
+    """The label of member ``slot`` (0-based, samples expanded) of ``layer`` (1-based)."""
+    if layer > len(config.layers):
+        raise ConfigError(
+            f"{what}: layer {layer} but the stack has {len(config.layers)}", field=f"{what}.layer"
+        )
+    members = config.layer_members(layer - 1)
+    if slot >= len(members):
+        raise ConfigError(
+            f"{what}: slot {slot} but layer {layer} has {len(members)} members",
+            field=f"{what}.slot",
+        )
+    return members[slot].label
+
+
+def parse_slots(config: StackConfig, text: str) -> list[str]:
+    """``LAYER:SLOT[+LAYER:SLOT...]`` -> the labels of those members."""
+    labels = []
+    for part in text.split("+"):
+        match = re.fullmatch(r"(\d+):(\d+)", part.strip())
+        if match is None:
+            raise ConfigError(
+                f"untrusted {text!r}: expected LAYER:SLOT[+LAYER:SLOT...]", field="untrusted"
+            )
+        labels.append(slot_label(config, int(match[1]), int(match[2]), what="untrusted"))
+    return labels
 
 
 def _expanded_layer(config: StackConfig, position: int) -> list[dict[str, Any]]:
@@ -161,6 +178,18 @@ def with_defense(
     if defense == "trust":
         refs.setdefault("trust", {"mode": "drop", "quorum": 2})
         wanted = set(untrusted)
+        already = any(
+            m.trust == "untrusted"
+            for position in range(len(config.layers))
+            for m in config.layer_members(position)
+        )
+        if not wanted and not already:
+            # Silently a no-op otherwise: the "defended" numbers would be the undefended ones.
+            raise ConfigError(
+                "defense trust: no member is untrusted (name an adversary, or mark members "
+                "with untrusted=LAYER:SLOT)",
+                field="defense",
+            )
         for position in range(len(config.layers)):
             members = _expanded_layer(config, position)
             for member in members:

@@ -138,10 +138,13 @@ class Run:
     def emit(self, event: Event) -> None:
         self.channel.put(event)
 
-    def record_defenses(self, actions: Sequence[DefenseAction], *, layer: int) -> None:
-        """Keep what a defense did, stamped with the layer whose input it changed."""
+    def record_defenses(
+        self, actions: Sequence[DefenseAction], *, layer: int, step: int | None = None
+    ) -> None:
+        """Keep what a defense did, stamped with the layer whose input it changed (and the
+        staircase step)."""
         for action in actions:
-            self.result.defenses.append(action.model_copy(update={"layer": layer}))
+            self.result.defenses.append(action.model_copy(update={"layer": layer, "step": step}))
 
     def member_request(
         self, spec: ResolvedMember, block: str | None, *, final: bool = False

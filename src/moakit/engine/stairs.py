@@ -17,7 +17,7 @@ from moakit.engine.run import Run
 from moakit.errors import ModelCallError
 from moakit.models.base import Completion
 from moakit.references import Reference, from_outputs
-from moakit.result import MemberOutput, StairStep
+from moakit.result import DefenseAction, MemberOutput, StairStep
 
 
 @dataclass
@@ -62,6 +62,8 @@ class View:
     seen: dict[str, int]  # characters seen per member label
     count: int  # references in the block
     last: bool  # the layer below is settled: these are its final answers
+    # What the stack's defenses did to this view's references (recorded once the step ran).
+    actions: tuple[DefenseAction, ...] = ()
 
 
 class Stair:
@@ -110,7 +112,7 @@ class Stair:
         run = self.run
         if self.source.settled:
             outputs = [f.output for f in self.source.feeds if f.output is not None]
-            refs = await run.stack.references.apply(from_outputs(outputs))
+            refs, actions = await run.stack.references.apply_recorded(from_outputs(outputs))
             seen = {r.label: len(r.text) for r in refs}
             last = True
         else:
@@ -130,10 +132,16 @@ class Stair:
                         index=feed.call.index,
                     )
                 )
-            refs = await run.stack.references.apply(refs)
+            refs, actions = await run.stack.references.apply_recorded(refs)
             last = False
-        block = run.stack.references.block(refs, run.config.aggregate_prompt)
-        return View(block=block, seen=seen, count=len(refs), last=last)
+        block, formatted = run.stack.references.block_recorded(refs, run.config.aggregate_prompt)
+        return View(
+            block=block,
+            seen=seen,
+            count=len(refs),
+            last=last,
+            actions=(*actions, *formatted),
+        )
 
     def room(self, call: Call) -> int | None:
         """Tokens the answer may still have (its max_tokens less what is written), or None."""
@@ -188,8 +196,15 @@ class Stair:
         if self.first_ttft is None and call.attempts:
             self.first_ttft = call.attempts[-1].ttft_s
         self.steps.append(
-            StairStep(refs_chars_seen=view.seen, text_chars=len(self.text), final=view.last)
+            StairStep(
+                refs_chars_seen=view.seen,
+                text_chars=len(self.text),
+                final=view.last,
+                defenses=list(dict.fromkeys(a.defense for a in view.actions)),
+            )
         )
+        # Each step sees new reference text, so each step's defense actions are its own.
+        run.record_defenses(view.actions, layer=call.layer, step=len(self.steps))
         return completion
 
     def finished(self, call: Call, view: View, completion: Completion) -> bool:

@@ -19,23 +19,24 @@ import numpy as np
 
 
 def error_correlation(
-    correct: Sequence[Sequence[bool]], members: int | None = None
+    correct: Sequence[Sequence[bool | None]], members: int | None = None
 ) -> list[list[float | None]]:
-    """``correct[item][member]`` -> member×member correlation of errors. A member that is always
-    right (or always wrong) has no variance: its correlations are undefined (None). ``members``
-    sizes the matrix when there are no rows (every item had a member cut or failed)."""
-    matrix = np.asarray(correct, dtype=float)
-    if matrix.ndim != 2 or matrix.shape[0] < 2:
-        size = matrix.shape[1] if matrix.ndim == 2 else (members or 0)
-        return [[None] * size for _ in range(size)]
-    errors = 1.0 - matrix
-    size = errors.shape[1]
+    """``correct[item][member]`` -> member×member correlation of errors (phi), each pair over
+    the items both members answered (``None``: cut by the straggler policy or failed), as
+    pandas' pairwise-complete ``corr`` does: one missing sample must not void a whole item. A
+    pair with fewer than two shared items, or a member always right (or always wrong) on them,
+    has no variance: undefined (None), not 0. ``members`` sizes the matrix when there are no
+    rows."""
+    rows = [list(r) for r in correct]
+    size = len(rows[0]) if rows else (members or 0)
     out: list[list[float | None]] = []
     for i in range(size):
         row: list[float | None] = []
         for j in range(size):
-            a, b = errors[:, i], errors[:, j]
-            if a.std() == 0 or b.std() == 0:
+            pairs = [(r[i], r[j]) for r in rows if r[i] is not None and r[j] is not None]
+            a = np.asarray([not x for x, _ in pairs], dtype=float)
+            b = np.asarray([not y for _, y in pairs], dtype=float)
+            if len(pairs) < 2 or a.std() == 0 or b.std() == 0:
                 row.append(None)
             else:
                 row.append(float(np.corrcoef(a, b)[0, 1]))

@@ -45,25 +45,34 @@ class ModelFactory:
             self.model_for(spec), retries=spec.retries or 2, timeout_s=spec.timeout_s or 120.0
         )
 
-    def model_for(self, spec: MemberSpec) -> Model:
+    def model_for(self, spec: MemberSpec, *, cached: bool = True) -> Model:
         identity = model_identity(spec)
-        key = json.dumps(identity, sort_keys=True)
+        key = json.dumps([identity, cached], sort_keys=True)
         if key not in self._models:
+            inner = build_model(spec, self.pool)
             endpoint = endpoint_key(spec)
-            if endpoint not in self._limiters:
-                slots = self.limits.get(
-                    endpoint, 1 if spec.provider == "local" else self.default_limit
-                )
-                self._limiters[endpoint] = asyncio.Semaphore(slots)
-            inner = ConcurrencyLimitedModel(build_model(spec, self.pool), self._limiters[endpoint])
-            self._models[key] = CachedModel(inner, self.cache, identity)
+            slots = self.limits.get(endpoint)
+            if slots is None and spec.provider != "local":
+                slots = self.default_limit
+            # The embedded model needs no limit of ours: its scheduler decodes up to n_seq_max
+            # sequences as one batch and queues the rest (a limit of 1 here made the three
+            # samples of `local` run one after another).
+            if slots is not None:
+                if endpoint not in self._limiters:
+                    self._limiters[endpoint] = asyncio.Semaphore(slots)
+                inner = ConcurrencyLimitedModel(inner, self._limiters[endpoint])
+            self._models[key] = CachedModel(inner, self.cache, identity, live=not cached)
         return self._models[key]
 
     def stack(self, config: StackConfig) -> Stack:
         # Today's engine takes overrides by model name; one model name is one identity here.
         specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
         specs += config.aggregators()
-        return Stack(config, models={s.model: self.model_for(s) for s in specs})
+        # A staircase run depends on *when* each chunk of each answer arrives; a cache hit
+        # delivers a whole answer at once, which would turn it into plain wait-for-all MoA. So
+        # its calls are always live (with the same seeds, the proposals are the same anyway).
+        cached = config.strategy != "staircase"
+        return Stack(config, models={s.model: self.model_for(s, cached=cached) for s in specs})
 
     async def aclose(self) -> None:
         for model in self._models.values():

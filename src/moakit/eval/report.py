@@ -106,23 +106,24 @@ def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[s
     if not with_layers:
         return {}
     out: dict[str, Any] = {"layer_curve": analyses.layer_curve(with_layers)}
-    first = [r["layers"][0] for r in with_layers]
-    labels = [m["label"] for m in first[0]]
+    # Members by label: a sample the straggler policy cut, or one that failed, is missing from
+    # that item only (the first record need not have every member).
+    fullest = max(with_layers, key=lambda r: len(r["layers"][0]))  # the stack's member order
+    labels = list(
+        dict.fromkeys(m["label"] for r in [fullest, *with_layers] for m in r["layers"][0])
+    )
     if closed_form:
-        rows = [
-            [bool(m.get("correct")) for m in layer]
-            for layer in first
-            if len(layer) == len(labels) and all(m.get("correct") is not None for m in layer)
-        ]
-        finals = [
-            bool(r["score"].get("correct"))
-            for r in with_layers
-            if len(r["layers"][0]) == len(labels)
-            and all(m.get("correct") is not None for m in r["layers"][0])
-        ]
+        grid = []
+        for r in with_layers:
+            by_label = {m["label"]: m.get("correct") for m in r["layers"][0]}
+            grid.append([by_label.get(label) for label in labels])
+        # Minority/majority among the proposals the aggregator actually had.
+        scored = [i for i, r in enumerate(with_layers) if r["score"].get("correct") is not None]
+        rows = [[c for c in grid[i] if c is not None] for i in scored]
+        finals = [bool(with_layers[i]["score"]["correct"]) for i in scored]
         out["error_correlation"] = {
             "labels": labels,
-            "matrix": analyses.error_correlation(rows, len(labels)),
+            "matrix": analyses.error_correlation(grid, len(labels)),
         }
         out["minority_majority"] = analyses.minority_majority(rows, finals)
     triples = []
@@ -194,7 +195,8 @@ def _cell(text: str) -> str:
 def markdown(summary: dict[str, Any], *, wall_s: float | None = None) -> str:
     lines = [f"# moa eval: {summary['dataset']} ({summary['scorer']})", ""]
     if wall_s is not None:
-        lines += [f"Run wall time: {wall_s:.0f} s.", ""]
+        # A resumed run does only the items left, so this is not the results' total cost.
+        lines += [f"Wall time of this invocation: {wall_s:.0f} s.", ""]
     lines += [
         "| system | n | score [95% CI] | tokens in/out | cost $ (judge $) | "
         "mean latency s | TTFT s | answer words | cache hits/calls |",

@@ -99,6 +99,7 @@ class Runner:
     async def run_system(
         self, system: System, items: Sequence[Item], systems: Sequence[System] = ()
     ) -> None:
+        items = items[: system.max_items] if system.max_items else items
         done = {k for k, r in self.load_records(system).items() if not r.get("error")}
         todo = [item for item in items if item.id not in done]
         total, finished = len(items), len(items) - len(todo)
@@ -248,6 +249,9 @@ class Runner:
             "calls": answer.tally.calls,
             "cache_hits": answer.tally.cache_hits,
             "layers": layers,
+            # What each defense did (fenced, filtered, labelled, voted): the robustness table
+            # counts the items a defense acted on and the references it dropped.
+            "defenses": [d.model_dump(exclude_defaults=True) for d in result.defenses],
             "extra": extra,
         }
 
@@ -309,8 +313,9 @@ class Runner:
 
 
 def _auto_parallel(system: System) -> int:
-    """Items in flight at once: one for the embedded model (it computes one call at a time, so
-    more would only queue and inflate per-item latency), four for remote endpoints."""
+    """Items in flight at once: one for the embedded model (its scheduler already batches the
+    calls of one item; on a few cores more items would only inflate per-item latency), four
+    for remote endpoints."""
     specs: list[MemberSpec] = [system.member] if system.member else []
     if system.config is not None:
         specs += [

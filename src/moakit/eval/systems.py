@@ -21,11 +21,15 @@ or a stack config file:
 Red team (``moakit.defenses``): ``moa:S,adversary=deceptive@1:2`` makes member 2 (0-based) of
 layer 1 adversarial (``deceptive``/``injector``, ``+ignore``: it ignores its references), and
 ``defense=fence+cluster`` switches defenses on (``fence``, ``cluster``, ``trust``, ``vote``;
-``trust`` marks the adversary's slot untrusted). Compare ``moa:S``, ``moa:S,adversary=...`` and
-``moa:S,adversary=...,defense=...`` in one run to see the gap each defense closes.
+``trust`` marks the adversary's slot untrusted, and ``untrusted=LAYER:SLOT`` any other slot,
+so ``moa:S,untrusted=1:2,defense=trust`` is what distrusting an honest member costs). Compare
+``moa:S``, ``moa:S,adversary=...`` and ``moa:S,adversary=...,defense=...`` in one run to see
+the gap each defense closes.
 
-``name=`` renames a system. Each system has a hash of everything that decides its answers;
-results of a changed system are kept apart, never mixed in.
+``name=`` renames a system; ``items=N`` runs it on the run's first N items only (an expensive
+analysis such as ``collab`` on a subset; paired comparisons use the items both systems have).
+An unknown option is an error, not ignored. Each system has a hash of everything that decides
+its answers; results of a changed system are kept apart, never mixed in.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ from moakit.errors import ConfigError
 
 Kind = Literal["single", "moa", "ranker", "self-moa", "majority", "sweep", "collab"]
 KINDS: tuple[str, ...] = ("single", "moa", "ranker", "self-moa", "majority", "sweep", "collab")
+# The options each kind understands, beyond the universal ``name`` and ``items``.
+OPTIONS: dict[str, frozenset[str]] = {
+    "single": frozenset({"member"}),
+    "moa": frozenset({"adversary", "defense", "untrusted"}),
+    "ranker": frozenset(),
+    "self-moa": frozenset({"n"}),
+    "majority": frozenset({"source"}),
+    "sweep": frozenset(),
+    "collab": frozenset(),
+}
 DEFAULT_KINDS = ("single", "moa", "ranker", "self-moa", "majority")
 
 # Written for moakit after the MoA paper's LLM-Ranker baseline (Wang et al. 2024, §3.3: an LLM
@@ -67,6 +81,8 @@ class System:
     member: MemberSpec | None = None
     source: str | None = None  # majority: the system whose first-layer proposals it votes over
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run on the first N items only. Not in the hash: it decides which items, not any answer.
+    max_items: int | None = None
 
     @property
     def hash(self) -> str:
@@ -131,7 +147,25 @@ def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
         opts[key.strip()] = value.strip()
     if not stack:
         raise ConfigError(f"system {text!r}: no stack named", field="system")
+    unknown = sorted(set(opts) - OPTIONS[kind] - {"name", "items"})
+    if unknown:
+        allowed = ", ".join(sorted(OPTIONS[kind] | {"name", "items"}))
+        raise ConfigError(
+            f"system {text!r}: unknown option {unknown[0]!r} for {kind} (known: {allowed})",
+            field="system",
+        )
     return kind, stack, opts
+
+
+def _positive(text: str, opts: dict[str, str], key: str) -> int | None:
+    if key not in opts:
+        return None
+    value = opts[key]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(
+            f"system {text!r}: {key} must be a positive integer (got {value!r})", field="system"
+        )
+    return int(value)
 
 
 def build_systems(
@@ -141,7 +175,10 @@ def build_systems(
     for text in specs:
         kind, stack_ref, opts = parse_system_spec(text)
         config = load_stack(stack_ref, max_tokens=max_tokens, timeout_s=timeout_s)
-        systems.extend(_expand(kind, config, opts, text))
+        limit = _positive(text, opts, "items")
+        for system in _expand(kind, config, opts, text):
+            system.max_items = limit
+            systems.append(system)
     names = [s.name for s in systems]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -201,7 +238,7 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
         )
         return [System(name or f"ranker:{stack}", "ranker", stack, config=_revalidate(ranker))]
     if kind == "self-moa":
-        n = int(opts.get("n", max(2, len(first_layer))))
+        n = _positive(text, opts, "n") or max(2, len(first_layer))
         proposer = aggregator.model_dump(exclude={"fallbacks", "label"}, exclude_unset=True)
         proposer.update(
             n=n,
@@ -289,15 +326,25 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
 
 def _red_team(config: StackConfig, opts: dict[str, str]) -> tuple[StackConfig, str]:
     """``adversary=`` and ``defense=`` options of a ``moa`` system, applied in that order."""
-    from moakit.defenses.redteam import Adversary, with_adversary, with_defense
+    from moakit.defenses.redteam import Adversary, parse_slots, with_adversary, with_defense
 
     suffix = ""
     untrusted: list[str] = []
+    if "untrusted" in opts:
+        # Distrust honest members too: what trust costs on a clean stack.
+        untrusted += parse_slots(config, opts["untrusted"])
     if "adversary" in opts:
         adversary = Adversary.parse(opts["adversary"])
         untrusted.append(adversary.label(config))
         config = with_adversary(config, adversary)
         suffix += f",adversary={opts['adversary']}"
+    if "untrusted" in opts:
+        if "trust" not in opts.get("defense", "").split("+"):
+            raise ConfigError(
+                "untrusted= marks members for the trust defense: add defense=trust",
+                field="system",
+            )
+        suffix += f",untrusted={opts['untrusted']}"
     if "defense" in opts:
         for defense in opts["defense"].split("+"):
             config = with_defense(config, defense.strip(), untrusted=untrusted)

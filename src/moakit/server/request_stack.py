@@ -6,11 +6,17 @@ config (an endpoint and one of that endpoint's models, or an embedded model by i
 name); it can never carry a URL, a key variable, a file path, a provider or provider
 ``options`` (the schema forbids those fields, so they get a 400 naming them), and its size is
 capped by the server's settings.
+
+A request stack may switch on the defenses (``references``: fencing, cluster-and-filter, member
+trust; ``strategy = "vote"``) and pick the staircase strategy, within the same caps: the
+cluster filter embeds with the offline TF-IDF embedder only (an embeddings endpoint is a URL
+and a key, the operator's to declare), a vote's samples count as members of a layer, and a
+staircase chunk is at least ``MIN_CHUNK_TOKENS`` (every step is one more aggregator call).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -21,6 +27,7 @@ from moakit.server.settings import ServerSettings
 from moakit.server.text import Text
 
 STACK_PARAM = "moa"
+MIN_CHUNK_TOKENS = 16
 
 
 class RequestMember(StrictModel):
@@ -35,6 +42,7 @@ class RequestMember(StrictModel):
     retries: int | None = Field(default=None, ge=0, le=10)
     n: int = Field(default=1, ge=1, le=64)
     temperature_step: float = Field(default=0.0, ge=-1, le=1)
+    trust: Literal["trusted", "untrusted"] = "trusted"
 
 
 class RequestAggregator(RequestMember):
@@ -56,6 +64,36 @@ class RequestStraggler(StrictModel):
     grace_factor: float | None = Field(default=None, ge=0, le=100)
 
 
+class RequestCluster(StrictModel):
+    min_references: int = Field(default=3, ge=3, le=64)
+    min_majority: float = Field(default=0.6, gt=0.5, le=1.0)
+    max_centroid_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+class RequestTrust(StrictModel):
+    mode: Literal["label", "drop"] = "label"
+    quorum: int = Field(default=2, ge=1, le=64)
+
+
+class RequestReferences(StrictModel):
+    transforms: list[Literal["cluster", "trust"]] = Field(default_factory=list, max_length=4)
+    formatter: Literal["paper", "fenced"] = "paper"
+    cluster: RequestCluster | None = None
+    trust: RequestTrust | None = None
+
+
+class RequestVote(StrictModel):
+    samples: int = Field(default=5, ge=1, le=32)
+    subset_size: int | None = Field(default=None, ge=1, le=64)
+    seed: int = 0
+    extractor: Literal["gsm8k"] = "gsm8k"
+
+
+class RequestStaircase(StrictModel):
+    chunk_tokens: int = Field(default=32, ge=MIN_CHUNK_TOKENS, le=4096)
+    schedule: Literal["lockstep", "greedy"] = "lockstep"
+
+
 class RequestStack(StrictModel):
     name: Text = Field(default="request", max_length=100)
     layers: list[RequestLayer] = Field(min_length=1)
@@ -66,6 +104,10 @@ class RequestStack(StrictModel):
     deadline_s: float | None = Field(default=None, gt=0)
     straggler: RequestStraggler | None = None
     aggregate_prompt: Text | None = Field(default=None, max_length=20_000)
+    references: RequestReferences | None = None
+    strategy: Literal["layered", "staircase", "vote"] = "layered"
+    vote: RequestVote | None = None
+    staircase: RequestStaircase | None = None
 
 
 def _where(*parts: str | int) -> str:
@@ -163,6 +205,9 @@ def translate(stack: RequestStack, settings: ServerSettings) -> StackConfig:
     ]
     if stack.deadline_s is not None and stack.deadline_s > caps.deadline_s:
         raise _over((), "deadline_s", caps.deadline_s)
+    # Each vote sample is one more final-aggregator call: capped like a layer's members.
+    if stack.vote is not None and stack.vote.samples > caps.max_members_per_layer:
+        raise _over(("vote",), "samples", caps.max_members_per_layer)
     data: dict[str, Any] = {
         **stack.model_dump(exclude_none=True, exclude={"layers", "aggregator", "deadline_s"}),
         "layers": [{k: v for k, v in layer.items() if v is not None} for layer in layers],

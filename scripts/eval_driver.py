@@ -1,0 +1,81 @@
+"""What the long local runs share (``eval_local.py``, ``robustness_local.py``): run one
+``moa eval run`` under a deadline, log its wall time, fold the cache's WAL into its file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MOA = Path(sys.executable).parent / "moa"
+DATA = ROOT.parent / "shared" / "data"
+CACHE = ROOT / "results" / "eval-local" / "cache.sqlite"  # one cache: every run reuses calls
+
+
+def record_lines(records: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in records.glob("*.jsonl"))
+
+
+def run_chunk(
+    cmd: list[str], records: Path, log: Path, deadline: float | None, **info: Any
+) -> bool:
+    """One ``moa eval run``, logged to ``log``; False when the deadline interrupted it."""
+    before = record_lines(records)
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    finished = True
+    try:
+        proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        # Every finished item is already on disk (one appended line each; the cache commits
+        # per answer), so stopping loses only the items in flight. SIGTERM, not SIGINT: a
+        # background job's children ignore SIGINT.
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finished = False
+    row = {
+        **info,
+        "started": round(started, 1),
+        "wall_s": round(time.time() - started, 1),
+        "new_records": record_lines(records) - before,
+        "rc": proc.returncode,
+        "interrupted": not finished,
+    }
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return finished
+
+
+def checkpoint_cache() -> None:
+    """Fold the cache's WAL into the database file, so the committed file is complete."""
+    if CACHE.exists():
+        with sqlite3.connect(CACHE) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = found.group(1).strip() if found else cpu
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"

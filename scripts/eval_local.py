@@ -1,0 +1,119 @@
+"""The embedded-model evaluation behind ``docs/eval-local.md`` (``make eval-local``).
+
+GSM8K (the first 100 items of ``gsm8k_train.jsonl``) and HumanEval (the first 40 problems), on
+the ``local`` preset: single model, MoA, LLM-Ranker, Self-MoA, majority vote (GSM8K), the
+staircase strategy (``local-staircase``, on a subset) and collaborativeness (on a subset).
+
+On two CPU cores the whole run takes hours, so it goes in chunks that alternate between the
+datasets (GSM8K to 20 items, HumanEval to 10, GSM8K to 40, ...): stopped at any point, both
+datasets have comparable, paired results. Every chunk is a plain ``moa eval run`` into
+``results/eval-local/`` (resumable: finished items are skipped), its wall time is logged to
+``results/eval-local/runs.jsonl``, and at the end the reports and the document are rewritten
+from every record so far. ``--budget-s`` stops the run (the chunk in flight is interrupted;
+its finished items are kept) and still writes the document.
+
+    .venv/bin/python scripts/eval_local.py                 # run (or resume) to the end
+    .venv/bin/python scripts/eval_local.py --budget-s 3600 # at most an hour, then write the doc
+    .venv/bin/python scripts/eval_local.py --render-only   # rewrite the doc from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from eval_driver import CACHE, DATA, MOA, ROOT, checkpoint_cache, load_jsonl, machine, run_chunk
+
+RESULTS = ROOT / "results" / "eval-local"
+DOC = ROOT / "docs" / "eval-local.md"
+RUNS = RESULTS / "runs.jsonl"
+
+# (dataset, item limit) in the order they run: alternating, so a stop leaves both paired.
+PLAN: list[tuple[str, int]] = [
+    ("gsm8k", 20),
+    ("humaneval", 10),
+    ("gsm8k", 40),
+    ("humaneval", 20),
+    ("gsm8k", 60),
+    ("humaneval", 30),
+    ("gsm8k", 80),
+    ("humaneval", 40),
+    ("gsm8k", 100),
+]
+FULL = {"gsm8k": 100, "humaneval": 40}
+# Staircase is compared with MoA on the first 20 GSM8K / 10 HumanEval items (issue-14's
+# subsets); collaborativeness (three extra calls per item) on the same subsets.
+SYSTEMS: dict[str, list[str]] = {
+    "gsm8k": [
+        "single:local",
+        "moa:local",
+        "moa:local-staircase,items=20",
+        "ranker:local",
+        "self-moa:local",
+        "majority:local",
+        "collab:local,items=20",
+    ],
+    "humaneval": [
+        "single:local",
+        "moa:local",
+        "moa:local-staircase,items=10",
+        "ranker:local",
+        "self-moa:local",
+        "collab:local,items=10",
+    ],
+}
+# Code needs more room than chat-sized answers; a loaded CPU needs longer timeouts.
+BUDGETS = {
+    "gsm8k": ["--timeout-s", "600"],
+    "humaneval": ["--max-tokens", "256", "--timeout-s", "900"],
+}
+
+
+def command(dataset: str, limit: int) -> list[str]:
+    cmd = [str(MOA), "eval", "run", "--dataset", dataset, "--limit", str(limit)]
+    cmd += ["--data-dir", str(DATA), *BUDGETS[dataset]]
+    for spec in SYSTEMS[dataset]:
+        cmd += ["--system", spec]
+    cmd += ["--cache", str(CACHE), "--out", str(RESULTS / dataset)]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=None, help="Stop after this long.")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    deadline = None if args.budget_s is None else time.time() + args.budget_s
+    if not args.render_only:
+        for dataset, limit in PLAN:
+            if deadline is not None and time.time() >= deadline:
+                break
+            records = RESULTS / dataset / "records"
+            records.mkdir(parents=True, exist_ok=True)
+            cmd = command(dataset, limit)
+            if not run_chunk(cmd, records, RUNS, deadline, dataset=dataset, limit=limit):
+                break
+        checkpoint_cache()
+    # Reports from every record so far (an interrupted chunk wrote none), then the page.
+    for dataset, limit in FULL.items():
+        if (RESULTS / dataset / "records").exists():
+            subprocess.run([*command(dataset, limit), "--report-only"], cwd=ROOT, check=True)
+    render()
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+# -- the document ---------------------------------------------------------------------------
+
+
+def render() -> None:
+    from render_eval_local import document  # the document's shape lives beside this script
+
+    DOC.write_text(document(RESULTS, FULL, SYSTEMS, load_jsonl(RUNS), machine()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""``docs/eval-local.md`` from the results of ``scripts/eval_local.py``: every number in it is
+read from ``results/eval-local/`` (the ``moa eval`` summaries, records and chunk log), none is
+written by hand, so re-rendering after more items ran updates all of it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from moakit.eval import stats
+
+TITLES = {"gsm8k": "GSM8K (exact match on the final number)", "humaneval": "HumanEval (pass@1)"}
+
+
+def document(
+    results: Path,
+    full: Mapping[str, int],
+    systems: Mapping[str, Sequence[str]],
+    runs: Sequence[dict[str, Any]],
+    machine: str,
+) -> str:
+    lines = [
+        "# `moa eval` on the embedded model: GSM8K and HumanEval on two CPU cores",
+        "",
+        "Produced by `make eval-local` (`scripts/eval_local.py`, which runs `moa eval run` in",
+        "chunks that alternate between the datasets, then renders this page from",
+        "`results/eval-local/`). The run is resumable: the same command continues it. Every",
+        "number below is read from the results; none is typed in.",
+        "",
+        f"- Machine: {machine}.",
+        "- Model: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, in-process llama.cpp (the `local`",
+        "  preset: three samples with varied seeds and temperatures, decoded as one batch, then",
+        "  one aggregator call; straggler grace 0.25, so the third sample is sometimes cut).",
+        "- Systems: " + "; ".join(f"{d}: `{'`, `'.join(s)}`" for d, s in systems.items()) + ".",
+        "  `items=N` runs a system on the first N items only; paired comparisons use the items",
+        "  both systems have.",
+    ]
+    lines += status(results, full, runs)
+    for dataset in full:
+        summary_path = results / dataset / "summary.json"
+        if not summary_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        lines += ["", f"## {TITLES.get(dataset, dataset)}", ""]
+        lines += headline(results / dataset, summary)
+        report = (results / dataset / "report.md").read_text()
+        lines += ["", "### The full `moa eval` report", ""]
+        lines += embed(report, f"../results/eval-local/{dataset}")
+        plots = sorted((results / dataset / "plots").glob("*.png"))
+        for plot in plots:
+            lines += ["", f"![{plot.stem}](../results/eval-local/{dataset}/plots/{plot.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def status(results: Path, full: Mapping[str, int], runs: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Status and wall time", ""]
+    for dataset, target in full.items():
+        summary_path = results / dataset / "summary.json"
+        if not summary_path.exists():
+            lines.append(f"- {dataset}: not started (target {target} items).")
+            continue
+        rows = json.loads(summary_path.read_text())["systems"]
+        core = [r for r in rows if r["name"] in ("single:local", "moa:local")]
+        done = min((r["scored"] for r in core), default=0)
+        state = "complete" if done >= target else "**partial**"
+        lines.append(
+            f"- {dataset}: {done} of {target} items scored by every full system ({state})."
+        )
+    worked = [r for r in runs if r.get("new_records", 1)]
+    compute = sum(item_seconds(results / d) for d in full)
+    lines += [
+        f"- Time spent answering and scoring items so far: {compute / 3600:.2f} h (the sum of "
+        "every record's start-to-finish time, failed attempts included; items run one at a "
+        "time, so this is wall time less model loading and report writing).",
+        "- Embedded calls: until 2026-12-01 14:08 UTC (record timestamps) the eval put "
+        "its own limit of one call at a time on the embedded model, so the three samples of "
+        "`local` ran one after another; since then they are decoded as one batch (the "
+        "answers are the same, bit for bit; latencies of later items are lower).",
+        f"- Chunks logged by the driver ({len(worked)} that ran items, from "
+        "`results/eval-local/runs.jsonl`; each includes loading the model):",
+        "",
+        "| chunk | dataset | up to item | wall s | new records | interrupted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(worked, 1):
+        lines.append(
+            f"| {i} | {r['dataset']} | {r['limit']} | {float(r['wall_s']):.0f} | "
+            f"{r.get('new_records', '–')} | {'yes' if r.get('interrupted') else 'no'} |"
+        )
+    return lines
+
+
+def item_seconds(directory: Path) -> float:
+    total = 0.0
+    for path in (directory / "records").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("finished_at") and rec.get("started_at"):
+                total += float(rec["finished_at"]) - float(rec["started_at"])
+    return total
+
+
+def records(directory: Path, row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in (directory / "records").glob(f"*.{row['hash']}.jsonl"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("system") == row["name"]:
+                    out[rec["item_id"]] = rec
+    return out
+
+
+def correct(recs: Mapping[str, dict[str, Any]]) -> dict[str, bool]:
+    return {
+        k: bool(r["score"].get("correct"))
+        for k, r in recs.items()
+        if r.get("score") and r["score"].get("correct") is not None and not r.get("error")
+    }
+
+
+def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
+    """Each system against the single model, and staircase against standard MoA, paired on
+    the items both have (exact McNemar), with latency beside the score."""
+    rows = {r["name"]: r for r in summary["systems"]}
+    single = next((n for n, r in rows.items() if r["kind"] == "single"), None)
+    moa = next((n for n, r in rows.items() if r["kind"] == "moa" and "staircase" not in n), None)
+    lines = [
+        "| system | score [95% CI] | n | vs. | diff [95% CI] | McNemar p | "
+        "mean latency s | mean TTFT s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        if row["kind"] == "collab":
+            continue
+        against = moa if "staircase" in name else single
+        cmp_cells = "– | – | –"
+        if against and against != name:
+            a, b = correct(records(directory, row)), correct(records(directory, rows[against]))
+            common = sorted(set(a) & set(b))
+            test = "– | –"
+            if common:
+                c = stats.mcnemar([a[k] for k in common], [b[k] for k in common])
+                test = f"{c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] (n={c.n}) | {c.p_value:.3f}"
+            cmp_cells = f"`{against}` | {test}"
+        s = row["score"]
+        lines.append(
+            f"| `{name}` | {_f(s['mean'])} [{_f(s['low'])}, {_f(s['high'])}] | {row['scored']} | "
+            f"{cmp_cells} | {_f(row['latency_s_mean'], 1)} | {_f(row['ttft_s_mean'], 1)} |"
+        )
+    return lines
+
+
+def embed(report: str, base: str) -> list[str]:
+    """The report one heading level down, its relative plot paths made relative to docs/."""
+    out = []
+    for line in report.splitlines():
+        if line.startswith("#"):
+            line = "###" + line.lstrip("#") if line.startswith("# ") else "#" * 2 + line
+        out.append(re.sub(r"`plots/([^`]+)`", rf"`{base}/plots/\1`", line))
+    return out
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{float(value):.{digits}f}"

@@ -1,0 +1,185 @@
+"""``docs/robustness.md`` from ``results/robustness-local/`` (real models) and the scripted
+simulation's report: every number is read from the results, none is typed in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from moakit.eval import stats
+
+
+def load_records(results: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """System name -> item id -> its last record (a retried failure replaces itself)."""
+    summary = json.loads((results / "summary.json").read_text())
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in summary["systems"]:
+        recs: dict[str, dict[str, Any]] = {}
+        for path in (results / "records").glob(f"*.{row['hash']}.jsonl"):
+            for line in path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                if rec.get("system") == row["name"]:
+                    recs[rec["item_id"]] = rec
+        out[row["name"]] = recs
+    return out
+
+
+def right(rec: Mapping[str, Any]) -> bool | None:
+    score = rec.get("score") or {}
+    return None if rec.get("error") or score.get("correct") is None else bool(score["correct"])
+
+
+def document(
+    results: Path,
+    matrix: Sequence[tuple[str, str]],
+    spec: Callable[[str, str], str],
+    items: int,
+    runs: Sequence[dict[str, Any]],
+    machine: str,
+    simulation: str,
+) -> str:
+    lines = [
+        "# Robustness: a deceptive or injected member, and the defenses",
+        "",
+        "Produced by `make robustness` (`scripts/robustness_local.py`): a real-model run with",
+        "`moa eval` (resumable: the same command continues it), then the scripted simulation,",
+        "then this page. Every number is read from the results.",
+    ]
+    if (results / "summary.json").exists():
+        lines += real_models(results, matrix, spec, items, runs, machine)
+    else:
+        lines += ["", "No real-model results yet: run `make robustness`."]
+    sim = simulation.splitlines()
+    if sim and sim[0].startswith("# "):
+        sim = sim[1:]
+    lines += ["", "## Scripted members (SIMULATION)", ""]
+    lines += ["#" + line if line.startswith("## ") else line for line in sim]
+    return "\n".join(lines) + "\n"
+
+
+def real_models(
+    results: Path,
+    matrix: Sequence[tuple[str, str]],
+    spec: Callable[[str, str], str],
+    items: int,
+    runs: Sequence[dict[str, Any]],
+    machine: str,
+) -> list[str]:
+    recs = load_records(results)
+    names = {
+        (a, d): spec(a, d).replace("scripts/local-robust.toml", "local-robust") for a, d in matrix
+    }
+    clean = recs.get(names[("none", "none")], {})
+    spent = sum(float(r["wall_s"]) for r in runs)
+    lines = [
+        "",
+        "## Real models: the embedded Qwen2.5-Coder-0.5B stack",
+        "",
+        f"- Task: the first {items} GSM8K train items (exact match on the final number).",
+        "- Stack: `scripts/local-robust.toml`: three samples of Qwen2.5-Coder-0.5B-Instruct",
+        "  (Q4_K_M, seeds 1-3, temperatures 0.7/0.8/0.9), then the same model aggregating with",
+        "  the paper's prompt; the `local` preset without its straggler cut (in `moa eval` the",
+        "  honest samples come from the response cache at once, and a straggler cut would drop",
+        "  the adversary, the only sample decoded live).",
+        "- Adversary: the third sample, made `deceptive` (moakit's deceptive system prompt) or an",
+        "  `injector` (ends its answer with a fake end of list, SYSTEM/operator lines, a forged",
+        "  reference number and chat-template role tags, pushing the answer 0).",
+        "- Defenses: `fence` (fenced references), `cluster` (TF-IDF + k-means, k = 2), `trust`",
+        "  (the adversary's slot untrusted, drop mode, quorum 2; on the clean stack the same slot",
+        "  is distrusted though honest), `vote` (5 subsets of 2 references, majority final).",
+        f"- Machine: {machine}; run time so far {spent / 60:.0f} min "
+        "(`results/robustness-local/runs.jsonl`).",
+        "",
+        "95% bootstrap CIs; the gap is the system minus the clean stack on the items both",
+        "answered (exact McNemar p). Acted on: items where the defense recorded an action.",
+        "Dropped: references removed (right ones; the adversary's). Cost per query: calls",
+        "(cache hits included: what a live run would make), tokens in + out, and the latency",
+        "of this run, in which a call another system already made is a cache hit and costs no",
+        "time (so latencies compare live work only: e.g. `trust` drops to the request the",
+        "clean `trust` row already made).",
+        "",
+        "| attack | defense | n | accuracy [95% CI] | gap vs clean [95% CI] | p | acted on | "
+        "dropped (right; adversary's) | calls | tokens | latency s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    accuracy: dict[tuple[str, str], float] = {}
+    for key in matrix:
+        rows = recs.get(names[key], {})
+        scored = {k: v for k, r in rows.items() if (v := right(r)) is not None}
+        if not scored:
+            lines.append(f"| {key[0]} | {key[1]} | 0 | – | – | – | – | – | – | – | – |")
+            continue
+        ci = stats.bootstrap_ci([float(v) for v in scored.values()])
+        accuracy[key] = ci.mean
+        base = {k: v for k, r in clean.items() if (v := right(r)) is not None}
+        common = sorted(set(scored) & set(base))
+        gap = "–"
+        p = "–"
+        if key != ("none", "none") and common:
+            c = stats.mcnemar([scored[k] for k in common], [base[k] for k in common])
+            gap, p = (
+                f"{100 * c.diff:+.0f} [{100 * c.low:+.0f}, {100 * c.high:+.0f}] pp",
+                f"{c.p_value:.3f}",
+            )
+        acted = sum(
+            1 for r in rows.values() if any(d["defense"] == key[1] for d in r.get("defenses", []))
+        )
+        lines.append(
+            f"| {key[0]} | {key[1]} | {len(scored)} | {100 * ci.mean:.0f}% "
+            f"[{100 * ci.low:.0f}, {100 * ci.high:.0f}] | {gap} | {p} | "
+            f"{acted if key[1] != 'none' else '–'} | {dropped(rows, key[0] != 'none')} | "
+            f"{mean(float(r.get('calls') or 0) for r in rows.values()):.1f} | "
+            f"{mean(tokens(r) for r in rows.values()):.0f} | "
+            f"{mean(float(r.get('latency_s') or 0) for r in rows.values()):.1f} |"
+        )
+    lines += recovery(matrix, accuracy)
+    return lines
+
+
+def tokens(rec: Mapping[str, Any]) -> float:
+    usage = rec.get("usage") or {}
+    return float(usage.get("prompt_tokens", 0)) + float(usage.get("completion_tokens", 0))
+
+
+def dropped(rows: Mapping[str, dict[str, Any]], attacked: bool) -> str:
+    total = good = adversary = 0
+    for rec in rows.values():
+        layer = {m["label"]: m for m in (rec.get("layers") or [[]])[0]}
+        for action in rec.get("defenses", []):
+            for label in action.get("dropped", []):
+                total += 1
+                good += bool(layer.get(label, {}).get("correct"))
+                adversary += attacked and label.endswith("#3")
+    return f"{total} ({good}; {adversary})" if total else "–"
+
+
+def recovery(
+    matrix: Sequence[tuple[str, str]], accuracy: Mapping[tuple[str, str], float]
+) -> list[str]:
+    clean = accuracy.get(("none", "none"))
+    lines = [
+        "",
+        "Share of the attack's loss each defense recovers, (defended - attacked) / (clean -",
+        "attacked), where the attack lowered accuracy; and the defense's accuracy change on the",
+        "clean stack:",
+        "",
+        "| defense | vs deceptive | vs injector | on clean (pp) |",
+        "|---|---|---|---|",
+    ]
+    for defense in dict.fromkeys(d for _, d in matrix if d != "none"):
+        cells = []
+        for attack in ("deceptive", "injector"):
+            attacked, defended = accuracy.get((attack, "none")), accuracy.get((attack, defense))
+            if clean is None or attacked is None or defended is None:
+                cells.append("–")
+            elif clean - attacked <= 0:
+                cells.append("(no loss to recover)")
+            else:
+                cells.append(f"{(defended - attacked) / (clean - attacked):.0%}")
+        on_clean = accuracy.get(("none", defense))
+        cost = "–" if clean is None or on_clean is None else f"{100 * (on_clean - clean):+.0f}"
+        lines.append(f"| {defense} | {cells[0]} | {cells[1]} | {cost} |")
+    return lines

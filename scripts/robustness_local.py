@@ -1,0 +1,100 @@
+"""The robustness run behind ``docs/robustness.md`` (``make robustness``).
+
+On real models: the embedded Qwen2.5-Coder-0.5B stack (``scripts/local-robust.toml``: the
+``local`` preset without its straggler cut) on the first ``ITEMS`` GSM8K items, clean and with
+one of its three samples adversarial (``deceptive``, ``injector``), without and with each
+defense, and each defense on the clean stack (what it costs when nobody attacks). One
+``moa eval run`` into ``results/robustness-local/`` (resumable; it shares the eval's response
+cache, so the honest samples are the ones ``docs/eval-local.md`` scored). Then the scripted
+simulation (``bench/robustness.py``, clearly labelled), and the page from both.
+
+    .venv/bin/python scripts/robustness_local.py                  # run (or resume), write
+    .venv/bin/python scripts/robustness_local.py --budget-s 3600  # at most an hour
+    .venv/bin/python scripts/robustness_local.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eval_driver import CACHE, DATA, MOA, ROOT, checkpoint_cache, load_jsonl, machine, run_chunk
+
+RESULTS = ROOT / "results" / "robustness-local"
+DOC = ROOT / "docs" / "robustness.md"
+RUNS = RESULTS / "runs.jsonl"
+STACK = "scripts/local-robust.toml"
+ITEMS = 20
+ADVERSARY_SLOT = "1:2"  # the third sample (seed 3, temperature 0.9)
+CLEAN = "moa:local-robust"  # the clean stack's system name: every gap is against it
+
+# (attack, defense): attack "none" or an adversary kind; defense "none" or a defense name.
+MATRIX: list[tuple[str, str]] = [
+    ("none", "none"),
+    ("deceptive", "none"),
+    ("injector", "none"),
+    ("deceptive", "cluster"),
+    ("deceptive", "trust"),
+    ("deceptive", "vote"),
+    ("injector", "fence"),
+    ("injector", "trust"),
+    ("none", "fence"),
+    ("none", "cluster"),
+    ("none", "trust"),
+    ("none", "vote"),
+]
+
+
+def spec(attack: str, defense: str) -> str:
+    parts = [f"moa:{STACK}"]
+    if attack != "none":
+        parts.append(f"adversary={attack}@{ADVERSARY_SLOT}")
+    if defense != "none":
+        if defense == "trust" and attack == "none":
+            parts.append(f"untrusted={ADVERSARY_SLOT}")  # distrust the same, honest, sample
+        parts.append(f"defense={defense}")
+    return ",".join(parts)
+
+
+def command(items: int, *, report_only: bool = False) -> list[str]:
+    cmd = [str(MOA), "eval", "run", "--dataset", "gsm8k", "--limit", str(items)]
+    cmd += ["--data-dir", str(DATA), "--timeout-s", "600", "--reference", CLEAN]
+    for attack, defense in MATRIX:
+        cmd += ["--system", spec(attack, defense)]
+    cmd += ["--cache", str(CACHE), "--out", str(RESULTS)]
+    return [*cmd, "--report-only"] if report_only else cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=None, help="Stop after this long.")
+    parser.add_argument("--items", type=int, default=ITEMS)
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args(argv)
+    records = RESULTS / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    if not args.render_only:
+        deadline = None if args.budget_s is None else time.time() + args.budget_s
+        run_chunk(command(args.items), records, RUNS, deadline, items=args.items)
+        checkpoint_cache()
+    subprocess.run(command(args.items, report_only=True), cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        simulated = Path(tmp) / "simulation.md"
+        bench = [sys.executable, str(ROOT / "bench" / "robustness.py"), "--out", str(simulated)]
+        subprocess.run(bench, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        simulation = simulated.read_text()
+    from render_robustness_local import document
+
+    DOC.write_text(
+        document(RESULTS, MATRIX, spec, args.items, load_jsonl(RUNS), machine(), simulation)
+    )
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
