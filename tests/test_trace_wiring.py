@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 import moakit
@@ -19,7 +22,7 @@ from moakit.server import create_app
 from moakit.testing.models import echo_model
 from moakit.trace import TraceStore
 from server_harness import USER, client, serve
-from trace_helpers import echo_stack
+from trace_helpers import echo_stack, fixed
 
 
 def test_server_records_each_query_under_its_request_id(tmp_path: Path) -> None:
@@ -115,3 +118,38 @@ def test_cli_ask_records_by_default_and_not_with_moakit_trace_off(tmp_path: Path
     assert rows[0].source == "cli" and rows[0].stack_name == "fake-cli"
     assert rows[0].status == "complete"
     store.close()
+
+
+def test_playground_runs_share_the_servers_query_limit(tmp_path: Path) -> None:
+    """A UI run takes a slot like any query: at the limit it is a 429 with Retry-After, and
+    its slot is free again once its stream ended."""
+    store = TraceStore(tmp_path / "traces.db")
+    stack, _ = echo_stack(agg=fixed("agg", "slow answer", delay_s=1.5))
+    app = create_app({"echo": stack}, api_keys=["k1"], max_concurrent=1, trace_store=store)
+    auth = {"authorization": "Bearer k1"}
+    run = {"stack": "echo", "prompt": "hi?"}
+    with serve(app) as base:
+        root = base.removesuffix("/v1")
+        first: list[httpx.Response] = []
+        slow = threading.Thread(
+            target=lambda: first.append(
+                httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
+            )
+        )
+        slow.start()
+        chat = client(base, "k1").with_options(max_retries=0)
+        refused: openai.RateLimitError | None = None
+        deadline = time.monotonic() + 5
+        while refused is None and time.monotonic() < deadline:
+            try:  # answered until the UI run holds the one slot
+                chat.chat.completions.create(model="echo", messages=USER)
+            except openai.RateLimitError as exc:
+                refused = exc
+        also = httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
+        slow.join()
+        after = httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
+    assert refused is not None, "a chat query was never refused while the UI run was in flight"
+    assert also.status_code == 429 and also.headers["retry-after"].isdigit()
+    assert also.json()["error"]["code"] == "rate_limit_exceeded"
+    assert first[0].status_code == 200 and '"RunFinished"' in first[0].text
+    assert after.status_code == 200  # the slot was given back

@@ -6,6 +6,7 @@ stack is a ``KeyError``, an unusable one a ``ConfigError``, a bad key an ``HTTPE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
@@ -19,7 +20,7 @@ from moakit.server.limits import check_auth
 from moakit.server.state import ServerState
 from moakit.trace import TraceStore
 from moakit.ui.evals import eval_routes
-from moakit.ui.routes import ui_routes
+from moakit.ui.routes import Refused, ui_routes
 
 
 def ui_mount(state: ServerState, store: TraceStore, evals_dir: Path | None) -> list[BaseRoute]:
@@ -37,7 +38,16 @@ def ui_mount(state: ServerState, store: TraceStore, evals_dir: Path | None) -> l
         except ApiError as err:
             raise ConfigError(err.message, field="stack") from None
 
-    routes = ui_routes(store, get_stack=get_stack, stack_names=state.names, check_auth=auth)
+    def admit() -> Callable[[bool], None]:
+        try:
+            slot = state.limiter.acquire()
+        except ApiError as err:
+            raise Refused(err.message, int(err.headers.get("Retry-After", "1"))) from None
+        return lambda completed: state.limiter.release(slot, completed=completed)
+
+    routes = ui_routes(
+        store, get_stack=get_stack, stack_names=state.names, check_auth=auth, admit=admit
+    )
     if evals_dir is not None:
         routes += eval_routes(evals_dir, check_auth=auth)
     return routes

@@ -47,15 +47,51 @@ class _BadRequest(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
+class Refused(Exception):
+    """Raised by ``admit`` when the server is at its concurrency limit: a 429 for the client."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# ``admit()`` takes a slot of the server's query limit (or raises ``Refused``) and returns the
+# function that gives it back, told whether the query completed.
+Admit = Callable[[], Callable[[bool], None]]
+
+
+class _Slotted(StreamingResponse):
+    """An SSE response that gives its slot back exactly once, however the stream ends (its
+    end, an error, the client leaving before the first byte)."""
+
+    def __init__(self, gen: AsyncIterator[str], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(gen, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def api_error(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
-        status, "invalid_request_error"
-    )
+    kind = {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }.get(status, "invalid_request_error")
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
+        headers=headers,
     )
 
 
@@ -128,12 +164,14 @@ def ui_routes(
     get_stack: Callable[[str], Stack],
     stack_names: Callable[[], list[str]],
     check_auth: Callable[[Request], None],
+    admit: Admit | None = None,
 ) -> list[BaseRoute]:
     """``/ui`` (page), ``/ui/static/*``, ``/ui/api/traces[/{id}]``, ``/ui/api/stacks`` and
     ``POST /ui/api/run`` (the run's events as SSE, recorded in ``store``).
 
     ``get_stack(name)`` returns a live stack the routes use but do not close (raise ``KeyError``
-    or a ``MoaError`` for an unknown or unusable name)."""
+    or a ``MoaError`` for an unknown or unusable name). ``admit`` puts playground runs under the
+    server's query limit, like every other query."""
     recorder = TraceRecorder(store, source="ui")
 
     async def page(request: Request) -> Response:
@@ -233,13 +271,29 @@ def ui_routes(
                 raise _BadRequest(400, str(exc), "stack", "stack_unavailable") from None
         except _BadRequest as exc:
             return api_error(exc.status, exc.message, exc.param, exc.code)
+        give_back: Callable[[bool], None] = _no_slot
+        if admit is not None:
+            try:
+                give_back = admit()
+            except Refused as exc:
+                headers = {"Retry-After": str(exc.retry_after_s)}
+                return api_error(429, str(exc), None, "rate_limit_exceeded", headers)
         run_id = new_run_id()
+        outcome = {"completed": False}
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                give_back(outcome["completed"])
 
         async def stream() -> AsyncIterator[str]:
             yield _sse({"type": "run", "run_id": run_id, "stack": name})
             try:
                 async for event in traced_events(stack, messages, recorder, run_id=run_id):
                     yield _sse(event_json(event))
+                outcome["completed"] = True
             except QueryFailed as exc:
                 # The partial result (who answered, who failed) rides along for the cards.
                 yield _sse(
@@ -250,8 +304,9 @@ def ui_routes(
             except MoaError as exc:
                 yield _sse({"type": "error", "message": str(exc)})
 
-        return StreamingResponse(
+        return _Slotted(
             stream(),
+            release,
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-moakit-run-id": run_id},
         )
@@ -265,6 +320,10 @@ def ui_routes(
         Route("/ui/api/stacks", stacks, methods=["GET"]),
         Route("/ui/api/run", run, methods=["POST"]),
     ]
+
+
+def _no_slot(completed: bool) -> None:
+    """Without ``admit`` there is no slot to give back."""
 
 
 def _sse(obj: dict[str, Any]) -> str:
