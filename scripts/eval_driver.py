@@ -16,8 +16,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MOA = Path(sys.executable).parent / "moa"
-DATA = ROOT.parent / "shared" / "data"
+# The benchmark files (GSM8K): MOAKIT_EVAL_DATA, else the project's shared checkout beside it.
+DATA = Path(os.environ.get("MOAKIT_EVAL_DATA") or ROOT.parent / "shared" / "data")
 CACHE = ROOT / "results" / "eval-local" / "cache.sqlite"  # one cache: every run reuses calls
+
+
+def check_data() -> None:
+    if not (DATA / "gsm8k_train.jsonl").exists():
+        sys.exit(f"no {DATA / 'gsm8k_train.jsonl'}: set MOAKIT_EVAL_DATA to the benchmark data")
 
 
 def record_lines(records: Path) -> int:

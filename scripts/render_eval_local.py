@@ -77,8 +77,11 @@ def status(results: Path, full: Mapping[str, int], runs: Sequence[dict[str, Any]
         "time, so this is wall time less model loading and report writing).",
         "- Embedded calls: until 2026-12-01 14:08 UTC (record timestamps) the eval put "
         "its own limit of one call at a time on the embedded model, so the three samples of "
-        "`local` ran one after another; since then they are decoded as one batch (the "
-        "answers are the same, bit for bit; latencies of later items are lower).",
+        "`local` ran one after another and the preset's straggler policy (once two answered, "
+        "wait a quarter as long again) usually cut the third; since then they are decoded as "
+        "one batch and all three usually answer. Each sample's answer is the same either way "
+        "(batched decoding is bit-for-bit equal); what changed is how many reached the "
+        "aggregator: " + proposals_per_item(results, full) + ".",
         f"- Chunks logged by the driver ({len(worked)} that ran items, from "
         "`results/eval-local/runs.jsonl`; each includes loading the model):",
         "",
@@ -91,6 +94,33 @@ def status(results: Path, full: Mapping[str, int], runs: Sequence[dict[str, Any]
             f"{r.get('new_records', '–')} | {'yes' if r.get('interrupted') else 'no'} |"
         )
     return lines
+
+
+BATCHED_SINCE = 1796134116  # 2026-12-01 14:08:36 UTC: the eval stopped serializing local calls
+
+
+def proposals_per_item(results: Path, full: Mapping[str, int]) -> str:
+    """Mean answered first-layer proposals per `moa:local` item, before and after."""
+    parts = []
+    for dataset in full:
+        for path in (results / dataset / "records").glob("moa_local.*.jsonl"):
+            before: list[int] = []
+            after: list[int] = []
+            for line in path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                if rec.get("error") or not rec.get("layers"):
+                    continue
+                answered = sum(
+                    1 for m in rec["layers"][0] if m.get("output") and not m.get("error")
+                )
+                (before if rec["started_at"] < BATCHED_SINCE else after).append(answered)
+            cells = [
+                f"{label} {sum(xs) / len(xs):.2f} over {len(xs)} items"
+                for label, xs in (("before", before), ("after", after))
+                if xs
+            ]
+            parts.append(f"{dataset} `moa:local` proposals per item " + ", ".join(cells))
+    return "; ".join(parts) or "no `moa:local` records yet"
 
 
 def item_seconds(directory: Path) -> float:

@@ -22,7 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval_driver import CACHE, DATA, MOA, ROOT, checkpoint_cache, load_jsonl, machine, run_chunk
+from eval_driver import (
+    CACHE,
+    DATA,
+    MOA,
+    ROOT,
+    check_data,
+    checkpoint_cache,
+    load_jsonl,
+    machine,
+    run_chunk,
+)
 
 RESULTS = ROOT / "results" / "robustness-local"
 DOC = ROOT / "docs" / "robustness.md"
@@ -75,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=ITEMS)
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
+    check_data()
     records = RESULTS / "records"
     records.mkdir(parents=True, exist_ok=True)
     if not args.render_only:

@@ -542,3 +542,21 @@ def test_trust_needs_someone_to_distrust(stack_file: Path, dataset: Path, tmp_pa
     runner = _run(tmp_path / "res", [spec], dataset)
     for record in runner.load_records(system).values():
         assert record["defenses"][0]["dropped"] == ["m#1"]
+
+
+def test_cache_off_answers_live_under_the_same_hash(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "res"
+    _run(out, [f"moa:{stack_file}"], dataset)
+    (live,) = build_systems([f"moa:{stack_file},cache=off"])
+    assert live.live and live.hash == build_systems([f"moa:{stack_file}"])[0].hash
+    records = out / "records" / next(p.name for p in (out / "records").iterdir())
+    records.write_text("\n".join(records.read_text().splitlines()[:2]) + "\n")  # drop 4 items
+    CALLS.clear()
+    runner = _run(out, [f"moa:{stack_file},cache=off"], dataset)
+    redone = [r for r in runner.load_records(live).values() if r["item_id"] not in ("q1", "q2")]
+    assert len(redone) == 4 and all(r["cache_hits"] == 0 for r in redone)
+    assert sum(CALLS.values()) == 4 * 4  # every call of the four items made again
+    with pytest.raises(ConfigError, match="cache must be on or off"):
+        build_systems([f"moa:{stack_file},cache=no"])

@@ -38,11 +38,13 @@ class ModelFactory:
         self._models: dict[str, Model] = {}
         self._limiters: dict[str, asyncio.Semaphore] = {}
 
-    def direct_model_for(self, spec: MemberSpec) -> Model:
+    def direct_model_for(self, spec: MemberSpec, *, live: bool = False) -> Model:
         """For calls outside a stack (single model, judge): the same model plus the engine's
         timeout and retry policy, which a stack would otherwise apply."""
         return RetryingModel(
-            self.model_for(spec), retries=spec.retries or 2, timeout_s=spec.timeout_s or 120.0
+            self.model_for(spec, cached=not live),
+            retries=spec.retries or 2,
+            timeout_s=spec.timeout_s or 120.0,
         )
 
     def model_for(self, spec: MemberSpec, *, cached: bool = True) -> Model:
@@ -64,14 +66,14 @@ class ModelFactory:
             self._models[key] = CachedModel(inner, self.cache, identity, live=not cached)
         return self._models[key]
 
-    def stack(self, config: StackConfig) -> Stack:
+    def stack(self, config: StackConfig, *, live: bool = False) -> Stack:
         # Today's engine takes overrides by model name; one model name is one identity here.
         specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
         specs += config.aggregators()
         # A staircase run depends on *when* each chunk of each answer arrives; a cache hit
         # delivers a whole answer at once, which would turn it into plain wait-for-all MoA. So
         # its calls are always live (with the same seeds, the proposals are the same anyway).
-        cached = config.strategy != "staircase"
+        cached = config.strategy != "staircase" and not live
         return Stack(config, models={s.model: self.model_for(s, cached=cached) for s in specs})
 
     async def aclose(self) -> None:

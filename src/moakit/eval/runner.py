@@ -105,7 +105,11 @@ class Runner:
         total, finished = len(items), len(items) - len(todo)
         if self.on_progress:
             self.on_progress(system.name, finished, total)
-        stack = self.factory.stack(system.config) if system.config is not None else None
+        stack = (
+            self.factory.stack(system.config, live=system.live)
+            if system.config is not None
+            else None
+        )
         source: dict[str, dict[str, Any]] = {}
         if system.source is not None:
             src = next(s for s in systems if s.name == system.source)
@@ -162,7 +166,7 @@ class Runner:
             messages.append({"role": "user", "content": turn})
             if stack is None:
                 assert system.member is not None
-                model = self.factory.direct_model_for(system.member)
+                model = self.factory.direct_model_for(system.member, live=system.live)
                 result = await run_single(model, system.member, messages)
                 first = tally.first_token_s[0] if tally.first_token_s else None
             else:
@@ -177,7 +181,9 @@ class Runner:
             messages.append({"role": "assistant", "content": final})
         if system.kind == "collab" and system.member is not None:
             alone = await run_single(
-                self.factory.direct_model_for(system.member), system.member, messages[:-1]
+                self.factory.direct_model_for(system.member, live=system.live),
+                system.member,
+                messages[:-1],
             )
             extra["alone"] = alone.final
         return Answer(finals, result, time.monotonic() - t0, ttft, tally, extra)

@@ -27,7 +27,9 @@ so ``moa:S,untrusted=1:2,defense=trust`` is what distrusting an honest member co
 the gap each defense closes.
 
 ``name=`` renames a system; ``items=N`` runs it on the run's first N items only (an expensive
-analysis such as ``collab`` on a subset; paired comparisons use the items both systems have).
+analysis such as ``collab`` on a subset; paired comparisons use the items both systems have);
+``cache=off`` answers every call live (still storing the answers), e.g. to redo items whose
+timing-dependent policy (a straggler cut) saw cache hits.
 An unknown option is an error, not ignored. Each system has a hash of everything that decides
 its answers; results of a changed system are kept apart, never mixed in.
 """
@@ -83,6 +85,9 @@ class System:
     extra: dict[str, Any] = field(default_factory=dict)
     # Run on the first N items only. Not in the hash: it decides which items, not any answer.
     max_items: int | None = None
+    # cache=off: its calls are never served from the response cache (still stored). Not in the
+    # hash either: the same requests, answered live.
+    live: bool = False
 
     @property
     def hash(self) -> str:
@@ -147,9 +152,10 @@ def parse_system_spec(text: str) -> tuple[str, str, dict[str, str]]:
         opts[key.strip()] = value.strip()
     if not stack:
         raise ConfigError(f"system {text!r}: no stack named", field="system")
-    unknown = sorted(set(opts) - OPTIONS[kind] - {"name", "items"})
+    universal = {"name", "items", "cache"}
+    unknown = sorted(set(opts) - OPTIONS[kind] - universal)
     if unknown:
-        allowed = ", ".join(sorted(OPTIONS[kind] | {"name", "items"}))
+        allowed = ", ".join(sorted(OPTIONS[kind] | universal))
         raise ConfigError(
             f"system {text!r}: unknown option {unknown[0]!r} for {kind} (known: {allowed})",
             field="system",
@@ -176,8 +182,11 @@ def build_systems(
         kind, stack_ref, opts = parse_system_spec(text)
         config = load_stack(stack_ref, max_tokens=max_tokens, timeout_s=timeout_s)
         limit = _positive(text, opts, "items")
+        if opts.get("cache", "on") not in ("on", "off"):
+            raise ConfigError(f"system {text!r}: cache must be on or off", field="system")
         for system in _expand(kind, config, opts, text):
             system.max_items = limit
+            system.live = opts.get("cache") == "off"
             systems.append(system)
     names = [s.name for s in systems]
     dupes = sorted({n for n in names if names.count(n) > 1})
