@@ -71,6 +71,8 @@ SYSTEMS: dict[str, list[str]] = {
         "single:local",
         "moa:local,cache=off",
         "moa:local-staircase,items=10",
+        # HumanEval is where 64-token chunks lost items: the chunk-size sweep's next point.
+        "moa:local-staircase,chunk=128,items=10",
         "ranker:local",
         "self-moa:local,cache=off",
         "collab:local,items=10",

@@ -74,11 +74,18 @@ def real_models(
     }
     clean = recs.get(names[("none", "none")], {})
     spent = sum(float(r["wall_s"]) for r in runs)
+    done = min(sum(right(r) is not None for r in recs.get(n, {}).values()) for n in names.values())
+    status = (
+        f"complete: all {items} items scored by every system"
+        if done >= items
+        else f"**partial: {done} of {items} items scored by every system so far; with so few, "
+        "every row below is an anecdote, not a measurement** (the same command continues)"
+    )
     lines = [
         "",
         "## Real models: the embedded Qwen2.5-Coder-0.5B stack",
         "",
-        f"- Task: the first {items} GSM8K train items (exact match on the final number).",
+        f"- Task: the first {items} GSM8K train items (exact match on the final number); {status}.",
         "- Stack: `scripts/local-robust.toml`: three samples of Qwen2.5-Coder-0.5B-Instruct",
         "  (Q4_K_M, seeds 1-3, temperatures 0.7/0.8/0.9), then the same model aggregating with",
         "  the paper's prompt; the `local` preset without its straggler cut (in `moa eval` the",

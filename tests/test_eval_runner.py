@@ -560,3 +560,16 @@ def test_cache_off_answers_live_under_the_same_hash(
     assert sum(CALLS.values()) == 4 * 4  # every call of the four items made again
     with pytest.raises(ConfigError, match="cache must be on or off"):
         build_systems([f"moa:{stack_file},cache=no"])
+
+
+def test_chunk_option_sweeps_a_staircase_stack(stack_file: Path, tmp_path: Path) -> None:
+    stair = tmp_path / "stair.toml"
+    stair.write_text(
+        'strategy = "staircase"\nstaircase = { chunk_tokens = 2 }\n'
+        + STACK.replace('"evalfake"', '"evalstream"').replace("fake3", "stair")
+    )
+    base, swept = build_systems([f"moa:{stair}", f"moa:{stair},chunk=8"])
+    assert swept.name == "moa:stair,chunk=8" and swept.hash != base.hash
+    assert swept.config is not None and swept.config.staircase.chunk_tokens == 8
+    with pytest.raises(ConfigError, match="chunk= is for staircase stacks"):
+        build_systems([f"moa:{stack_file},chunk=8"])

@@ -28,6 +28,7 @@ the gap each defense closes.
 
 ``name=`` renames a system; ``items=N`` runs it on the run's first N items only (an expensive
 analysis such as ``collab`` on a subset; paired comparisons use the items both systems have);
+``moa:S,chunk=N`` sets a staircase stack's chunk size (the chunk-size sweep);
 ``cache=off`` answers every call live (still storing the answers), e.g. to redo items whose
 timing-dependent policy (a straggler cut) saw cache hits.
 An unknown option is an error, not ignored. Each system has a hash of everything that decides
@@ -51,7 +52,7 @@ KINDS: tuple[str, ...] = ("single", "moa", "ranker", "self-moa", "majority", "sw
 # The options each kind understands, beyond the universal ``name`` and ``items``.
 OPTIONS: dict[str, frozenset[str]] = {
     "single": frozenset({"member"}),
-    "moa": frozenset({"adversary", "defense", "untrusted"}),
+    "moa": frozenset({"adversary", "defense", "untrusted", "chunk"}),
     "ranker": frozenset(),
     "self-moa": frozenset({"n"}),
     "majority": frozenset({"source"}),
@@ -224,6 +225,8 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
         return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
     if kind == "moa":
         config, suffix = _red_team(config, opts)
+        if "chunk" in opts:
+            config, suffix = _chunked(config, text, opts), suffix + f",chunk={opts['chunk']}"
         return [System(name or f"moa:{stack}{suffix}", "moa", stack, config=config)]
     if kind == "majority":
         return [
@@ -359,6 +362,19 @@ def _red_team(config: StackConfig, opts: dict[str, str]) -> tuple[StackConfig, s
             config = with_defense(config, defense.strip(), untrusted=untrusted)
         suffix += f",defense={opts['defense']}"
     return config, suffix
+
+
+def _chunked(config: StackConfig, text: str, opts: dict[str, str]) -> StackConfig:
+    """``chunk=N``: a staircase stack's chunk size, for the chunk-size sweep."""
+    if config.strategy != "staircase":
+        raise ConfigError(
+            f"system {text!r}: chunk= is for staircase stacks ({config.name} is "
+            f"{config.strategy!r})",
+            field="system",
+        )
+    chunk = _positive(text, opts, "chunk")
+    staircase = config.staircase.model_copy(update={"chunk_tokens": chunk})
+    return _revalidate(config.model_copy(update={"staircase": staircase}))
 
 
 def _as_member(spec: MemberSpec) -> MemberSpec:
