@@ -3,10 +3,10 @@
 On real models: the embedded Qwen2.5-Coder-0.5B stack (``scripts/local-robust.toml``: the
 ``local`` preset without its straggler cut) on the first ``ITEMS`` GSM8K items, clean and with
 one of its three samples adversarial (``deceptive``, ``injector``), without and with each
-defense, and each defense on the clean stack (what it costs when nobody attacks). One
-``moa eval run`` into ``results/robustness-local/`` (resumable; it shares the eval's response
-cache, so the honest samples are the ones ``docs/eval-local.md`` scored). Then the scripted
-simulation (``bench/robustness.py``, clearly labelled), and the page from both.
+defense, and each defense on the clean stack (what it costs when nobody attacks). Plain
+``moa eval run`` steps of ``CHUNK`` more items each, into ``results/robustness-local/``
+(resumable; it shares the eval's response cache, so the honest samples are the ones
+``docs/eval-local.md`` scored). Then the scripted simulation (``bench/robustness.py``, clearly labelled), and the page from both.
 
     .venv/bin/python scripts/robustness_local.py                  # run (or resume), write
     .venv/bin/python scripts/robustness_local.py --budget-s 3600  # at most an hour
@@ -39,6 +39,7 @@ DOC = ROOT / "docs" / "robustness.md"
 RUNS = RESULTS / "runs.jsonl"
 STACK = "scripts/local-robust.toml"
 ITEMS = 20
+CHUNK = 4  # items added to every system per step
 ADVERSARY_SLOT = "1:2"  # the third sample (seed 3, temperature 0.9)
 CLEAN = "moa:local-robust"  # the clean stack's system name: every gap is against it
 
@@ -90,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     records.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         deadline = None if args.budget_s is None else time.time() + args.budget_s
-        run_chunk(command(args.items), records, RUNS, deadline, items=args.items)
+        # Systems run one after another, so grow the item count in steps: stopped at any
+        # point, every system has (nearly) the same items and the gaps stay paired.
+        for limit in [*range(CHUNK, args.items, CHUNK), args.items]:
+            if deadline is not None and time.time() >= deadline:
+                break
+            if not run_chunk(command(limit), records, RUNS, deadline, items=limit):
+                break
         checkpoint_cache()
     subprocess.run(command(args.items, report_only=True), cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as tmp:
