@@ -6,7 +6,8 @@ one of its three samples adversarial (``deceptive``, ``injector``), without and 
 defense, and each defense on the clean stack (what it costs when nobody attacks). Plain
 ``moa eval run`` steps of ``CHUNK`` more items each, into ``results/robustness-local/``
 (resumable; it shares the eval's response cache, so the honest samples are the ones
-``docs/eval-local.md`` scored). Then the scripted simulation (``bench/robustness.py``, clearly labelled), and the page from both.
+``docs/eval-local.md`` scored). Then the scripted simulation (``bench/robustness.py``,
+clearly labelled), and the page from both.
 
     .venv/bin/python scripts/robustness_local.py                  # run (or resume), write
     .venv/bin/python scripts/robustness_local.py --budget-s 3600  # at most an hour
