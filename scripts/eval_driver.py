@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,24 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def system_records(results: Path, row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Item id -> the last record of the summary row's system (name and hash); a retried
+    failure replaces itself, as in ``moa eval``'s own resume."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in (results / "records").glob(f"*.{row['hash']}.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("system") == row["name"]:
+                out[rec["item_id"]] = rec
+    return out
+
+
+def right(rec: Mapping[str, Any]) -> bool | None:
+    """Whether a closed-form record's final answer was right; None if it was not scored."""
+    score = rec.get("score") or {}
+    return None if rec.get("error") or score.get("correct") is None else bool(score["correct"])
 
 
 def machine() -> str:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval_driver import right, system_records
+
 from moakit.eval import stats
 
 TITLES = {"gsm8k": "GSM8K (exact match on the final number)", "humaneval": "HumanEval (pass@1)"}
@@ -133,23 +135,8 @@ def item_seconds(directory: Path) -> float:
     return total
 
 
-def records(directory: Path, row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for path in (directory / "records").glob(f"*.{row['hash']}.jsonl"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("system") == row["name"]:
-                    out[rec["item_id"]] = rec
-    return out
-
-
 def correct(recs: Mapping[str, dict[str, Any]]) -> dict[str, bool]:
-    return {
-        k: bool(r["score"].get("correct"))
-        for k, r in recs.items()
-        if r.get("score") and r["score"].get("correct") is not None and not r.get("error")
-    }
+    return {k: v for k, r in recs.items() if (v := right(r)) is not None}
 
 
 def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
@@ -169,7 +156,10 @@ def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
         against = moa if "staircase" in name else single
         cmp_cells = "– | – | –"
         if against and against != name:
-            a, b = correct(records(directory, row)), correct(records(directory, rows[against]))
+            a, b = (
+                correct(system_records(directory, row)),
+                correct(system_records(directory, rows[against])),
+            )
             common = sorted(set(a) & set(b))
             test = "– | –"
             if common:

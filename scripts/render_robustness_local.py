@@ -9,27 +9,15 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from eval_driver import right, system_records
+
 from moakit.eval import stats
 
 
 def load_records(results: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """System name -> item id -> its last record (a retried failure replaces itself)."""
+    """System name -> item id -> its last record."""
     summary = json.loads((results / "summary.json").read_text())
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in summary["systems"]:
-        recs: dict[str, dict[str, Any]] = {}
-        for path in (results / "records").glob(f"*.{row['hash']}.jsonl"):
-            for line in path.read_text().splitlines():
-                rec = json.loads(line) if line.strip() else {}
-                if rec.get("system") == row["name"]:
-                    recs[rec["item_id"]] = rec
-        out[row["name"]] = recs
-    return out
-
-
-def right(rec: Mapping[str, Any]) -> bool | None:
-    score = rec.get("score") or {}
-    return None if rec.get("error") or score.get("correct") is None else bool(score["correct"])
+    return {row["name"]: system_records(results, row) for row in summary["systems"]}
 
 
 def document(
