@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -130,26 +129,31 @@ def test_playground_runs_share_the_servers_query_limit(tmp_path: Path) -> None:
     run = {"stack": "echo", "prompt": "hi?"}
     with serve(app) as base:
         root = base.removesuffix("/v1")
-        first: list[httpx.Response] = []
-        slow = threading.Thread(
-            target=lambda: first.append(
-                httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
-            )
-        )
+        first: list[tuple[int, str]] = []
+        admitted = threading.Event()
+
+        def ui_run() -> None:
+            # Streams, so its headers (sent once the slot is taken) arrive ~1.5 s before its end.
+            with httpx.stream(
+                "POST", f"{root}/ui/api/run", json=run, headers=auth, timeout=30
+            ) as response:
+                admitted.set()
+                first.append((response.status_code, response.read().decode()))
+
+        slow = threading.Thread(target=ui_run)
         slow.start()
+        assert admitted.wait(10), "the UI run never answered"
         chat = client(base, "k1").with_options(max_retries=0)
         refused: openai.RateLimitError | None = None
-        deadline = time.monotonic() + 5
-        while refused is None and time.monotonic() < deadline:
-            try:  # answered until the UI run holds the one slot
-                chat.chat.completions.create(model="echo", messages=USER)
-            except openai.RateLimitError as exc:
-                refused = exc
+        try:
+            chat.chat.completions.create(model="echo", messages=USER)
+        except openai.RateLimitError as exc:
+            refused = exc
         also = httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
         slow.join()
         after = httpx.post(f"{root}/ui/api/run", json=run, headers=auth, timeout=30)
     assert refused is not None, "a chat query was never refused while the UI run was in flight"
     assert also.status_code == 429 and also.headers["retry-after"].isdigit()
     assert also.json()["error"]["code"] == "rate_limit_exceeded"
-    assert first[0].status_code == 200 and '"RunFinished"' in first[0].text
+    assert first[0][0] == 200 and '"RunFinished"' in first[0][1]
     assert after.status_code == 200  # the slot was given back
