@@ -100,7 +100,7 @@ def real_models(
         "dropped (right; adversary's) | calls | tokens | latency s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    accuracy: dict[tuple[str, str], float] = {}
+    outcomes: dict[tuple[str, str], dict[str, bool]] = {}
     for key in matrix:
         rows = recs.get(names[key], {})
         scored = {k: v for k, r in rows.items() if (v := right(r)) is not None}
@@ -108,7 +108,7 @@ def real_models(
             lines.append(f"| {key[0]} | {key[1]} | 0 | – | – | – | – | – | – | – | – |")
             continue
         ci = stats.bootstrap_ci([float(v) for v in scored.values()])
-        accuracy[key] = ci.mean
+        outcomes[key] = scored
         base = {k: v for k, r in clean.items() if (v := right(r)) is not None}
         common = sorted(set(scored) & set(base))
         gap = "–"
@@ -130,7 +130,7 @@ def real_models(
             f"{mean(tokens(r) for r in rows.values()):.0f} | "
             f"{mean(float(r.get('latency_s') or 0) for r in rows.values()):.1f} |"
         )
-    lines += recovery(matrix, accuracy)
+    lines += recovery(matrix, outcomes)
     return lines
 
 
@@ -152,14 +152,25 @@ def dropped(rows: Mapping[str, dict[str, Any]], attacked: bool) -> str:
 
 
 def recovery(
-    matrix: Sequence[tuple[str, str]], accuracy: Mapping[tuple[str, str], float]
+    matrix: Sequence[tuple[str, str]], outcomes: Mapping[tuple[str, str], Mapping[str, bool]]
 ) -> list[str]:
-    clean = accuracy.get(("none", "none"))
+    """Each figure compares the systems involved on the items all of them answered, so a
+    system that is ahead in the run is never set against another one's different items."""
+
+    def paired(*keys: tuple[str, str]) -> tuple[list[float], int] | None:
+        if any(k not in outcomes for k in keys):
+            return None
+        common = set.intersection(*(set(outcomes[k]) for k in keys))
+        if not common:
+            return None
+        return [mean(float(outcomes[k][i]) for i in common) for k in keys], len(common)
+
+    clean = ("none", "none")
     lines = [
         "",
         "Share of the attack's loss each defense recovers, (defended - attacked) / (clean -",
         "attacked), where the attack lowered accuracy; and the defense's accuracy change on the",
-        "clean stack:",
+        "clean stack. Each figure is over the items every system in it answered (n):",
         "",
         "| defense | vs deceptive | vs injector | on clean (pp) |",
         "|---|---|---|---|",
@@ -167,14 +178,20 @@ def recovery(
     for defense in dict.fromkeys(d for _, d in matrix if d != "none"):
         cells = []
         for attack in ("deceptive", "injector"):
-            attacked, defended = accuracy.get((attack, "none")), accuracy.get((attack, defense))
-            if clean is None or attacked is None or defended is None:
+            both = paired(clean, (attack, "none"), (attack, defense))
+            if (attack, defense) not in matrix or both is None:
                 cells.append("–")
-            elif clean - attacked <= 0:
-                cells.append("(no loss to recover)")
+                continue
+            (base, attacked, defended), n = both
+            if base - attacked <= 0:
+                cells.append(f"(no loss to recover, n {n})")
             else:
-                cells.append(f"{(defended - attacked) / (clean - attacked):.0%}")
-        on_clean = accuracy.get(("none", defense))
-        cost = "–" if clean is None or on_clean is None else f"{100 * (on_clean - clean):+.0f}"
+                cells.append(f"{(defended - attacked) / (base - attacked):.0%} (n {n})")
+        on_clean = paired(clean, ("none", defense))
+        if on_clean is None:
+            cost = "–"
+        else:
+            (base, defended), n = on_clean
+            cost = f"{100 * (defended - base):+.0f} (n {n})"
         lines.append(f"| {defense} | {cells[0]} | {cells[1]} | {cost} |")
     return lines
