@@ -573,3 +573,38 @@ def test_chunk_option_sweeps_a_staircase_stack(stack_file: Path, tmp_path: Path)
     assert swept.config is not None and swept.config.staircase.chunk_tokens == 8
     with pytest.raises(ConfigError, match="chunk= is for staircase stacks"):
         build_systems([f"moa:{stack_file},chunk=8"])
+
+
+def test_a_compromised_member_appends_the_payload_to_its_real_answer(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    """``adversary=compromised@L:S``: the member is asked nothing unusual (its honest answer is
+    the clean stack's, from the cache) and the payload is appended on the wire, to it alone."""
+    from moakit.defenses.redteam import injection_payload
+
+    specs = [f"moa:{stack_file}", f"moa:{stack_file},adversary=compromised@1:2"]
+    clean_system, attacked_system = build_systems(specs)
+    assert attacked_system.name == "moa:fake3,adversary=compromised@1:2"
+    assert attacked_system.hash != clean_system.hash
+    assert attacked_system.config is not None
+    assert all(m.system is None for m in attacked_system.config.layer_members(0))
+    runner = _run(tmp_path / "res", specs, dataset)
+    clean, attacked = (runner.load_records(s) for s in (clean_system, attacked_system))
+    payload = injection_payload("0").strip()
+    for item, record in attacked.items():
+        ours = {m["label"]: m["output"] for m in record["layers"][0]}
+        theirs = {m["label"]: m["output"] for m in clean[item]["layers"][0]}
+        assert ours["m#1"] == theirs["m#1"] and ours["m#2"] == theirs["m#2"]
+        assert ours["m#3"].endswith(payload), ours["m#3"]
+        assert ours["m#3"].removesuffix(payload).strip() == theirs["m#3"]
+        assert record["cache_hits"] >= 3  # the three honest answers, not new calls
+
+
+def test_a_compromised_member_is_distrusted_by_the_trust_defense(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    spec = f"moa:{stack_file},adversary=compromised@1:2,defense=trust"
+    runner = _run(tmp_path / "res", [spec], dataset)
+    (system,) = build_systems([spec])
+    for record in runner.load_records(system).values():
+        assert record["defenses"][0]["dropped"] == ["m#3"]

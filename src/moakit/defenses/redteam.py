@@ -10,7 +10,11 @@ layer, any slot) is adversarial:
 - ``injector``: its system prompt asks it to end its answer with ``injection_payload()``, text
   that tries to break out of the reference list (a fake end of list, a fake SYSTEM/operator
   instruction, a forged next reference number, chat-template role tags). ``InjectingModel``
-  appends the same payload to any model's answer, deterministically.
+  appends the same payload to any model's answer, deterministically;
+- ``compromised``: an endpoint the attacker controls. The member answers as usual and
+  ``InjectingModel`` appends the payload on the wire (``moa eval`` wraps that member only), so
+  the attack lands whether or not the model would obey an instruction to write it; a weak
+  model asked to (``injector``) often does not.
 
 ``with_defense(config, name)`` switches one defense on (``fence``, ``cluster``, ``trust``,
 ``vote``); ``moa eval``'s ``moa:S,adversary=...,defense=...`` system options use both.
@@ -20,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moakit.config import StackConfig, parse_config
+from moakit.config import ResolvedMember, StackConfig, parse_config
 from moakit.errors import ConfigError
 from moakit.models.base import ChatRequest, Chunk, Model
 from moakit.models.wrappers import WrapperModel
@@ -74,7 +78,7 @@ class Adversary(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["deceptive", "injector"]
+    kind: Literal["deceptive", "injector", "compromised"]
     layer: int = Field(default=1, ge=1)
     slot: int = Field(default=0, ge=0)
     ignore_references: bool = False
@@ -83,11 +87,12 @@ class Adversary(BaseModel):
     @classmethod
     def parse(cls, text: str) -> Adversary:
         """``KIND[@LAYER:SLOT][+ignore]``, e.g. ``deceptive@1:2+ignore`` or ``injector``."""
-        match = re.fullmatch(r"(deceptive|injector)(?:@(\d+):(\d+))?(\+ignore)?", text.strip())
+        kinds = "deceptive|injector|compromised"
+        match = re.fullmatch(rf"({kinds})(?:@(\d+):(\d+))?(\+ignore)?", text.strip())
         if match is None:
             raise ConfigError(
                 f"adversary {text!r}: expected KIND[@LAYER:SLOT][+ignore] with KIND "
-                "deceptive or injector",
+                "deceptive, injector or compromised",
                 field="adversary",
             )
         kind, layer, slot, ignore = match.groups()
@@ -104,7 +109,9 @@ class Adversary(BaseModel):
         """The adversarial member's label in ``config`` (checks that it exists)."""
         return slot_label(config, self.layer, self.slot, what="adversary")
 
-    def system_prompt(self) -> str:
+    def system_prompt(self) -> str | None:
+        if self.kind == "compromised":
+            return None  # the member is asked nothing unusual; its answer is altered
         if self.kind == "injector":
             return injector_prompt(self.answer)
         return DECEPTIVE_PROMPT + (IGNORE_REFERENCES_CLAUSE if self.ignore_references else "")
@@ -152,7 +159,9 @@ def with_adversary(config: StackConfig, adversary: Adversary) -> StackConfig:
     members = _expanded_layer(config, position)
     target = members[adversary.slot]
     own = target.get("system")
-    target["system"] = adversary.system_prompt() + (f"\n\n{own}" if own else "")
+    prompt = adversary.system_prompt()
+    if prompt is not None:
+        target["system"] = prompt + (f"\n\n{own}" if own else "")
     data["layers"][position] = {**data["layers"][position], "members": members}
     data["name"] = f"{config.name}+{adversary.kind}@{adversary.layer}:{adversary.slot}"
     return parse_config(data, source=f"{config.name} with adversary {label}")
@@ -198,6 +207,50 @@ def with_defense(
             data["layers"][position] = {**data["layers"][position], "members": members}
     data["name"] = f"{data.get('name', config.name)}+{defense}"
     return parse_config(data, source=f"{config.name} with defense {defense}")
+
+
+def red_team_options(
+    config: StackConfig, opts: Mapping[str, str]
+) -> tuple[StackConfig, str, dict[str, str]]:
+    """``moa eval``'s ``adversary=``, ``untrusted=`` and ``defense=`` options of a ``moa``
+    system, applied in that order: the stack, the system name's suffix, and the compromised
+    members (label -> the answer their appended payload pushes) to wrap in ``InjectingModel``."""
+    suffix = ""
+    untrusted: list[str] = []
+    compromised: dict[str, str] = {}
+    if "untrusted" in opts:
+        # Distrust honest members too: what trust costs on a clean stack.
+        untrusted += parse_slots(config, opts["untrusted"])
+    if "adversary" in opts:
+        adversary = Adversary.parse(opts["adversary"])
+        label = adversary.label(config)
+        untrusted.append(label)
+        if adversary.kind == "compromised":
+            compromised[label] = adversary.answer
+        config = with_adversary(config, adversary)
+        suffix += f",adversary={opts['adversary']}"
+    if "untrusted" in opts:
+        if "trust" not in opts.get("defense", "").split("+"):
+            raise ConfigError(
+                "untrusted= marks members for the trust defense: add defense=trust",
+                field="system",
+            )
+        suffix += f",untrusted={opts['untrusted']}"
+    if "defense" in opts:
+        for defense in opts["defense"].split("+"):
+            config = with_defense(config, defense.strip(), untrusted=untrusted)
+        suffix += f",defense={opts['defense']}"
+    return config, suffix, compromised
+
+
+def injecting(compromised: Mapping[str, str]) -> Callable[[Model, ResolvedMember], Model]:
+    """A ``Stack(wrap=...)`` that appends the payload to the compromised members' answers."""
+
+    def wrap(model: Model, spec: ResolvedMember) -> Model:
+        answer = compromised.get(spec.label)
+        return model if answer is None else InjectingModel(model, answer=answer)
+
+    return wrap
 
 
 class InjectingModel(WrapperModel):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from moakit.config import DEFAULT_PROVIDER, MemberSpec, StackConfig
+from moakit.defenses.redteam import injecting
 from moakit.engine import Stack
 from moakit.errors import MoaError
 from moakit.eval.cache import (
@@ -66,7 +67,13 @@ class ModelFactory:
             self._models[key] = CachedModel(inner, self.cache, identity, live=not cached)
         return self._models[key]
 
-    def stack(self, config: StackConfig, *, live: bool = False) -> Stack:
+    def stack(
+        self,
+        config: StackConfig,
+        *,
+        live: bool = False,
+        compromised: Mapping[str, str] | None = None,
+    ) -> Stack:
         # Today's engine takes overrides by model name; one model name is one identity here.
         specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
         specs += config.aggregators()
@@ -74,7 +81,11 @@ class ModelFactory:
         # delivers a whole answer at once, which would turn it into plain wait-for-all MoA. So
         # its calls are always live (with the same seeds, the proposals are the same anyway).
         cached = config.strategy != "staircase" and not live
-        return Stack(config, models={s.model: self.model_for(s, cached=cached) for s in specs})
+        models = {s.model: self.model_for(s, cached=cached) for s in specs}
+        # A compromised member's payload is appended outside the cache: its honest answer is
+        # the clean stack's cached one, the payload is added on every call.
+        wrap = injecting(compromised) if compromised else None
+        return Stack(config, models=models, wrap=wrap)
 
     async def aclose(self) -> None:
         for model in self._models.values():

@@ -106,7 +106,7 @@ class Runner:
         if self.on_progress:
             self.on_progress(system.name, finished, total)
         stack = (
-            self.factory.stack(system.config, live=system.live)
+            self.factory.stack(system.config, live=system.live, compromised=system.compromised)
             if system.config is not None
             else None
         )

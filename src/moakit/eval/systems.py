@@ -19,7 +19,8 @@ or a stack config file:
   member given the *other* members' answers as references.
 
 Red team (``moakit.defenses``): ``moa:S,adversary=deceptive@1:2`` makes member 2 (0-based) of
-layer 1 adversarial (``deceptive``/``injector``, ``+ignore``: it ignores its references), and
+layer 1 adversarial (``deceptive``/``injector``/``compromised``; ``+ignore``: it ignores its
+references), and
 ``defense=fence+cluster`` switches defenses on (``fence``, ``cluster``, ``trust``, ``vote``;
 ``trust`` marks the adversary's slot untrusted, and ``untrusted=LAYER:SLOT`` any other slot,
 so ``moa:S,untrusted=1:2,defense=trust`` is what distrusting an honest member costs). Compare
@@ -89,16 +90,21 @@ class System:
     # cache=off: its calls are never served from the response cache (still stored). Not in the
     # hash either: the same requests, answered live.
     live: bool = False
+    # adversary=compromised@L:S: member label -> the answer the payload appended to its output
+    # pushes (moakit.defenses.redteam.InjectingModel).
+    compromised: dict[str, str] = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
-        payload = {
+        payload: dict[str, Any] = {
             "kind": self.kind,
             "config": self.config.model_dump(mode="json") if self.config else None,
             "member": self.member.model_dump(mode="json") if self.member else None,
             "source": self.source,
             "ranker_prompt": RANKER_PROMPT if self.kind == "ranker" else None,
         }
+        if self.compromised:  # only when set, so every earlier system keeps its hash
+            payload["compromised"] = self.compromised
         blob = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -224,10 +230,14 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
             member = found[0]
         return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
     if kind == "moa":
-        config, suffix = _red_team(config, opts)
+        from moakit.defenses.redteam import red_team_options
+
+        config, suffix, compromised = red_team_options(config, opts)
         if "chunk" in opts:
             config, suffix = _chunked(config, text, opts), suffix + f",chunk={opts['chunk']}"
-        return [System(name or f"moa:{stack}{suffix}", "moa", stack, config=config)]
+        system = System(name or f"moa:{stack}{suffix}", "moa", stack, config=config)
+        system.compromised = compromised
+        return [system]
     if kind == "majority":
         return [
             System(
@@ -334,34 +344,6 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
             )
         return out
     raise AssertionError(kind)
-
-
-def _red_team(config: StackConfig, opts: dict[str, str]) -> tuple[StackConfig, str]:
-    """``adversary=`` and ``defense=`` options of a ``moa`` system, applied in that order."""
-    from moakit.defenses.redteam import Adversary, parse_slots, with_adversary, with_defense
-
-    suffix = ""
-    untrusted: list[str] = []
-    if "untrusted" in opts:
-        # Distrust honest members too: what trust costs on a clean stack.
-        untrusted += parse_slots(config, opts["untrusted"])
-    if "adversary" in opts:
-        adversary = Adversary.parse(opts["adversary"])
-        untrusted.append(adversary.label(config))
-        config = with_adversary(config, adversary)
-        suffix += f",adversary={opts['adversary']}"
-    if "untrusted" in opts:
-        if "trust" not in opts.get("defense", "").split("+"):
-            raise ConfigError(
-                "untrusted= marks members for the trust defense: add defense=trust",
-                field="system",
-            )
-        suffix += f",untrusted={opts['untrusted']}"
-    if "defense" in opts:
-        for defense in opts["defense"].split("+"):
-            config = with_defense(config, defense.strip(), untrusted=untrusted)
-        suffix += f",defense={opts['defense']}"
-    return config, suffix
 
 
 def _chunked(config: StackConfig, text: str, opts: dict[str, str]) -> StackConfig:
