@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moakit.config import MemberSpec, StackConfig, load_preset, parse_config, read_config_file
+from moakit.defenses.redteam import red_team_options
 from moakit.errors import ConfigError
 
 Kind = Literal["single", "moa", "ranker", "self-moa", "majority", "sweep", "collab"]
@@ -230,14 +231,11 @@ def _expand(kind: str, config: StackConfig, opts: dict[str, str], text: str) -> 
             member = found[0]
         return [System(name or f"single:{stack}", "single", stack, member=_as_member(member))]
     if kind == "moa":
-        from moakit.defenses.redteam import red_team_options
-
         config, suffix, compromised = red_team_options(config, opts)
         if "chunk" in opts:
             config, suffix = _chunked(config, text, opts), suffix + f",chunk={opts['chunk']}"
-        system = System(name or f"moa:{stack}{suffix}", "moa", stack, config=config)
-        system.compromised = compromised
-        return [system]
+        moa_name = name or f"moa:{stack}{suffix}"
+        return [System(moa_name, "moa", stack, config=config, compromised=compromised)]
     if kind == "majority":
         return [
             System(
