@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def document(
         "  one aggregator call; straggler grace 0.25, so the third sample is sometimes cut).",
         "- Systems: " + "; ".join(f"{d}: `{'`, `'.join(s)}`" for d, s in systems.items()) + ".",
         "  `items=N` runs a system on the first N items only; paired comparisons use the items",
-        "  both systems have.",
+        "  both systems have. `ranker` picks among the proposals `moa:local` already made",
+        "  (served from the response cache), so its latency is the ranking call's alone;",
+        "  `majority` votes over `moa:local`'s recorded proposals and makes no call.",
     ]
     lines += status(results, full, runs)
     for dataset in full:
@@ -48,6 +50,7 @@ def document(
         summary = json.loads(summary_path.read_text())
         lines += ["", f"## {TITLES.get(dataset, dataset)}", ""]
         lines += headline(results / dataset, summary)
+        lines += findings(results / dataset, summary)
         report = (results / dataset / "report.md").read_text()
         lines += ["", "### The full `moa eval` report", ""]
         lines += embed(report, f"../results/eval-local/{dataset}")
@@ -153,7 +156,7 @@ def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
     for name, row in rows.items():
         if row["kind"] == "collab":
             continue
-        against = moa if "staircase" in name else single
+        against = baseline(row, single, moa)
         cmp_cells = "– | – | –"
         if against and against != name:
             a, b = (
@@ -174,6 +177,13 @@ def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def baseline(row: Mapping[str, Any], single: str | None, moa: str | None) -> str | None:
+    """What a system is measured against: the strategies that change how MoA combines the
+    same proposals (staircase timing, the ranker's picking) against standard MoA, so the gap
+    is the strategy's own; everything else against the single model."""
+    return moa if row["kind"] == "ranker" or "staircase" in row["name"] else single
+
+
 def embed(report: str, base: str) -> list[str]:
     """The report one heading level down, its relative plot paths made relative to docs/."""
     out = []
@@ -188,3 +198,142 @@ def _f(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     return f"{float(value):.{digits}f}"
+
+
+# -- what the run shows, in words decided by the numbers ------------------------------------
+
+
+def findings(directory: Path, summary: Mapping[str, Any]) -> list[str]:
+    """The answer to "does MoA pay off here?" and what the MoA analyses say, for one dataset.
+    Every verdict below is chosen by a number from the results, never typed in."""
+    rows = {r["name"]: r for r in summary["systems"]}
+    single = next((n for n, r in rows.items() if r["kind"] == "single"), None)
+    moa = next((n for n, r in rows.items() if r["kind"] == "moa" and "staircase" not in n), None)
+    if not single or not moa or not rows[moa]["scored"]:
+        return []
+    outcomes = {n: correct(system_records(directory, r)) for n, r in rows.items()}
+    lines = ["", "What the run shows:", ""]
+    lines.append(verdict(moa, single, rows, outcomes))
+    for name, row in rows.items():
+        if name in (single, moa) or row["kind"] == "collab" or not row["scored"]:
+            continue
+        against = baseline(row, single, moa)
+        assert against is not None  # findings() returned early without both
+        c = paired(outcomes[name], outcomes[against])
+        if c is not None:
+            lines.append(f"- `{name}` against `{against}`: {difference(c)}.")
+    analyses = summary.get("analyses", {}).get(moa, {})
+    lines += aggregator_lines(moa, analyses)
+    collab = [c for c in summary.get("collaborativeness", []) if c["n"]]
+    if collab:
+        helped = [c for c in collab if c["with_references"] > c["alone"]]
+        gain = mean_of([c["with_references"] - c["alone"] for c in collab])
+        lines.append(
+            f"- Collaborativeness: {len(helped)} of {len(collab)} members scored higher when "
+            f"given the others' answers than alone (mean {100 * gain:+.0f} pp, on "
+            f"{span(c['n'] for c in collab)} items); the paper's Figure 1 reports a gain for "
+            "every model it tried."
+        )
+    return lines
+
+
+def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> stats.Comparison | None:
+    common = sorted(set(a) & set(b))
+    return stats.mcnemar([a[k] for k in common], [b[k] for k in common]) if common else None
+
+
+def difference(c: stats.Comparison) -> str:
+    sign = "ahead" if c.low > 0 else "behind" if c.high < 0 else "no measurable difference"
+    return (
+        f"{100 * c.diff:+.0f} pp [{100 * c.low:+.0f}, {100 * c.high:+.0f}] on {c.n} paired "
+        f"items (McNemar p {c.p_value:.2f}): {sign}"
+    )
+
+
+def verdict(
+    moa: str,
+    single: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    outcomes: Mapping[str, Mapping[str, bool]],
+) -> str:
+    c = paired(outcomes[moa], outcomes[single])
+    if c is None:
+        return f"- `{moa}` and `{single}` share no scored item yet."
+
+    def per_item(row: Mapping[str, Any], key: str) -> float:
+        return float(row[key]) / max(1, int(row["scored"]))
+
+    m, s = rows[moa], rows[single]
+    tokens = (per_item(m, "tokens_in") + per_item(m, "tokens_out")) / max(
+        1e-9, per_item(s, "tokens_in") + per_item(s, "tokens_out")
+    )
+    latency = float(m["latency_s_mean"] or 0) / max(1e-9, float(s["latency_s_mean"] or 0))
+    cost = f"{tokens:.1f}× the tokens and {latency:.1f}× the latency per item"
+    if c.low > 0:
+        answer = f"**yes**: MoA is ahead of the single model, at {cost}"
+    elif c.high < 0:
+        answer = f"**no**: MoA is behind the single model, at {cost}"
+    else:
+        answer = (
+            f"**not shown** on {c.n} items: the gap's 95% CI includes 0, while MoA costs {cost}"
+        )
+    return f"- Does MoA pay off here? {answer}. `{moa}` vs `{single}`: {difference(c)}."
+
+
+def aggregator_lines(moa: str, analyses: Mapping[str, Any]) -> list[str]:
+    """How much of what the proposals knew reached the final answer."""
+    lines = []
+    curve = {str(c["layer"]): c for c in analyses.get("layer_curve", [])}
+    first, final = curve.get("1"), curve.get("final")
+    if first and final and first.get("best_of_layer") is not None:
+        avg, oracle, got = first["mean"], first["best_of_layer"], final["mean"]
+        if got >= oracle:
+            where = "at or above the best proposal"
+        elif got > avg:
+            where = f"{(got - avg) / (oracle - avg):.0%} of the way from the average to the best"
+        else:
+            where = "at or below the average proposal: the aggregator adds nothing here"
+        lines.append(
+            f"- Aggregation in `{moa}`: the proposals are right {100 * avg:.0f}% of the time on "
+            f"average and at least one is right on {100 * oracle:.0f}% of items; the final "
+            f"answer is right on {100 * got:.0f}%, {where}."
+        )
+    mm = analyses.get("minority_majority")
+    if mm and (mm["minority_items"] or mm["majority_items"]):
+        lines.append(
+            f"- When only a minority of proposals was right, the final kept it on "
+            f"{mm['minority_preserved']} of {mm['minority_items']} items; a right majority was "
+            f"overturned on {mm['majority_overturned']} of {mm['majority_items']}."
+        )
+    ec = analyses.get("error_correlation")
+    if ec:
+        n = len(ec["matrix"])
+        off = [
+            float(ec["matrix"][i][j])
+            for i in range(n)
+            for j in range(i + 1, n)
+            if ec["matrix"][i][j] is not None and ec["matrix"][i][j] == ec["matrix"][i][j]
+        ]
+        if off:
+            r = mean_of(off)
+            kind = (
+                "mostly the same bet"
+                if r >= 0.5
+                else "partly independent"
+                if r > 0.2
+                else ("close to independent")
+            )
+            lines.append(
+                f"- The proposers' errors correlate at {r:+.2f} on average (pairs of "
+                f"first-layer samples): {kind}."
+            )
+    return lines
+
+
+def mean_of(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def span(counts: Iterable[int]) -> str:
+    low, high = min(counts := list(counts)), max(counts)
+    return str(low) if low == high else f"{low}–{high}"

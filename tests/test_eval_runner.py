@@ -297,6 +297,24 @@ def test_cli_writes_summary_report_and_plots(
         assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_only_claims_no_wall_time_and_dashes_systems_with_nothing_scored(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cli"
+    base = ["eval", "run", "--dataset", str(dataset), "--out", str(out), "--scorer", "number"]
+    ran = CliRunner().invoke(cli, [*base, "--system", f"single:{stack_file}"])
+    assert ran.exit_code == 0, ran.output
+    assert "Wall time of this invocation" in (out / "report.md").read_text()
+    # A report-only pass that adds a system nobody ran yet: no seconds, and no "nan" score.
+    args = [*base, "--system", f"single:{stack_file}", "--system", f"moa:{stack_file}"]
+    rendered = CliRunner().invoke(cli, [*args, "--report-only"])
+    assert rendered.exit_code == 0, rendered.output
+    text = (out / "report.md").read_text()
+    assert "Wall time of this invocation" not in text
+    assert "nan" not in text
+    assert "| moa:fake3 | 0/" in text
+
+
 def test_retrying_model_retries_transient_failures_only() -> None:
     from moakit.eval.cache import RetryingModel
 

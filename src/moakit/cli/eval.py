@@ -346,7 +346,11 @@ def _write_outputs(
         judge_price=judge_price,
     )
     summary["run"] = {"systems": specs, "items": len(dataset.items), "wall_s": round(wall, 1)}
-    (out_dir / "report.md").write_text(report.markdown(summary, wall_s=wall), encoding="utf-8")
+    # A --report-only pass answered nothing: its seconds would read as the results' cost.
+    shown_wall = None if opts["report_only"] else wall
+    (out_dir / "report.md").write_text(
+        report.markdown(summary, wall_s=shown_wall), encoding="utf-8"
+    )
     exports = out_dir / "model_outputs"
     exports.mkdir(exist_ok=True)
     by_id = {item.id: item for item in dataset.items}

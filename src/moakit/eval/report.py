@@ -8,6 +8,7 @@ length, cache hits. Then the MoA analyses for every system that has proposer lay
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -180,7 +181,8 @@ def summarize(
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        # A system with no scored item yet has a NaN mean; a dash reads as "nothing yet".
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"

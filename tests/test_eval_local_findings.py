@@ -1,0 +1,110 @@
+"""The computed "what the run shows" lines of docs/eval-local.md, on hand-built results whose
+answers are known: the verdict must follow the numbers, whichever way they go."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from render_eval_local import aggregator_lines, findings
+
+
+def _results(tmp_path: Path, right: dict[str, list[bool]]) -> tuple[Path, dict[str, Any]]:
+    """A results directory with one closed-form record per item per system."""
+    (tmp_path / "records").mkdir()
+    rows = []
+    for index, (name, outcomes) in enumerate(right.items()):
+        kind = name.split(":")[0]
+        digest = f"{index:012d}"
+        lines = [
+            json.dumps(
+                {
+                    "item_id": f"q{i}",
+                    "system": name,
+                    "error": None,
+                    "score": {"value": float(ok), "correct": ok},
+                }
+            )
+            for i, ok in enumerate(outcomes)
+        ]
+        (tmp_path / "records" / f"{kind}.{digest}.jsonl").write_text("\n".join(lines) + "\n")
+        n = len(outcomes)
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "hash": digest,
+                "scored": n,
+                "tokens_in": 100 * n if kind == "single" else 400 * n,
+                "tokens_out": 100 * n if kind == "single" else 400 * n,
+                "latency_s_mean": 10.0 if kind == "single" else 30.0,
+            }
+        )
+    return tmp_path, {"systems": rows, "analyses": {}, "collaborativeness": []}
+
+
+@pytest.mark.parametrize(
+    ("moa_right", "answer", "side"),
+    [
+        (30, "**yes**", "ahead"),
+        (0, "**no**", "behind"),
+        (15, "**not shown** on 30 items", "no measurable difference"),
+    ],
+)
+def test_the_verdict_follows_the_paired_test(
+    tmp_path: Path, moa_right: int, answer: str, side: str
+) -> None:
+    # single is right on items 0-14; moa on the first `moa_right` items of a shuffled order.
+    single = [i < 15 for i in range(30)]
+    order = [(7 * i) % 30 for i in range(30)]
+    moa = [False] * 30
+    for i in order[:moa_right]:
+        moa[i] = True
+    if moa_right == 15:
+        moa = single[:]  # the same answers: a gap of exactly 0
+    directory, summary = _results(tmp_path, {"single:s": single, "moa:s": moa})
+    lines = findings(directory, summary)
+    verdict = next(line for line in lines if line.startswith("- Does MoA pay off here?"))
+    assert answer in verdict
+    assert verdict.endswith(f"{side}.")
+    assert "4.0× the tokens and 3.0× the latency" in verdict
+
+
+def test_no_verdict_without_a_scored_moa_system(tmp_path: Path) -> None:
+    directory, summary = _results(tmp_path, {"single:s": [True, False]})
+    assert findings(directory, summary) == []
+
+
+def test_aggregation_is_placed_between_the_average_and_the_best_proposal() -> None:
+    curve = [
+        {"layer": 1, "mean": 0.2, "best_of_layer": 0.6, "n": 30},
+        {"layer": "final", "mean": 0.4, "best_of_layer": None, "n": 10},
+    ]
+    matrix = [[1.0, 0.8, 0.6], [0.8, 1.0, 0.7], [0.6, 0.7, 1.0]]
+    lines = aggregator_lines(
+        "moa:s",
+        {
+            "layer_curve": curve,
+            "minority_majority": {
+                "minority_items": 4,
+                "minority_preserved": 1,
+                "majority_items": 5,
+                "majority_overturned": 2,
+            },
+            "error_correlation": {"labels": ["a", "b", "c"], "matrix": matrix},
+        },
+    )
+    assert (
+        "the final answer is right on 40%, 50% of the way from the average to the best"
+        in (lines[0])
+    )
+    assert "kept it on 1 of 4 items; a right majority was overturned on 2 of 5" in lines[1]
+    assert "+0.70 on average" in lines[2] and "mostly the same bet" in lines[2]
+    worse = [dict(curve[0]), {**curve[1], "mean": 0.1}]
+    assert "the aggregator adds nothing here" in aggregator_lines("m", {"layer_curve": worse})[0]
