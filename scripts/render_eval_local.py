@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from eval_driver import right, system_records
@@ -159,14 +160,12 @@ def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
         against = baseline(row, single, moa)
         cmp_cells = "– | – | –"
         if against and against != name:
-            a, b = (
+            c = paired(
                 correct(system_records(directory, row)),
                 correct(system_records(directory, rows[against])),
             )
-            common = sorted(set(a) & set(b))
             test = "– | –"
-            if common:
-                c = stats.mcnemar([a[k] for k in common], [b[k] for k in common])
+            if c is not None:
                 test = f"{c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] (n={c.n}) | {c.p_value:.3f}"
             cmp_cells = f"`{against}` | {test}"
         s = row["score"]
@@ -227,7 +226,7 @@ def findings(directory: Path, summary: Mapping[str, Any]) -> list[str]:
     collab = [c for c in summary.get("collaborativeness", []) if c["n"]]
     if collab:
         helped = [c for c in collab if c["with_references"] > c["alone"]]
-        gain = mean_of([c["with_references"] - c["alone"] for c in collab])
+        gain = fmean([c["with_references"] - c["alone"] for c in collab])
         lines.append(
             f"- Collaborativeness: {len(helped)} of {len(collab)} members scored higher when "
             f"given the others' answers than alone (mean {100 * gain:+.0f} pp, on "
@@ -315,7 +314,7 @@ def aggregator_lines(moa: str, analyses: Mapping[str, Any]) -> list[str]:
             if ec["matrix"][i][j] is not None and ec["matrix"][i][j] == ec["matrix"][i][j]
         ]
         if off:
-            r = mean_of(off)
+            r = fmean(off)
             kind = (
                 "mostly the same bet"
                 if r >= 0.5
@@ -328,10 +327,6 @@ def aggregator_lines(moa: str, analyses: Mapping[str, Any]) -> list[str]:
                 f"first-layer samples): {kind}."
             )
     return lines
-
-
-def mean_of(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def span(counts: Iterable[int]) -> str:
