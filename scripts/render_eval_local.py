@@ -43,7 +43,7 @@ def document(
         "  (served from the response cache), so its latency is the ranking call's alone;",
         "  `majority` votes over `moa:local`'s recorded proposals and makes no call.",
     ]
-    lines += status(results, full, runs)
+    lines += status(results, full, systems, runs)
     for dataset in full:
         summary_path = results / dataset / "summary.json"
         if not summary_path.exists():
@@ -61,7 +61,23 @@ def document(
     return "\n".join(lines) + "\n"
 
 
-def status(results: Path, full: Mapping[str, int], runs: Sequence[dict[str, Any]]) -> list[str]:
+def subset_names(specs: Iterable[str]) -> set[str]:
+    """Report names of the systems that run on a subset (``items=N``): the spec without its
+    ``items=``/``cache=`` options, which the report's names leave out."""
+    names = set()
+    for spec in specs:
+        parts = spec.split(",")
+        if any(p.startswith("items=") for p in parts[1:]):
+            names.add(",".join(p for p in parts if not p.startswith(("items=", "cache="))))
+    return names
+
+
+def status(
+    results: Path,
+    full: Mapping[str, int],
+    systems: Mapping[str, Sequence[str]],
+    runs: Sequence[dict[str, Any]],
+) -> list[str]:
     lines = ["", "## Status and wall time", ""]
     for dataset, target in full.items():
         summary_path = results / dataset / "summary.json"
@@ -69,12 +85,19 @@ def status(results: Path, full: Mapping[str, int], runs: Sequence[dict[str, Any]
             lines.append(f"- {dataset}: not started (target {target} items).")
             continue
         rows = json.loads(summary_path.read_text())["systems"]
-        core = [r for r in rows if r["name"] in ("single:local", "moa:local")]
+        subsets = subset_names(systems.get(dataset, ()))
+        # A collab row is named after its member (`collab:local:<model>#1`), so match prefixes.
+        core = [
+            r
+            for r in rows
+            if not any(r["name"] == s or r["name"].startswith(s + ":") for s in subsets)
+        ]
         done = min((r["scored"] for r in core), default=0)
         state = "complete" if done >= target else "**partial**"
-        lines.append(
-            f"- {dataset}: {done} of {target} items scored by every full system ({state})."
-        )
+        line = f"- {dataset}: {done} of {target} items scored by every full system ({state})"
+        if done < target and len({r["scored"] for r in core}) > 1:
+            line += ": " + ", ".join(f"`{r['name']}` {r['scored']}" for r in core)
+        lines.append(line + ".")
     worked = [r for r in runs if r.get("new_records", 1)]
     compute = sum(item_seconds(results / d) for d in full)
     lines += [

@@ -108,3 +108,32 @@ def test_aggregation_is_placed_between_the_average_and_the_best_proposal() -> No
     assert "+0.70 on average" in lines[2] and "mostly the same bet" in lines[2]
     worse = [dict(curve[0]), {**curve[1], "mean": 0.1}]
     assert "the aggregator adds nothing here" in aggregator_lines("m", {"layer_curve": worse})[0]
+
+
+def test_status_counts_every_full_system_not_only_single_and_moa(tmp_path: Path) -> None:
+    """The status line once took the minimum over single and MoA alone, so a run where the
+    ranker lagged behind read as further along than it was."""
+    from render_eval_local import status
+
+    rows = [
+        {"name": "single:local", "scored": 100},
+        {"name": "moa:local", "scored": 90},
+        {"name": "ranker:local", "scored": 80},
+        {"name": "moa:local-staircase", "scored": 20},
+        {"name": "collab:local:qwen#1", "scored": 20},
+    ]
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "summary.json").write_text(json.dumps({"systems": rows}))
+    specs = {
+        "gsm8k": [
+            "single:local",
+            "moa:local,cache=off",
+            "moa:local-staircase,items=20",
+            "ranker:local",
+            "collab:local,items=20",
+        ]
+    }
+    lines = status(tmp_path, {"gsm8k": 100}, specs, [])
+    line = next(x for x in lines if x.startswith("- gsm8k"))
+    assert line.startswith("- gsm8k: 80 of 100 items scored by every full system (**partial**)")
+    assert "`ranker:local` 80" in line and "staircase" not in line and "collab" not in line
