@@ -14,6 +14,7 @@ from typing import Any
 from eval_driver import right, system_records
 
 from moakit.eval import stats
+from moakit.eval.systems import build_systems
 
 TITLES = {"gsm8k": "GSM8K (exact match on the final number)", "humaneval": "HumanEval (pass@1)"}
 
@@ -61,15 +62,10 @@ def document(
     return "\n".join(lines) + "\n"
 
 
-def subset_names(specs: Iterable[str]) -> set[str]:
-    """Report names of the systems that run on a subset (``items=N``): the spec without its
-    ``items=``/``cache=`` options, which the report's names leave out."""
-    names = set()
-    for spec in specs:
-        parts = spec.split(",")
-        if any(p.startswith("items=") for p in parts[1:]):
-            names.add(",".join(p for p in parts if not p.startswith(("items=", "cache="))))
-    return names
+def full_names(specs: Sequence[str]) -> set[str]:
+    """Report names of the systems that run on every item (no ``items=``), as ``moa eval``
+    itself names them (a collab spec expands to one system per member)."""
+    return {s.name for s in build_systems(list(specs)) if s.max_items is None}
 
 
 def status(
@@ -85,13 +81,8 @@ def status(
             lines.append(f"- {dataset}: not started (target {target} items).")
             continue
         rows = json.loads(summary_path.read_text())["systems"]
-        subsets = subset_names(systems.get(dataset, ()))
-        # A collab row is named after its member (`collab:local:<model>#1`), so match prefixes.
-        core = [
-            r
-            for r in rows
-            if not any(r["name"] == s or r["name"].startswith(s + ":") for s in subsets)
-        ]
+        names = full_names(systems.get(dataset, ()))
+        core = [r for r in rows if r["name"] in names]
         done = min((r["scored"] for r in core), default=0)
         state = "complete" if done >= target else "**partial**"
         line = f"- {dataset}: {done} of {target} items scored by every full system ({state})"
