@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from render_eval_local import aggregator_lines, findings
+from render_eval_local import aggregator_lines, findings, paired
 
 
 def _results(tmp_path: Path, right: dict[str, list[bool]]) -> tuple[Path, dict[str, Any]]:
@@ -74,6 +74,33 @@ def test_the_verdict_follows_the_paired_test(
     assert answer in verdict
     assert verdict.endswith(f"{side}.")
     assert "4.0× the tokens and 3.0× the latency" in verdict
+
+
+def test_a_gap_only_the_bootstrap_ci_calls_is_a_lean_not_a_finding(tmp_path: Path) -> None:
+    # The committed GSM8K shape: of 100 items, 8 only MoA got right and 18 only single did.
+    # The paired bootstrap CI then excludes 0 while the exact McNemar p is about 0.08.
+    # Both right on 10 more, in a shuffled order (the bootstrap's resamples follow positions).
+    order = [(11 * i) % 100 for i in range(100)]
+    single = [False] * 100
+    moa = [False] * 100
+    for i in order[:18]:
+        single[i] = True
+    for i in order[18:26]:
+        moa[i] = True
+    for i in order[26:36]:
+        single[i] = moa[i] = True
+    c = paired(
+        {f"q{i}": ok for i, ok in enumerate(moa)}, {f"q{i}": ok for i, ok in enumerate(single)}
+    )
+    assert c is not None
+    assert c.high < 0 < c.p_value - 0.05  # the premise: the two tests disagree
+    directory, summary = _results(tmp_path, {"single:s": single, "moa:s": moa})
+    verdict = next(
+        line for line in findings(directory, summary) if line.startswith("- Does MoA pay off")
+    )
+    assert "leans behind" in verdict
+    assert "MoA is behind" not in verdict
+    assert verdict.endswith("McNemar p ≥ 0.05: not significant).")
 
 
 def test_no_verdict_without_a_scored_moa_system(tmp_path: Path) -> None:
