@@ -256,7 +256,7 @@ def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> stats.Comparison | N
 
 
 def side(c: stats.Comparison) -> str:
-    """ "ahead"/"behind" only when both tests agree.
+    """Say "ahead" or "behind" only when both tests agree.
 
     The bootstrap CI and the exact McNemar test can disagree near the edge (GSM8K's MoA gap
     was [-20, -1] pp with p 0.08); a claim made on one of them alone would be the stronger
