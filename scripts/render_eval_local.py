@@ -255,26 +255,28 @@ def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> stats.Comparison | N
     return stats.mcnemar([a[k] for k in common], [b[k] for k in common]) if common else None
 
 
-def side(c: stats.Comparison) -> str:
-    """Say "ahead" or "behind" only when both tests agree.
+def direction(c: stats.Comparison) -> tuple[str | None, bool]:
+    """Which way the gap points ("ahead", "behind" or None) and whether both tests say so.
 
     The bootstrap CI and the exact McNemar test can disagree near the edge (GSM8K's MoA gap
     was [-20, -1] pp with p 0.08); a claim made on one of them alone would be the stronger
     reading picked after the fact, so that case is reported as a lean, not a finding.
     """
-    excludes_zero = c.low > 0 or c.high < 0
-    if not excludes_zero:
-        return "no measurable difference"
-    way = "ahead" if c.low > 0 else "behind"
-    if c.p_value < 0.05:
-        return way
-    return f"leaning {way} (the 95% CI excludes 0 but McNemar p ≥ 0.05: not significant)"
+    way = "ahead" if c.low > 0 else "behind" if c.high < 0 else None
+    return way, way is not None and c.p_value < 0.05
 
 
 def difference(c: stats.Comparison) -> str:
+    way, agreed = direction(c)
+    if way is None:
+        side = "no measurable difference"
+    elif agreed:
+        side = way
+    else:
+        side = f"leaning {way} (the 95% CI excludes 0 but McNemar p ≥ 0.05: not significant)"
     return (
         f"{100 * c.diff:+.0f} pp [{100 * c.low:+.0f}, {100 * c.high:+.0f}] on {c.n} paired "
-        f"items (McNemar p {c.p_value:.2f}): {side(c)}"
+        f"items (McNemar p {c.p_value:.2f}): {side}"
     )
 
 
@@ -297,14 +299,14 @@ def verdict(
     )
     latency = float(m["latency_s_mean"] or 0) / max(1e-9, float(s["latency_s_mean"] or 0))
     cost = f"{tokens:.1f}× the tokens and {latency:.1f}× the latency per item"
-    where = side(c)
-    if where == "ahead":
+    way, agreed = direction(c)
+    if way == "ahead" and agreed:
         answer = f"**yes**: MoA is ahead of the single model, at {cost}"
-    elif where == "behind":
+    elif way == "behind" and agreed:
         answer = f"**no**: MoA is behind the single model, at {cost}"
-    elif where.startswith("leaning behind"):
+    elif way == "behind":
         answer = f"**no**: MoA is not ahead, and leans behind the single model, at {cost}"
-    elif where.startswith("leaning ahead"):
+    elif way == "ahead":
         answer = f"**not shown** on {c.n} items: MoA leans ahead, while it costs {cost}"
     else:
         answer = (

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from render_eval_local import aggregator_lines, findings, paired
+from render_eval_local import aggregator_lines, findings, paired, status
 
 
 def _results(tmp_path: Path, right: dict[str, list[bool]]) -> tuple[Path, dict[str, Any]]:
@@ -140,8 +140,6 @@ def test_aggregation_is_placed_between_the_average_and_the_best_proposal() -> No
 def test_status_counts_every_full_system_not_only_single_and_moa(tmp_path: Path) -> None:
     """The status line once took the minimum over single and MoA alone, so a run where the
     ranker lagged behind read as further along than it was."""
-    from render_eval_local import status
-
     rows = [
         {"name": "single:local", "scored": 100},
         {"name": "moa:local", "scored": 90},
