@@ -22,6 +22,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard scripts)
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -31,7 +32,14 @@ typecheck: install
 chromium:
 	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: install chromium lint typecheck
+# A third-party plugin kept under tests/ (one provider, one strategy), installed into the test
+# environment the way a user installs one: the plugin tests use it through its entry point.
+TEST_PLUGIN := tests/plugins/moakit-hello
+$(VENV)/.test-plugin: $(VENV)/.installed $(wildcard $(TEST_PLUGIN)/pyproject.toml $(TEST_PLUGIN)/src/*/*.py)
+	$(BIN)/pip install -q --no-deps $(TEST_PLUGIN)
+	touch $@
+
+test: install $(VENV)/.test-plugin chromium lint typecheck
 	$(BIN)/pytest -q
 
 # The embedded-model evaluation behind docs/eval-local.md: hours on 2 cores, resumable (the

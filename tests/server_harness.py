@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import openai
 import uvicorn
@@ -70,7 +70,9 @@ class City(BaseModel):
 
 
 class FormatModel(FunctionModel):
-    supports_response_format: ClassVar[bool] = True
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.profile = self.profile.but(response_format=True)
 
 
 def city_json(request: ChatRequest) -> str:

@@ -18,7 +18,7 @@ from moakit.config import MemberSpec
 from moakit.errors import ModelCallError
 from moakit.models.anthropic import build
 from moakit.models.base import ChatRequest, Model, collect
-from moakit.models.registry import ResourcePool
+from moakit.models.provider import ResourcePool
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SECRET = "anthropic-canary-key-0123456789abcdef"  # not key-shaped: scrubbing is by value

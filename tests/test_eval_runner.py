@@ -27,9 +27,12 @@ from moakit.eval.runner import Runner
 from moakit.eval.scorers import build_scorer
 from moakit.eval.systems import build_systems, parse_ranker_choice
 from moakit.models.base import ChatRequest, Chunk, Model, collect
-from moakit.models.registry import ResourcePool, register_provider
+from moakit.models.profile import ModelProfile
+from moakit.models.provider import ResourcePool
 from moakit.models.wrappers import ConcurrencyLimitedModel
+from moakit.plugins import register as register_plugin
 from moakit.testing.models import FunctionModel
+from moakit.testing.plugins import plugin
 
 CALLS: Counter[str] = Counter()
 
@@ -60,7 +63,7 @@ def _build(spec: MemberSpec, pool: ResourcePool) -> Model:
     return FunctionModel(_fake_answer, name=spec.model)
 
 
-register_provider("evalfake", _build)
+register_plugin(plugin(register_providers={"evalfake": _build}), name="test-evalfake")
 
 
 STACK = """
@@ -432,7 +435,7 @@ async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_
 
     class Prefilling(Model):
         name = "p"
-        supports_prefill = True
+        profile = ModelProfile(prefill=True)
         calls = 0
 
         async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
@@ -442,7 +445,7 @@ async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_
     cache = ResponseCache()
     cached = CachedModel(Prefilling(), cache, {"model": "p"})
     retrying = RetryingModel(cached)
-    assert cached.supports_prefill and retrying.supports_prefill
+    assert cached.profile.prefill and retrying.profile.prefill
     request = ChatRequest([{"role": "user", "content": "hi"}])
     assert (await retrying.complete(request)).text == "ok"
     assert (await retrying.complete(request)).text == "ok"
@@ -489,11 +492,15 @@ def _streamed_answer(request: ChatRequest) -> str:
     return f"The answer is {request.seed} " + " ".join(f"w{i}" for i in range(20))
 
 
-register_provider(
-    "evalstream",
-    lambda spec, pool: FunctionModel(
-        _streamed_answer, name=spec.model, per_token_s=0.003, prefill=True
+register_plugin(
+    plugin(
+        register_providers={
+            "evalstream": lambda spec, pool: FunctionModel(
+                _streamed_answer, name=spec.model, per_token_s=0.003, prefill=True
+            )
+        }
     ),
+    name="test-evalstream",
 )
 
 

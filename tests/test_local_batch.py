@@ -159,7 +159,7 @@ async def test_json_schema_output_parses_and_matches_the_schema() -> None:
         max_tokens=60,
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
     )
-    assert LocalModel.supports_response_format
+    assert LocalModel.profile.response_format
     data = json.loads((await m.complete(request)).text)
     assert set(data) == {"colour", "count"}
     assert isinstance(data["colour"], str) and len(data["colour"]) <= 16

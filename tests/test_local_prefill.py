@@ -31,7 +31,7 @@ def greedy(max_tokens: int, **kw: Any) -> ChatRequest:
 
 async def test_a_greedy_answer_continued_from_its_first_half_is_the_same_answer() -> None:
     m = model()
-    assert m.supports_prefill
+    assert m.profile.prefill
     whole = await m.complete(greedy(40))
     cut = whole.text[: whole.text.index(" ", len(whole.text) // 2)]
     stats = shared_runtime(m.key).scheduler.stats

@@ -4,18 +4,21 @@ plain-text error bodies)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from moakit.config import MemberSpec
-from moakit.errors import ModelCallError
+from moakit import Stack
+from moakit.config import MemberSpec, parse_config
+from moakit.errors import ModelCallError, QueryFailed
 from moakit.models.base import ChatRequest, Model, collect
 from moakit.models.openai_compat import build
-from moakit.models.registry import ResourcePool
+from moakit.models.provider import ResourcePool
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=5)
@@ -144,3 +147,57 @@ async def test_stream_request_answered_with_one_json_body(monkeypatch: pytest.Mo
         )
 
     assert await streamed(handler, monkeypatch) == ("whole", "stop")
+
+
+def status(code: int, headers: dict[str, str], hits: list[int] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if hits is not None:
+            hits.append(code)
+        return web.json_response({"error": {"message": "nope"}}, status=code, headers=headers)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("code", "header", "retryable"),
+    [(503, "false", False), (400, "true", True), (503, None, True), (400, None, False)],
+)
+async def test_x_should_retry_overrides_the_status_rule(
+    code: int, header: str | None, retryable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = {"x-should-retry": header} if header is not None else {}
+    with pytest.raises(ModelCallError) as info:
+        await streamed(status(code, headers), monkeypatch)
+    assert info.value.status == code and info.value.retryable is retryable
+
+
+async def test_retry_after_as_an_http_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    when = formatdate(time.time() + 3, usegmt=True)  # "Wed, 09 Dec 2026 10:00:03 GMT"
+    with pytest.raises(ModelCallError) as info:
+        await streamed(status(429, {"retry-after": when}), monkeypatch)
+    assert info.value.retry_after_s is not None and 1.0 < info.value.retry_after_s <= 3.0
+
+
+async def test_the_engine_does_not_retry_what_the_server_says_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hits: list[int] = []
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", status(503, {"x-should-retry": "false"}, hits))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    member = {"model": "m", "base_url": str(server.make_url("/v1")), "retries": 3}
+    config = parse_config(
+        {
+            "retry": {"initial_s": 0.0, "max_s": 0.0},
+            "layers": [[member, {**member, "model": "ok-twin"}]],
+            "aggregator": member,
+        }
+    )
+    try:
+        async with Stack(config) as stack:
+            with pytest.raises(QueryFailed):
+                await stack.run([{"role": "user", "content": "hi"}])
+    finally:
+        await server.close()
+    assert len(hits) == 2  # each proposer tried once: no retry of a "do not retry"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from moakit import Stack, parse_config
+from moakit.config import config_hash
 from moakit.events import (
     AggregatorStarted,
     BaseEvent,
@@ -54,7 +55,7 @@ async def test_every_event_carries_the_run_id_and_a_timestamp() -> None:
     stamps = [e.ts for e in seen]
     assert stamps == sorted(stamps) and before <= stamps[0] <= stamps[-1] <= time.time()
     assert isinstance(seen[0], RunStarted) and isinstance(seen[-1], RunFinished)
-    assert seen[0].stack == "custom" and len(seen[0].config_hash) == 64
+    assert seen[0].stack == "custom" and seen[0].config_hash == config_hash(stack.config)
 
 
 async def test_run_ids_default_to_fresh_uuids() -> None:
@@ -88,7 +89,7 @@ async def test_member_started_carries_the_exact_request_and_deltas_stream() -> N
     assert by_who[(3, 0)].request.max_tokens == 9  # the caller's override, aggregator only
     assert by_who[(1, 0)].request.max_tokens is None
     # Proposer text streams as MemberDelta and adds up to the member's answer.
-    layer1 = next(e for e in seen if isinstance(e, LayerFinished)).layer
+    layer1 = next(e for e in seen if isinstance(e, LayerFinished)).result
     a_text = "".join(
         e.text for e in seen if isinstance(e, MemberDelta) and e.layer == 1 and e.index == 0
     )

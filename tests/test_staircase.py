@@ -4,6 +4,7 @@ continuity, members dropped mid-answer, the stream rule, cancellation, config ch
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -15,6 +16,7 @@ from moakit import ConfigError, LayerFailed, Stack, parse_config
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import TextDelta
 from moakit.models.base import ChatRequest, Chunk, Model, Usage
+from moakit.models.profile import ModelProfile
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.result import Result
 from moakit.testing.models import echo_model
@@ -27,7 +29,7 @@ class Scripted(Model):
     (finish "length") and ``prefill`` (continues after the words already written).
     ``fail_at``: raise after that many words of the whole answer have been written."""
 
-    supports_prefill = True
+    profile = ModelProfile(prefill=True)
 
     def __init__(
         self,
@@ -249,9 +251,28 @@ async def test_fallback_takes_over_before_any_text() -> None:
 async def test_without_streaming_each_step_is_sent_once_complete() -> None:
     a = Scripted("a", 8, per_token_s=0.02)
     agg = Scripted("agg", 10)
-    async with Stack(staircase([["a"]]), models={"a": a, "agg": agg}) as stack:
-        result, text = await streamed(stack, streaming=False)
+    deltas: list[str] = []
+    requests_at_delta: list[int] = []
+    result: Result | None = None
+    async with (
+        Stack(staircase([["a"]]), models={"a": a, "agg": agg}) as stack,
+        aclosing(stack.events(CONV, streaming=False)) as events,
+    ):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                deltas.append(event.text)
+                requests_at_delta.append(len(agg.requests))
+            result = getattr(event, "result", result)
+    assert result is not None
+    text = "".join(deltas)
     assert_continuous(result, text, agg)
+    steps = result.aggregator.steps  # type: ignore[union-attr]
+    assert len(steps) >= 2
+    # One delta per step, holding exactly what that step wrote...
+    marks = [0, *(s.text_chars for s in steps)]
+    assert deltas == [text[i:j] for i, j in itertools.pairwise(marks)]
+    # ...sent once the step completed: before the next step's request, never during it.
+    assert requests_at_delta == list(range(1, len(steps) + 1))
 
 
 async def test_cancelling_the_stream_stops_every_call() -> None:

@@ -16,7 +16,7 @@ from moakit.errors import ModelCallError
 from moakit.events import TextDelta
 from moakit.models.base import ChatRequest, collect
 from moakit.models.openai_compat import build
-from moakit.models.registry import ResourcePool
+from moakit.models.provider import ResourcePool
 from moakit.result import Result
 from moakit.testing.fake_backend import (
     Behavior,
@@ -115,7 +115,7 @@ async def test_anthropic_prefill_is_a_trailing_assistant_turn(
 ) -> None:
     fake = Fake(sse(message_start() + text_events(" upon", " a time") + message_end()))
     async with model(fake, monkeypatch) as m:
-        assert m.supports_prefill
+        assert m.profile.prefill
         completion = await collect(m.stream(ChatRequest(messages=CONV, prefill="Once ")))
     # The API refuses trailing whitespace there: sent stripped, the model's leading space
     # dropped, so the text joins up as "Once upon a time".
@@ -131,7 +131,7 @@ async def test_fake_backend_continues_the_answer_it_would_have_given() -> None:
                 model="m", base_url=fb.base_url, options={"continue_final_message": True}
             )
             m = build(spec, pool)
-            assert m.supports_prefill
+            assert m.profile.prefill
             whole = expected_content("m", CONV, 6)
             written = " ".join(whole.split()[:2])
             for complete in (True, False):

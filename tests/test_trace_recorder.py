@@ -1,104 +1,29 @@
-"""The recorder against the engine contract's events (run_id/ts on each, RunStarted,
-MemberStarted with its request, AggregatorAttemptFailed, RunFailed), which the engine branch
-delivers: stand-ins with the contract's class names and fields drive it here."""
+"""The recorder driven by the engine's own events (``moakit.events``): run_id/ts on each,
+RunStarted, MemberStarted with its request and the references it was shown,
+AggregatorAttemptFailed, RunFailed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from moakit.events import (
+    AggregatorAttemptFailed,
+    AggregatorStarted,
+    LayerFinished,
+    LayerStarted,
+    MemberDelta,
+    MemberFinished,
+    MemberStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
 from moakit.models.base import ChatRequest, Usage
+from moakit.references import Reference
 from moakit.result import Attempt, LayerResult, MemberOutput, Result
 from moakit.trace import TraceRecorder, TraceStore
-
-
-@dataclass(frozen=True)
-class RunStarted:
-    run_id: str
-    ts: float
-    stack: str
-    config_hash: str
-
-
-@dataclass(frozen=True)
-class LayerStarted:
-    run_id: str
-    ts: float
-    layer: int
-    members: list[str]
-
-
-@dataclass(frozen=True)
-class MemberStarted:
-    run_id: str
-    ts: float
-    layer: int
-    index: int
-    label: str
-    provider: str
-    model: str
-    attempt: int
-    request: ChatRequest
-
-
-@dataclass(frozen=True)
-class MemberDelta:
-    run_id: str
-    ts: float
-    layer: int
-    index: int
-    text: str
-
-
-@dataclass(frozen=True)
-class MemberFinished:
-    run_id: str
-    ts: float
-    output: MemberOutput
-
-
-@dataclass(frozen=True)
-class LayerFinished:
-    run_id: str
-    ts: float
-    layer: LayerResult
-
-
-@dataclass(frozen=True)
-class AggregatorStarted:
-    run_id: str
-    ts: float
-    index: int
-    label: str
-    model: str
-    references: int
-
-
-@dataclass(frozen=True)
-class AggregatorAttemptFailed:
-    run_id: str
-    ts: float
-    failed: MemberOutput
-    will_retry: bool
-    had_text: bool
-
-
-@dataclass(frozen=True)
-class RunFinished:
-    run_id: str
-    ts: float
-    result: Result
-
-
-@dataclass(frozen=True)
-class RunFailed:
-    run_id: str
-    ts: float
-    error: str
-    result: Result
-
 
 T0 = 1_800_000_000.0
 
@@ -119,7 +44,32 @@ def member(layer: int, index: int, output: str | None, error: str | None = None)
     )
 
 
-def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
+def started(
+    run_id: str,
+    ts: float,
+    layer: int,
+    index: int,
+    label: str,
+    model: str,
+    attempt: int,
+    request: ChatRequest,
+    references: tuple[Reference, ...] = (),
+) -> MemberStarted:
+    return MemberStarted(
+        run_id=run_id,
+        ts=ts,
+        layer=layer,
+        index=index,
+        label=label,
+        provider="openai",
+        model=model,
+        attempt=attempt,
+        request=request,
+        references=references,
+    )
+
+
+def test_engine_events_of_two_interleaved_runs(tmp_path: Path) -> None:
     recorder = TraceRecorder(TraceStore(tmp_path / "t.db"))
     store = recorder.sinks[0]
     assert isinstance(store, TraceStore)
@@ -130,27 +80,31 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
     )
     ok_a, ok_b = member(1, 0, "answer A"), member(1, 1, "answer B")
     failed_agg = member(2, 0, None, "http 503: busy")
-    # `index` today, `layer` after the engine rework (the other is ignored as an extra field).
-    layer = LayerResult(index=1, layer=1, members=[ok_a], latency_s=1.25, min_successful=1)
+    layer = LayerResult(layer=1, members=[ok_a], latency_s=1.25, min_successful=1)
+    shown = (Reference(text="answer A", label="m10", model="model-0", layer=1, index=0),)
     good_agg = member(2, 0, "final")
     events = [
-        RunStarted("r1", T0, "stack-one", "sha256:engine-hash"),
-        RunStarted("r2", T0 + 1, "stack-two", "sha256:other"),
-        LayerStarted("r1", T0, 1, ["m10"]),
-        MemberStarted("r1", T0 + 0.5, 1, 0, "m10", "openai", "model-0", 1, req),
-        MemberStarted("r2", T0 + 1.5, 1, 1, "m11", "openai", "model-1", 1, req),
-        MemberDelta("r1", T0 + 0.6, 1, 0, "ans"),
-        MemberFinished("r2", T0 + 2.75, ok_b),
-        MemberFinished("r1", T0 + 1.75, ok_a),
-        LayerFinished("r1", T0 + 1.75, layer),
-        AggregatorStarted("r1", T0 + 1.8, 0, "agg", "model-0", 1),
-        MemberStarted("r1", T0 + 1.8, 2, 0, "agg", "openai", "model-0", 1, agg_req),
-        AggregatorAttemptFailed("r1", T0 + 2.0, failed_agg, will_retry=True, had_text=False),
-        MemberStarted("r1", T0 + 2.1, 2, 0, "agg", "openai", "model-0", 2, agg_req),
+        RunStarted(run_id="r1", ts=T0, stack="stack-one", config_hash="sha256:engine-hash"),
+        RunStarted(run_id="r2", ts=T0 + 1, stack="stack-two", config_hash="sha256:other"),
+        LayerStarted(run_id="r1", ts=T0, layer=1, members=["m10"]),
+        started("r1", T0 + 0.5, 1, 0, "m10", "model-0", 1, req),
+        started("r2", T0 + 1.5, 1, 1, "m11", "model-1", 1, req),
+        MemberDelta(run_id="r1", ts=T0 + 0.6, layer=1, index=0, text="ans"),
+        MemberFinished(run_id="r2", ts=T0 + 2.75, output=ok_b),
+        MemberFinished(run_id="r1", ts=T0 + 1.75, output=ok_a),
+        LayerFinished(run_id="r1", ts=T0 + 1.75, layer=1, result=layer),
+        AggregatorStarted(
+            run_id="r1", ts=T0 + 1.8, index=0, label="agg", model="model-0", references=1
+        ),
+        started("r1", T0 + 1.8, 2, 0, "agg", "model-0", 1, agg_req, shown),
+        AggregatorAttemptFailed(
+            run_id="r1", ts=T0 + 2.0, failed=failed_agg, will_retry=True, had_text=False
+        ),
+        started("r1", T0 + 2.1, 2, 0, "agg", "model-0", 2, agg_req, shown),
         RunFinished(
-            "r1",
-            T0 + 3,
-            Result(
+            run_id="r1",
+            ts=T0 + 3,
+            result=Result(
                 stack="stack-one",
                 final="final",
                 layers=[layer],
@@ -159,10 +113,12 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
             ),
         ),
         RunFailed(
-            "r2",
-            T0 + 4,
-            "every aggregator failed",
-            Result(stack="stack-two", layers=[], latency_s=3.0, error="every aggregator failed"),
+            run_id="r2",
+            ts=T0 + 4,
+            error="every aggregator failed",
+            result=Result(
+                stack="stack-two", layers=[], latency_s=3.0, error="every aggregator failed"
+            ),
         ),
     ]
     for event in events:
@@ -196,8 +152,7 @@ def test_contract_events_of_two_interleaved_runs(tmp_path: Path) -> None:
 def test_events_without_a_started_run_are_ignored(tmp_path: Path) -> None:
     with TraceStore(tmp_path / "t.db") as store:
         recorder = TraceRecorder(store)
-        recorder(MemberFinished("ghost", T0, member(1, 0, "x")))
-        recorder(object())  # no run_id at all: logged, ignored
+        recorder(MemberFinished(run_id="ghost", ts=T0, output=member(1, 0, "x")))
         assert store.flush()
         assert store.list_queries() == []
 
@@ -242,8 +197,8 @@ async def test_traced_run_records_each_call_once_through_the_engine_observers() 
 
 
 async def test_the_engines_config_hash_is_the_stored_one(tmp_path: Path) -> None:
-    """A stack that hashes its own config (the engine branch does, and says so in RunStarted)
-    is stored under that hash, so the query and its config stay joined."""
+    """A stack hashes its own config (and says so in RunStarted): the query is stored under
+    that hash, so the query and its config stay joined."""
     from moakit import Stack
     from moakit.testing.models import echo_model
     from moakit.trace import traced_run
@@ -275,7 +230,7 @@ def test_runs_that_never_end_are_not_held_forever(
     with TraceStore(tmp_path / "t.db") as store:
         recorder = TraceRecorder(store)
         for i in range(5):
-            recorder(RunStarted(f"r{i}", T0 + i, "s", "h"))
+            recorder(RunStarted(run_id=f"r{i}", ts=T0 + i, stack="s", config_hash="h"))
         assert recorder.active_runs == 3
         assert store.flush()
         assert {q.status for q in store.list_queries()} == {"incomplete"}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 
 import moakit
 from moakit import parse_config
-from moakit.models.registry import ResourcePool, register_provider
+from moakit.models.provider import ResourcePool
+from moakit.plugins import registered
 from moakit.server import create_app
 from moakit.testing.models import echo_model
+from moakit.testing.plugins import plugin
 from moakit.trace import TraceStore
 from server_harness import USER, client, serve
 from trace_helpers import echo_stack, fixed
@@ -69,11 +72,12 @@ def test_server_without_a_store_records_nothing_and_has_no_ui(tmp_path: Path) ->
 
 
 @pytest.fixture
-def echo_provider() -> None:
+def echo_provider() -> Iterator[None]:
     def build(spec: Any, pool: ResourcePool) -> Any:
         return echo_model(spec.model)
 
-    register_provider("echo-test", build)
+    with registered(plugin(register_providers={"echo-test": build})):
+        yield
 
 
 async def test_library_records_only_when_asked(tmp_path: Path, echo_provider: None) -> None:

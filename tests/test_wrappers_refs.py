@@ -11,10 +11,13 @@ import pytest
 from moakit import ConfigError, Stack, parse_config
 from moakit.config import ResolvedMember
 from moakit.models.base import ChatRequest, Chunk, Model
+from moakit.models.profile import ModelProfile
 from moakit.models.wrappers import ConcurrencyLimitedModel, WrapperModel
+from moakit.plugins import registered
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
-from moakit.references import Reference, ReferencePipeline, register_transform
+from moakit.references import Reference, ReferencePipeline
 from moakit.testing.models import echo_model
+from moakit.testing.plugins import plugin
 
 CONV = [{"role": "user", "content": "q"}]
 
@@ -104,14 +107,14 @@ async def test_wrap_hook_sees_every_member_and_its_resolved_spec() -> None:
 def test_wrappers_report_the_wrapped_models_capabilities() -> None:
     class Structured(Model):
         name = "s"
-        supports_response_format = True
+        profile = ModelProfile(response_format=True)
 
         async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
             yield Chunk(text="x")
 
     sem = asyncio.Semaphore(1)
     wrapped = ConcurrencyLimitedModel(Structured(), sem)
-    assert wrapped.supports_response_format and not wrapped.supports_prefill
+    assert wrapped.profile.response_format and not wrapped.profile.prefill
     assert wrapped.name == "s" and wrapped.loaded()
 
 
@@ -143,11 +146,12 @@ async def test_configured_transforms_run_in_order_on_reference_records() -> None
     def shout(refs: Sequence[Reference]) -> list[Reference]:
         return [Reference(**{**r.__dict__, "text": r.text.upper()}) for r in refs]
 
-    register_transform("test-drop-b", drop_b)
-    register_transform("test-shout", shout)
+    transforms = {"test-drop-b": lambda _config: drop_b, "test-shout": lambda _config: shout}
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
-    async with refs_stack(models, references={"transforms": ["test-drop-b", "test-shout"]}) as st:
-        await st.run(CONV)
+    with registered(plugin(register_reference_transforms=transforms)):
+        refs = {"transforms": ["test-drop-b", "test-shout"]}
+        async with refs_stack(models, references=refs) as st:
+            await st.run(CONV)
     assert [(r.label, r.model, r.layer, r.index, r.truncated) for r in seen] == [
         ("a", "a", 1, 0, False),
         ("b", "b", 1, 1, False),
@@ -177,6 +181,6 @@ def test_unknown_transform_names_the_field() -> None:
             "aggregator": {"model": "a"},
         }
     )
-    with pytest.raises(ConfigError, match="unknown transform 'nope'") as info:
+    with pytest.raises(ConfigError, match="unknown reference transform 'nope'") as info:
         Stack(config, models={"a": echo_model("a")})
     assert info.value.field == "references.transforms.0"

@@ -36,11 +36,11 @@ from moakit.errors import (
     QueryFailed,
     StackFailed,
 )
+from moakit.hookspecs import Register, hookimpl
 from moakit.models.base import ChatRequest, Message, Model, Usage
 from moakit.result import MemberOutput, Result
 from moakit.trace import TraceRecorder, TraceStore, default_store, traced_run
-
-__version__ = "0.1.0"
+from moakit.version import __version__ as __version__
 
 
 def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
@@ -104,6 +104,7 @@ __all__ = [
     "Model",
     "ModelCallError",
     "QueryFailed",
+    "Register",
     "ResolvedMember",
     "Result",
     "Stack",
@@ -112,6 +113,7 @@ __all__ = [
     "Usage",
     "arun",
     "as_messages",
+    "hookimpl",
     "load_preset",
     "parse_config",
     "read_config_file",

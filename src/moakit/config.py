@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from moakit.errors import ConfigError
+from moakit.hashing import content_hash
 from moakit.policies import (
     ReferencesConfig,
     RetryPolicy,
@@ -82,6 +83,21 @@ class MemberSpec(StrictModel):
     @property
     def display(self) -> str:
         return self.label or self.model
+
+    @property
+    def endpoint(self) -> EndpointId:
+        """Who this member talks to: calls with one endpoint share one provider (client,
+        connection pool) and one concurrency limiter, and an eval cache keys answers by it."""
+        return EndpointId(self.provider or DEFAULT_PROVIDER, self.base_url, key_env_for(self))
+
+
+class EndpointId(NamedTuple):
+    """The identity of an endpoint: provider, base URL and the variable holding its key (the
+    variable's name, never its value)."""
+
+    provider: str
+    base_url: str | None
+    api_key_env: str | None
 
 
 class ResolvedMember(MemberSpec):
@@ -238,6 +254,12 @@ class StackConfig(StrictModel):
         if key_env != resolved.api_key_env:
             resolved = resolved.model_copy(update={"api_key_env": key_env})
         return resolved
+
+
+def config_hash(config: StackConfig) -> str:
+    """Which stack answered: ``sha256:`` of the config's canonical JSON. The one definition,
+    used by ``Stack`` (``RunStarted``), the trace store and eval records."""
+    return content_hash(config.model_dump(mode="json"))
 
 
 def _unique_labels(members: list[ResolvedMember]) -> list[ResolvedMember]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from moakit.models.base import Usage
+    from moakit.messages import Usage
     from moakit.result import Result
 
 
@@ -73,15 +73,21 @@ class ModelCallError(MoaError):
         status: int | None = None,
         retry_after_s: float | None = None,
         usage: Usage | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.kind: CallErrorKind = kind
         self.status = status
         self.retry_after_s = retry_after_s
         self.usage = usage
+        # The server's own verdict (OpenAI's ``x-should-retry`` header), which wins over the
+        # status-based rule, as in openai-python.
+        self.should_retry = should_retry
 
     @property
     def retryable(self) -> bool:
+        if self.should_retry is not None:
+            return self.should_retry
         if self.kind in ("timeout", "connection", "malformed"):
             return True
         if self.kind == "http" and self.status is not None:

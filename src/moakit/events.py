@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from moakit.models.base import ChatRequest
+from moakit.messages import ChatRequest
+from moakit.references import Reference
 from moakit.result import LayerResult, MemberOutput, Result
 
 
@@ -41,7 +42,8 @@ class LayerStarted(BaseEvent):
 @dataclass(frozen=True)
 class MemberStarted(BaseEvent):
     """One attempt of one call is sent (proposers and aggregators alike); ``request`` is exactly
-    what the model receives."""
+    what the model receives, and ``references`` the answers it was shown in it (after the
+    stack's reference transforms and defenses: a reference a defense dropped is not there)."""
 
     layer: int
     index: int
@@ -50,6 +52,7 @@ class MemberStarted(BaseEvent):
     model: str
     attempt: int  # 1-based
     request: ChatRequest
+    references: tuple[Reference, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,15 @@ class MemberFinished(BaseEvent):
 
 @dataclass(frozen=True)
 class LayerFinished(BaseEvent):
-    layer: LayerResult
+    layer: int  # as in LayerStarted
+    result: LayerResult
 
 
 @dataclass(frozen=True)
 class AggregatorStarted(BaseEvent):
+    """An aggregator call starts: ``index`` counts the run's aggregator calls (0, then each
+    fallback or vote sample); ``references``: how many it is shown."""
+
     index: int
     label: str
     model: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from moakit.models.base import Message
+from moakit.messages import Message
 
 AGGREGATE_AND_SYNTHESIZE = (
     "You have been provided with a set of responses from various open-source models to the "

@@ -5,8 +5,9 @@
 References are records, not bare strings, so that a transform can decide by who said what
 (fencing, outlier filtering, trust labels). The chain is empty (identity) by default and the
 default formatter writes the paper's byte-exact block (``moakit.prompts.references_block``).
-Transforms and formatters are registered by name so a stack config can pick them; a ``Stack``
-also accepts a ``ReferencePipeline`` object directly.
+Transforms and formatters are plugins (hooks ``register_reference_transforms`` and
+``register_reference_formatters``) named by a stack config; a ``Stack`` also accepts a
+``ReferencePipeline`` object directly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from moakit.config import StackConfig
-from moakit.errors import ConfigError
+from moakit.hookspecs import Register, hookimpl
+from moakit.plugins import registry
 from moakit.policies import ReferencesConfig
 from moakit.prompts import references_block
 from moakit.result import DefenseAction, MemberOutput
@@ -67,21 +69,9 @@ def paper_formatter(references: Sequence[Reference], prompt: str) -> str:
     return references_block([r.text for r in references], prompt)
 
 
-_TRANSFORMS: dict[str, TransformFactory] = {}
-_FORMATTERS: dict[str, ReferenceFormatter] = {"paper": paper_formatter}
-
-
-def register_transform(name: str, transform: ReferenceTransform) -> None:
-    _TRANSFORMS[name] = lambda _config: transform
-
-
-def register_transform_factory(name: str, factory: TransformFactory) -> None:
-    """Register a transform built per stack from its config (settings, member trust)."""
-    _TRANSFORMS[name] = factory
-
-
-def register_formatter(name: str, formatter: ReferenceFormatter) -> None:
-    _FORMATTERS[name] = formatter
+@hookimpl
+def register_reference_formatters(register: Register) -> None:
+    register("paper", paper_formatter)
 
 
 def from_outputs(members: Sequence[MemberOutput]) -> list[Reference]:
@@ -111,22 +101,16 @@ class ReferencePipeline:
     ) -> ReferencePipeline:
         """``stack`` is passed to transform factories (the ``trust`` defense reads its members'
         trust from it); without it they see an empty one-member stack."""
+        plugins = registry()
         transforms = []
         for i, name in enumerate(config.transforms):
-            if name not in _TRANSFORMS:
-                known = ", ".join(sorted(_TRANSFORMS)) or "none registered"
-                raise ConfigError(
-                    f"references.transforms.{i}: unknown transform {name!r} (known: {known})",
-                    field=f"references.transforms.{i}",
-                )
-            transforms.append(_TRANSFORMS[name](stack or _bare_stack(config)))
-        formatter = _FORMATTERS.get(config.formatter)
-        if formatter is None:
-            raise ConfigError(
-                f"references.formatter: unknown formatter {config.formatter!r} "
-                f"(known: {', '.join(sorted(_FORMATTERS))})",
-                field="references.formatter",
+            factory: TransformFactory = plugins.transforms.get(
+                name, field=f"references.transforms.{i}"
             )
+            transforms.append(factory(stack or _bare_stack(config)))
+        formatter: ReferenceFormatter = plugins.formatters.get(
+            config.formatter, field="references.formatter"
+        )
         return cls(tuple(transforms), formatter)
 
     async def apply(self, references: Sequence[Reference]) -> list[Reference]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, computed_field
 
-from moakit.models.base import Usage
+from moakit.messages import Usage
 
 
 class Attempt(BaseModel):

@@ -4,7 +4,9 @@ retried twice over (``openai`` would otherwise retry 2× under our 2×)."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 
 from moakit.policies import RetryPolicy
 
@@ -24,14 +26,37 @@ def backoff_delay(
     return base * (1 - 0.25 * random.random())
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (numeric form), else ``None``."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds from ``retry-after-ms``, else ``retry-after`` in either of its forms: seconds, or
+    an HTTP date (RFC 9110), counted from ``now`` (default: the clock). ``None`` when absent or
+    unreadable."""
+    raw = headers.get("retry-after-ms")
+    if raw is not None:
         try:
-            return float(raw) / scale
+            return float(raw) / 1000.0
         except ValueError:
-            continue
-    return None
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_should_retry(headers: Mapping[str, str]) -> bool | None:
+    """OpenAI's ``x-should-retry`` header: the server says whether a retry can help, which wins
+    over the status code (openai-python's rule). ``None`` when absent or neither value."""
+    raw = headers.get("x-should-retry")
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    return True if value == "true" else False if value == "false" else None

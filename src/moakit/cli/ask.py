@@ -113,7 +113,7 @@ class TerminalView:
             else:
                 self.line(("  ✗ ", "red"), m.label, ": ", m.error or "no answer")
         elif isinstance(event, LayerFinished):
-            layer = event.layer
+            layer = event.result
             self.line(f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s")
         elif isinstance(event, AggregatorStarted):
             self.line(("aggregator", "bold"), f": {event.label} on {event.references} references")

@@ -11,6 +11,7 @@ from moakit.cli.ask import ask_cmd, chat_cmd
 from moakit.cli.eval import eval_group
 from moakit.cli.fake_backend import fake_backend_cmd
 from moakit.cli.literal import one_line
+from moakit.cli.plugins import plugins_cmd
 from moakit.cli.presets import config_group, presets_group
 from moakit.cli.serve import serve_cmd
 from moakit.cli.trace import trace_group
@@ -34,6 +35,7 @@ cli.add_command(fake_backend_cmd)
 cli.add_command(serve_cmd)
 cli.add_command(trace_group)
 cli.add_command(eval_group)
+cli.add_command(plugins_cmd)
 
 
 def main() -> None:

@@ -11,12 +11,12 @@ kept. It protects against a minority of deviant members, never against a majorit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from moakit.config import StackConfig
-from moakit.errors import ConfigError
+from moakit.errors import ConfigError, MissingKeyError
+from moakit.models.provider import read_key
 from moakit.policies import ClusterFilterConfig, EmbeddingsEndpoint
 from moakit.references import Filtered, Reference, ReferenceTransform
 from moakit.result import DefenseAction
@@ -42,9 +42,10 @@ async def endpoint_vectors(texts: Sequence[str], endpoint: EmbeddingsEndpoint) -
 
     headers = {}
     if endpoint.api_key_env:
-        key = os.environ.get(endpoint.api_key_env)
-        if not key:
-            raise EmbeddingsFailed(f"{endpoint.api_key_env} is not set")
+        try:
+            key = read_key(endpoint.api_key_env, who="the cluster defense's embeddings endpoint")
+        except MissingKeyError:
+            raise EmbeddingsFailed(f"{endpoint.api_key_env} is not set") from None
         headers["Authorization"] = f"Bearer {key}"
     url = endpoint.base_url.rstrip("/") + "/embeddings"
     timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s)

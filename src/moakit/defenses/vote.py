@@ -16,40 +16,24 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from moakit.engine.aggregate import aggregate, start_aggregator
+from moakit.config import ResolvedMember
+from moakit.engine.aggregate import AggregatorChain, aggregate
 from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.layered import LayeredStrategy
 from moakit.engine.run import Run
-from moakit.errors import ConfigError
-from moakit.events import TextDelta
-from moakit.models.base import Completion
+from moakit.models.base import ChatRequest, Completion
+from moakit.plugins import registry
 from moakit.references import Reference
 from moakit.result import DefenseAction, MemberOutput
 
 Extractor = Callable[[str], str | None]
 
 
-def _gsm8k(text: str) -> str | None:
+def gsm8k_extractor(text: str) -> str | None:
+    """The final number of a worked answer (GSM8K style)."""
     from moakit.eval.scorers.gsm8k import extract_final_number
 
     return extract_final_number(text)
-
-
-_EXTRACTORS: dict[str, Extractor] = {"gsm8k": _gsm8k}
-
-
-def register_extractor(name: str, extractor: Extractor) -> None:
-    """Name a closed-form answer extractor for ``vote.extractor``."""
-    _EXTRACTORS[name] = extractor
-
-
-def extractor_for(name: str) -> Extractor:
-    if name not in _EXTRACTORS:
-        raise ConfigError(
-            f"vote.extractor: unknown extractor {name!r} (known: {', '.join(sorted(_EXTRACTORS))})",
-            field="vote.extractor",
-        )
-    return _EXTRACTORS[name]
 
 
 def draw_subsets(n: int, size: int, samples: int, seed: int) -> list[tuple[int, ...]]:
@@ -73,7 +57,7 @@ class VoteStrategy(LayeredStrategy):
 
     async def finish(self, run: Run, references: Sequence[Reference]) -> None:
         settings = run.config.vote
-        extract = extractor_for(settings.extractor)
+        extract: Extractor = registry().extractors.get(settings.extractor, field="vote.extractor")
         n = len(references)
         if n < 2:
             await aggregate(run, references)
@@ -81,17 +65,20 @@ class VoteStrategy(LayeredStrategy):
         size = min(settings.subset_size or n - 1, n)
         subsets = draw_subsets(n, size, settings.samples, settings.seed)
         layer_no = len(run.config.layers) + 1
-        spec, model = run.stack.aggregator_specs[0], run.stack.aggregator_models[0]
+        chain = AggregatorChain(run)
 
-        async def sample(index: int, subset: tuple[int, ...]) -> tuple[Call, Completion | None]:
+        async def sample(number: int, subset: tuple[int, ...]) -> tuple[Call, Completion | None]:
             chosen = [references[i] for i in subset]
             block, actions = run.stack.references.block_recorded(
                 chosen, run.config.aggregate_prompt
             )
-            if index == 0:
+            if number == 0:
                 run.record_defenses(actions, layer=layer_no)
-            request = run.member_request(spec, block, final=True)
-            call = start_aggregator(run, index, spec, model, request, references=len(chosen))
+
+            def request_for(spec: ResolvedMember) -> ChatRequest:
+                return run.member_request(spec, block, final=True)
+
+            call = chain.start(request_for, chosen, position=0)
             return call, await call_with_retries(run, call, deadline_at=run.deadline_at)
 
         done = await asyncio.gather(*(sample(i, s) for i, s in enumerate(subsets)))
@@ -108,15 +95,13 @@ class VoteStrategy(LayeredStrategy):
         winner = majority(answers)
         if winner is None:
             winner = next((i for i, out in enumerate(outputs) if out.ok), None)
-        if winner is None:  # every sample failed: the plain aggregator, with its fallbacks
+        if winner is None:  # every sample failed: the whole chain, fallbacks included
             run.result.aggregators.extend(outputs)
-            await aggregate(run, references)
+            block, _ = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+            await chain.answer(block, references)
             return
         # Result.aggregator is the last entry: the sample whose answer won.
         run.result.aggregators.extend(o for i, o in enumerate(outputs) if i != winner)
-        run.result.aggregators.append(outputs[winner])
-        final = outputs[winner].output or ""
-        run.result.final = final
         tally = Counter(a for a in answers if a is not None)
         run.record_defenses(
             [
@@ -133,4 +118,4 @@ class VoteStrategy(LayeredStrategy):
             ],
             layer=layer_no,
         )
-        run.emit(TextDelta(text=final, **run.stamp()))
+        chain.answered(outputs[winner], send=True)

@@ -9,7 +9,7 @@ deadline leaves no room; it never raises except ``CancelledError``. What to do w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moakit.config import ResolvedMember
@@ -17,6 +17,7 @@ from moakit.engine.run import Run
 from moakit.errors import CallErrorKind, ModelCallError
 from moakit.events import MemberStarted
 from moakit.models.base import ChatRequest, Completion, Model, Usage
+from moakit.references import Reference
 from moakit.result import Attempt, MemberOutput
 from moakit.retry import backoff_delay
 
@@ -34,6 +35,9 @@ class Call:
     request: ChatRequest
     layer: int  # 1-based
     index: int  # 0-based
+    # The references in ``request`` (after the stack's transforms and defenses): what this
+    # call was shown, as the trace records it. A staircase writer's change step by step.
+    references: Sequence[Reference] = ()
     attempts: list[Attempt] = field(default_factory=list)
     error: ModelCallError | None = None  # the last failed attempt's
     # The attempt in flight: its start, first-token time, text so far and reported usage.
@@ -164,6 +168,7 @@ async def _attempt(
                 model=spec.model,
                 attempt=len(call.attempts) + 1,
                 request=call.request,
+                references=tuple(call.references),
                 **run.stamp(),
             )
         )

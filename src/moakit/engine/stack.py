@@ -8,32 +8,27 @@ Every model a stack calls is resolved here once: built from its member spec (or 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-import moakit.defenses  # noqa: F401  (registers the defense transforms, formatter, strategy)
-from moakit.config import MemberSpec, ResolvedMember, StackConfig
+from moakit.config import EndpointId, MemberSpec, ResolvedMember, StackConfig, config_hash
 from moakit.engine.observers import Observer, Observers
 from moakit.engine.run import Run
 from moakit.engine.strategies import strategy_for
 from moakit.errors import QueryFailed, StackFailed
 from moakit.events import Event, RunFailed, RunFinished, RunStarted, TextDelta
 from moakit.models.base import ChatRequest, Chunk, Completion, Message, Model
-from moakit.models.registry import ResourcePool, build_model
+from moakit.models.profile import ModelProfile
+from moakit.models.provider import ResourcePool
+from moakit.models.registry import build_model
 from moakit.models.wrappers import ConcurrencyLimitedModel
 from moakit.references import ReferencePipeline
 from moakit.result import Result
 
 Wrap = Callable[[Model, ResolvedMember], Model]
-
-
-def endpoint_of(spec: MemberSpec) -> tuple[Any, ...]:
-    """Calls to one endpoint share one concurrency limiter."""
-    return (spec.provider, spec.base_url, spec.api_key_env)
 
 
 class Stack(Model):
@@ -47,7 +42,7 @@ class Stack(Model):
     ) -> None:
         self.config = config
         self.name = f"moa:{config.name}"
-        self.config_hash = hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+        self.config_hash = config_hash(config)
         self.strategy = strategy_for(config.strategy)
         self.references = references or ReferencePipeline.from_config(config.references, config)
         self._overrides = dict(models or {})
@@ -59,6 +54,16 @@ class Stack(Model):
         # Every model is built now, so a missing key or unknown provider fails before any call.
         self.layer_models = [[self._member_model(s, wrap) for s in ss] for ss in self.layer_specs]
         self.aggregator_models = [self._member_model(s, wrap) for s in self.aggregator_specs]
+        # What the stack can be sent as a model: the final request's parameters go to
+        # whichever aggregator answers, so each must honour them; a stack never continues a
+        # partial answer of its own.
+        profiles = [m.profile for m in self.aggregator_models]
+        self.profile = ModelProfile(
+            response_format=all(p.response_format for p in profiles),
+            penalties=all(p.penalties for p in profiles),
+            tools=all(p.tools for p in profiles),
+            images=all(p.images for p in profiles),
+        )
         # A strategy may refuse a stack it cannot run (staircase: an aggregator without
         # prefill), with a ConfigError now rather than a failure on the first query.
         check = getattr(self.strategy, "check", None)
@@ -68,11 +73,12 @@ class Stack(Model):
     def _all_specs(self) -> list[ResolvedMember]:
         return [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
 
-    def _endpoint_limiters(self) -> dict[tuple[Any, ...], asyncio.Semaphore]:
-        limits: dict[tuple[Any, ...], int] = {}
+    def _endpoint_limiters(self) -> dict[EndpointId, asyncio.Semaphore]:
+        """Calls to one endpoint share one concurrency limiter."""
+        limits: dict[EndpointId, int] = {}
         for spec in self._all_specs():
             if spec.max_concurrency is not None:
-                key = endpoint_of(spec)
+                key = spec.endpoint
                 limits[key] = min(limits.get(key, spec.max_concurrency), spec.max_concurrency)
         return {key: asyncio.Semaphore(n) for key, n in limits.items()}
 
@@ -81,14 +87,14 @@ class Stack(Model):
         provider, model, endpoint and options)."""
         if spec.model in self._overrides:
             return self._overrides[spec.model]
-        key = (*endpoint_of(spec), spec.model, repr(sorted(spec.options.items())))
+        key = (*spec.endpoint, spec.model, repr(sorted(spec.options.items())))
         if key not in self._built:
             self._built[key] = build_model(spec, self._pool)
         return self._built[key]
 
     def _member_model(self, spec: ResolvedMember, wrap: Wrap | None) -> Model:
         model = self.model_for(spec)
-        limiter = self._limiters.get(endpoint_of(spec))
+        limiter = self._limiters.get(spec.endpoint)
         if limiter is not None:
             model = ConcurrencyLimitedModel(model, limiter)
         return wrap(model, spec) if wrap is not None else model

@@ -16,30 +16,18 @@ as each step completes (a failed step's text never does, and retries stay free u
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from moakit.engine.aggregate import start_aggregator
+from moakit.config import ResolvedMember
+from moakit.engine.aggregate import AggregatorChain
 from moakit.engine.calls import Call, call_with_retries
-from moakit.engine.layered import raise_quorum_missed, straggler_cutoff, why_cut
 from moakit.engine.run import Run
 from moakit.engine.stairs import Board, Feed, Stair
-from moakit.errors import (
-    AggregatorFailed,
-    ConfigError,
-    DeadlineExceeded,
-    ModelCallError,
-    QueryFailed,
-)
-from moakit.events import (
-    AggregatorAttemptFailed,
-    LayerFinished,
-    LayerStarted,
-    MemberDelta,
-    MemberFinished,
-    TextDelta,
-)
+from moakit.engine.supervisor import supervise_layer
+from moakit.errors import AggregatorFailed, ConfigError, QueryFailed
+from moakit.events import LayerStarted, MemberDelta, TextDelta
+from moakit.models.base import ChatRequest
 from moakit.result import LayerResult, MemberOutput
 
 if TYPE_CHECKING:
@@ -52,10 +40,10 @@ class StaircaseStrategy:
     def check(self, stack: Stack) -> None:
         """Every writer above layer 1 continues its own answer: it must support prefill."""
         for spec, model in zip(stack.aggregator_specs, stack.aggregator_models, strict=True):
-            if not model.supports_prefill:
+            if not model.profile.prefill:
                 raise ConfigError(
                     f"aggregator {spec.label!r} cannot continue a partial answer "
-                    "(supports_prefill is false), which strategy 'staircase' needs; use a "
+                    "(its profile has no prefill), which strategy 'staircase' needs; use a "
                     "model that can (anthropic, an OpenAI-compatible endpoint with "
                     "options.continue_final_message = true) or strategy 'layered'",
                     field="aggregator",
@@ -63,10 +51,10 @@ class StaircaseStrategy:
         for position in range(1, len(stack.layer_specs)):
             specs, models = stack.layer_specs[position], stack.layer_models[position]
             for i, (spec, model) in enumerate(zip(specs, models, strict=True)):
-                if not model.supports_prefill:
+                if not model.profile.prefill:
                     raise ConfigError(
                         f"layers.{position} member {spec.label!r} cannot continue a partial "
-                        "answer (supports_prefill is false), which strategy 'staircase' "
+                        "answer (its profile has no prefill), which strategy 'staircase' "
                         "needs above layer 1",
                         field=f"layers.{position}.members.{i}",
                     )
@@ -187,104 +175,48 @@ async def _write_member(run: Run, below: Board, board: Board, feed: Feed) -> Mem
 async def _supervise(
     run: Run, position: int, board: Board, members: dict[asyncio.Task[MemberOutput], Feed]
 ) -> LayerResult:
-    """The layer's quorum, straggler cut-off and deadline, as in the layered strategy."""
-    needed = run.config.min_successful_for(position)
-    started = run.now()
-    policy = run.config.straggler
-    outputs: dict[int, MemberOutput] = {}
-    cutoff_at: float | None = None
-    pending = set(members)
-    halt: asyncio.Future[Any] = asyncio.ensure_future(board.halt.wait())
-    cut_reason = "cancelled"
-    try:
-        while pending:
-            limits = [t for t in (cutoff_at, run.proposers_deadline_at) if t is not None]
-            timeout = max(0.0, min(limits) - time.monotonic()) if limits else None
-            waiting: set[asyncio.Future[Any]] = {*pending, halt}
-            done, _ = await asyncio.wait(
-                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for finished in done - {halt}:
-                task = cast("asyncio.Task[MemberOutput]", finished)
-                pending.discard(task)
-                _settle(run, board, members[task], task.result())
-                outputs[members[task].call.index] = task.result()
-            ok = [o for o in outputs.values() if o.ok]
-            if cutoff_at is None and policy and pending and len(ok) >= needed:
-                cutoff_at = straggler_cutoff(policy, ok)
-            if halt in done:
-                cut_reason = board.halt_reason
-                break
-            if not done and pending:
-                cut_reason = why_cut(run)
-                break
-    finally:
-        halt.cancel()
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        now = run.now()
-        for task in pending:
-            members[task].call.cut(now, cut_reason)
-    for task in pending:
-        feed = members[task]
-        out = feed.call.output(run.now(), error=cut_reason, cancelled=True)
-        _settle(run, board, feed, out)
-        outputs[feed.call.index] = out
-    layer = LayerResult(
-        layer=position + 1,
-        members=[outputs[i] for i in range(len(members))],
-        latency_s=round(run.now() - started, 6),
-        min_successful=needed,
-    )
-    run.result.layers.append(layer)
-    run.emit(LayerFinished(layer=layer, **run.stamp()))
-    if layer.answered >= needed or board.halt.is_set():
-        board.settled = True
+    """The layer's quorum, straggler cut-off and deadline (the shared supervisor), stopping
+    early when the board is halted; then the layer's answers are final for the writers above."""
+    feeds = {feed.call.index: feed for feed in members.values()}
+
+    def settled(call: Call, out: MemberOutput) -> None:
+        feed = feeds[call.index]
+        feed.output = out
+        feed.done = out.ok
+        feed.dropped = not out.ok
         board.changed()
-        return layer
-    retryable = any(f.call.error is not None and f.call.error.retryable for f in members.values())
-    raise_quorum_missed(run, layer, needed, retryable=retryable)
 
-
-def _settle(run: Run, board: Board, feed: Feed, out: MemberOutput) -> None:
-    feed.output = out
-    feed.done = out.ok
-    feed.dropped = not out.ok
+    layer = await supervise_layer(
+        run,
+        position,
+        {task: feed.call for task, feed in members.items()},
+        on_settled=settled,
+        halt=board.halt,
+        halt_reason=lambda: board.halt_reason,
+    )
+    board.settled = True
     board.changed()
-    run.emit(MemberFinished(output=out, **run.stamp()))
+    return layer
 
 
 async def _aggregate(run: Run, stair: Stair) -> None:
-    """The final aggregator as a staircase writer, with its fallbacks and the stream rule."""
-    specs = run.stack.aggregator_specs
-    models = run.stack.aggregator_models
-    reasons: list[str] = []
-    index = 0
+    """The final aggregator as a staircase writer, through the aggregator chain: a fallback
+    takes over only while no text is out."""
+    chain = AggregatorChain(run)
     call: Call | None = None
 
     def on_text(text: str) -> None:
         run.emit(TextDelta(text=text, **run.stamp()))
 
-    def on_failure(c: Call, error: ModelCallError, retrying: bool) -> None:
-        final = error.kind == "deadline" or bool(stair.parts)
-        run.emit(
-            AggregatorAttemptFailed(
-                failed=c.output(run.now(), error=error.describe()),
-                will_retry=retrying or (index + 1 < len(specs) and not final),
-                had_text=c.had_text,
-                **run.stamp(),
-            )
-        )
+    def request_for(spec: ResolvedMember) -> ChatRequest:
+        return run.member_request(spec, None)
 
+    on_failure = chain.reporter(lambda _call: bool(stair.parts))
     while True:
         view = await stair.next_view()
         while True:  # this step, by the aggregator or (before any text) its fallbacks
             if call is None:
-                spec, model = specs[index], models[index]
-                request = run.member_request(spec, None)
-                call = start_aggregator(run, index, spec, model, request, references=view.count)
+                call = chain.start(request_for, view.references)
             mark = len(stair.parts)
             completion = await stair.step(
                 call,
@@ -296,36 +228,10 @@ async def _aggregate(run: Run, stair: Stair) -> None:
             )
             if completion is not None:
                 break
-            error = call.error
-            assert error is not None
-            failed = call.output(run.now(), error=error.describe())
-            failed.steps = list(stair.steps)
-            run.result.aggregators.append(failed)
-            run.result.final = stair.text
-            if error.kind == "deadline":
-                raise DeadlineExceeded(
-                    f"query deadline exceeded while aggregating ({failed.label})",
-                    result=run.result,
-                )
-            if stair.parts:
-                raise AggregatorFailed(
-                    f"aggregator {failed.label} failed mid-answer, after part of it was sent "
-                    f"({error.describe()}); no retry or fallback once text is out",
-                    result=run.result,
-                    retryable=error.retryable,
-                )
-            reasons.append(f"{failed.label}: {error.describe()}")
-            index += 1
+            chain.failed(call, text_out=bool(stair.parts), partial=stair.text, steps=stair.steps)
             call = None
-            if index == len(specs):
-                raise AggregatorFailed(
-                    "every aggregator failed (" + "; ".join(reasons) + ")",
-                    result=run.result,
-                    retryable=error.retryable,
-                )
         if not run.streaming and len(stair.parts) > mark:
             run.emit(TextDelta(text="".join(stair.parts[mark:]), **run.stamp()))
         if stair.finished(call, view, completion):
-            run.result.aggregators.append(stair.output(call, completion))
-            run.result.final = stair.text
+            chain.answered(stair.output(call, completion), send=False)
             return

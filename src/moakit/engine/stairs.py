@@ -59,8 +59,8 @@ class View:
     """What one step of a writer sees of the layer below."""
 
     block: str | None  # the references block
+    references: tuple[Reference, ...]  # what the block shows (after the stack's transforms)
     seen: dict[str, int]  # characters seen per member label
-    count: int  # references in the block
     last: bool  # the layer below is settled: these are its final answers
     # What the stack's defenses did to this view's references (recorded once the step ran).
     actions: tuple[DefenseAction, ...] = ()
@@ -137,8 +137,8 @@ class Stair:
         block, formatted = run.stack.references.block_recorded(refs, run.config.aggregate_prompt)
         return View(
             block=block,
+            references=tuple(refs),
             seen=seen,
-            count=len(refs),
             last=last,
             actions=(*actions, *formatted),
         )
@@ -168,6 +168,7 @@ class Stair:
         if room is not None:
             cap = room if cap is None else min(cap, room)
         call.request = dataclasses.replace(base, prefill=self.text or None, max_tokens=cap)
+        call.references = view.references
         mark = len(self.parts)
 
         def grow(text: str) -> None:

@@ -1,34 +1,23 @@
-"""Run strategies by name (``strategy = "layered"`` in a stack config). A second strategy, such
-as chunk-wise aggregation that starts the aggregator before the proposers finish, registers
-here and reuses the shared pieces: ``calls.call_with_retries``, ``aggregate.aggregate``, the
-``Run`` state and the reference pipeline."""
+"""The built-in run strategies, registered through the plugin hook like any other: ``layered``
+(the paper's) and ``staircase`` (chunk-wise aggregation). A third-party strategy reuses the
+same pieces: ``calls.call_with_retries``, ``supervisor.supervise_layer``, the
+``aggregate.AggregatorChain``, the ``Run`` state and the reference pipeline."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from moakit.engine.layered import LayeredStrategy
 from moakit.engine.run import Strategy
 from moakit.engine.staircase import StaircaseStrategy
-from moakit.errors import ConfigError
-
-_STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "layered": LayeredStrategy,
-    "staircase": StaircaseStrategy,
-}
+from moakit.hookspecs import Register, hookimpl
+from moakit.plugins import registry
 
 
-def register_strategy(name: str, factory: Callable[[], Strategy]) -> None:
-    """Add a strategy. A strategy may also define ``check(stack)``, called once the stack's
-    models are built, to refuse with a ``ConfigError`` a stack it cannot run."""
-    _STRATEGIES[name] = factory
+@hookimpl
+def register_strategies(register: Register) -> None:
+    register("layered", LayeredStrategy)
+    register("staircase", StaircaseStrategy)
 
 
 def strategy_for(name: str) -> Strategy:
-    factory = _STRATEGIES.get(name)
-    if factory is None:
-        raise ConfigError(
-            f"strategy: unknown strategy {name!r} (known: {', '.join(sorted(_STRATEGIES))})",
-            field="strategy",
-        )
-    return factory()
+    strategy: Strategy = registry().strategies.get(name, field="strategy")()
+    return strategy

@@ -6,17 +6,17 @@ so leading OpenAI-style system messages are lifted out and joined.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import anthropic
 
-from moakit.config import DEFAULT_KEY_ENV, MemberSpec, key_env_for
-from moakit.errors import MissingKeyError, ModelCallError
+from moakit.config import DEFAULT_KEY_ENV, MemberSpec
+from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Message, Model, Usage, message_text
-from moakit.models.registry import ResourcePool
-from moakit.retry import parse_retry_after
+from moakit.models.profile import ModelProfile
+from moakit.models.provider import Provider, ResourcePool, read_key
+from moakit.retry import parse_retry_after, parse_should_retry
 from moakit.secrets import scrub
 
 # Anthropic requires max_tokens; this is used when neither the member nor the request sets it.
@@ -34,17 +34,37 @@ def split_system(messages: Sequence[Message]) -> tuple[str | None, list[dict[str
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicModel(Model):
-    # Assistant prefill: a trailing assistant turn is continued, not answered.
-    supports_prefill: ClassVar[bool] = True
-    # The Messages API has no presence/frequency penalties; the server refuses them with a
-    # 400 up front when this model aggregates, rather than dropping them.
-    supports_penalties: ClassVar[bool] = False
+class AnthropicProvider(Provider):
+    """One key (and base URL): the SDK client its members share, built with the SDK's own
+    retries off (the engine owns the one retry loop)."""
 
-    def __init__(self, spec: MemberSpec, client: anthropic.AsyncAnthropic, key: str) -> None:
-        self.name = spec.model
-        self._client = client
-        self._key = key
+    name = "anthropic"
+
+    def __init__(self, api_key: str, base_url: str | None = None) -> None:
+        self.base_url = base_url
+        self.key = api_key
+        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0)
+
+    @classmethod
+    def for_member(cls, spec: MemberSpec) -> AnthropicProvider:
+        env = spec.endpoint.api_key_env or DEFAULT_KEY_ENV["anthropic"]
+        return cls(read_key(env, who=f"model {spec.model!r}"), spec.base_url)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class AnthropicModel(Model):
+    # Assistant prefill: a trailing assistant turn is continued, not answered. The Messages API
+    # has no presence/frequency penalties; the server refuses them with a 400 up front when
+    # this model aggregates, rather than dropping them.
+    profile = ModelProfile(prefill=True, penalties=False)
+
+    def __init__(self, model: str, provider: AnthropicProvider) -> None:
+        self.name = model
+        self.provider = provider
+        self._client = provider.client
+        self._key = provider.key
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         system, turns = split_system(request.messages)
@@ -130,18 +150,13 @@ def translate_error(exc: anthropic.AnthropicError, key: str) -> ModelCallError:
             kind="http",
             status=status,
             retry_after_s=parse_retry_after(exc.response.headers),
+            should_retry=parse_should_retry(exc.response.headers),
         )
     return ModelCallError(message, kind="other")
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:
-    env = key_env_for(spec, "anthropic") or DEFAULT_KEY_ENV["anthropic"]
-    key = os.environ.get(env)
-    if not key:
-        raise MissingKeyError(env, who=f"model {spec.model!r}")
-    client = pool.get(
-        ("anthropic", spec.base_url, env),
-        lambda: anthropic.AsyncAnthropic(api_key=key, base_url=spec.base_url, max_retries=0),
-        lambda c: c.close(),
-    )
-    return AnthropicModel(spec, client, key)
+    """The ``anthropic`` provider's factory: the endpoint's shared provider, this member's model."""
+    provider = pool.provider(spec.endpoint, lambda: AnthropicProvider.for_member(spec))
+    assert isinstance(provider, AnthropicProvider)
+    return AnthropicModel(spec.model, provider)

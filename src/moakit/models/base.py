@@ -10,89 +10,30 @@ override it when its backend has a cheaper non-streaming call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
-# OpenAI-style chat message: {"role": "system" | "user" | "assistant", "content": str}.
-Message = dict[str, Any]
-
-
-class Usage(BaseModel):
-    """Token counts of one call or, summed, of a whole run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-        )
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """What one call sends. ``None`` means "the backend's default"."""
-
-    messages: Sequence[Message]
-    temperature: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: Sequence[str] | None = None
-    top_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    # OpenAI's shape: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name":
-    # ..., "schema": {...}, "strict": ...}}. ``None`` means free text. Only a model whose
-    # ``supports_response_format`` is true may be sent one.
-    response_format: Mapping[str, Any] | None = None
-    # The assistant's answer so far: the model continues it (a trailing assistant message the
-    # backend completes rather than answers) and streams only the NEW text. Only a model whose
-    # ``supports_prefill`` is true may be sent one; ``messages`` stay the conversation, without
-    # that partial answer. Used by the staircase strategy to write an answer in chunks.
-    prefill: str | None = None
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of a streamed answer. The last chunk of a stream carries ``finish_reason`` and,
-    where the backend reports it, ``usage``."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str | None = None
-    usage: Usage = field(default_factory=Usage)
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish_reason == "length"
+from moakit.messages import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Message,
+    Usage,
+    approx_tokens,
+    message_text,
+    with_prefill,
+)
+from moakit.models.profile import ModelProfile
 
 
 class Model(ABC):
     """Answers a conversation. ``name`` is what traces and results show."""
 
     name: str
-    # Capabilities the engine and the server check before sending a request a backend cannot
-    # honour (a clear error up front instead of a silently ignored parameter).
-    supports_response_format: ClassVar[bool] = False
-    supports_prefill: ClassVar[bool] = False  # continue a partial assistant message
-    supports_penalties: ClassVar[bool] = True  # presence_penalty / frequency_penalty
+    # What this model can be sent (``models.profile``): the engine and the server ask it
+    # before sending a request the backend cannot honour. Adapters set their own at
+    # construction; wrappers take the wrapped model's.
+    profile: ModelProfile = ModelProfile()
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
@@ -137,35 +78,13 @@ async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
     return Completion(text="".join(parts), finish_reason=finish_reason, usage=usage)
 
 
-def approx_tokens(text: str) -> int:
-    """Word count as a token estimate, for backends that report no usage."""
-    return len(text.split())
-
-
-def with_prefill(messages: Sequence[Message], prefill: str | None) -> list[Message]:
-    """``messages`` with the partial answer ``prefill`` as a trailing assistant message (the
-    wire shape of assistant prefill for Anthropic and vLLM's ``continue_final_message``)."""
-    out = list(messages)
-    if prefill:
-        out.append({"role": "assistant", "content": prefill})
-    return out
-
-
-def message_text(message: Message) -> str:
-    content: Any = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
 __all__ = [
     "ChatRequest",
     "Chunk",
     "Completion",
     "Message",
     "Model",
+    "ModelProfile",
     "Usage",
     "approx_tokens",
     "closing_stream",

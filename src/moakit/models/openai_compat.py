@@ -12,105 +12,51 @@ retry policy. Errors leave as ``ModelCallError`` with the API key scrubbed.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 
-from moakit import __version__
-from moakit.config import MemberSpec, key_env_for
-from moakit.errors import MissingKeyError, ModelCallError
+from moakit.config import MemberSpec
+from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage, with_prefill
-from moakit.models.registry import ResourcePool
-from moakit.retry import parse_retry_after
+from moakit.models.openai_provider import OpenAIProvider
+from moakit.models.profile import ModelProfile
+from moakit.models.provider import ResourcePool
+from moakit.retry import parse_retry_after, parse_should_retry
 from moakit.secrets import scrub
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-_NO_KEY = "not-needed"
 # Connection-level failures (refused, reset, closed mid-body): worth a retry, like the SDK's
 # APIConnectionError.
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
-def _api_key(spec: MemberSpec) -> str:
-    env = key_env_for(spec, "openai")
-    if env is None:
-        # A self-hosted endpoint (vLLM, Ollama, llama.cpp server) usually wants no key.
-        return _NO_KEY
-    value = os.environ.get(env)
-    if not value:
-        raise MissingKeyError(env, who=f"model {spec.model!r}")
-    return value
+class OpenAIChatModel(Model):
+    """The Chat Completions wire format, spoken to an ``OpenAIProvider``."""
 
-
-class Endpoint:
-    """One base URL + key: the HTTP session its members share.
-
-    The session is created on first use, inside the running loop (aiohttp binds a session to
-    its loop), and replaced if a later call runs on another loop. No connection cap: how many
-    calls run at once is the engine's business (layer width x queries in flight), and a cap here
-    would queue calls silently behind their timeout.
-    """
-
-    def __init__(self, base_url: str, key: str) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.key = key
-        self.headers = {
-            "Content-Type": "application/json",
-            "User-Agent": f"moakit/{__version__}",
-        }
-        if key != _NO_KEY:
-            self.headers["Authorization"] = f"Bearer {key}"
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(
-                # Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive (what
-                # vLLM, llama-cpp-python's server and LiteLLM run on) closes them under us:
-                # reusing a connection the server is closing fails with "Server disconnected".
-                # Servers with shorter keep-alives still race; the engine retries those.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
-                # No aiohttp timeouts: the engine's per-call timeout cancels the call.
-                timeout=aiohttp.ClientTimeout(total=None),
-                # Honour HTTP(S)_PROXY / NO_PROXY the way the official SDKs do.
-                trust_env=True,
-            )
-            self._loop = loop
-        return self._session
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
-            await session.close()
-
-
-class OpenAICompatModel(Model):
     # Sent as OpenAI's response_format; whether the endpoint honours it is checked on the
     # answer (the server validates the final text against the format).
-    supports_response_format = True
+    base_profile = ModelProfile(response_format=True)
 
-    def __init__(self, spec: MemberSpec, endpoint: Endpoint) -> None:
-        self.name = spec.model
-        self._endpoint = endpoint
-        self._stream_usage = bool(spec.options.get("stream_usage", True))
+    def __init__(
+        self, model: str, provider: OpenAIProvider, options: Mapping[str, Any] | None = None
+    ) -> None:
+        options = options or {}
+        self.name = model
+        self.provider = provider
+        self._stream_usage = bool(options.get("stream_usage", True))
         # Assistant prefill is not part of OpenAI's API; vLLM (and servers copying it) continue
         # a trailing assistant message with ``continue_final_message``. Opt-in per member
         # (``options.continue_final_message = true``), since an endpoint without it would
-        # answer the partial message instead of continuing it. An instance attribute shadows
-        # the class default, as in ``WrapperModel``.
-        if bool(spec.options.get("continue_final_message", False)):
-            self.__dict__["supports_prefill"] = True
+        # answer the partial message instead of continuing it.
+        prefill = bool(options.get("continue_final_message", False))
+        self.profile = self.base_profile.but(prefill=prefill)
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
         body: dict[str, Any] = {"model": self.name, "messages": list(request.messages)}
         if request.prefill:
-            if not self.supports_prefill:
+            if not self.profile.prefill:
                 raise ModelCallError(
                     f"model {self.name!r} cannot continue a partial answer (set "
                     "options.continue_final_message = true on a vLLM-style endpoint)",
@@ -140,7 +86,7 @@ class OpenAICompatModel(Model):
         return json.dumps(body, ensure_ascii=False).encode()
 
     async def complete(self, request: ChatRequest) -> Completion:
-        ep = self._endpoint
+        ep = self.provider
         try:
             async with ep.session().post(
                 ep.url, data=self._body(request, stream=False), headers=ep.headers
@@ -152,7 +98,7 @@ class OpenAICompatModel(Model):
         return _completion(_json(raw, "response body", ep.key), ep.key)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        ep = self._endpoint
+        ep = self.provider
         finish: str | None = None
         usage: Usage | None = None
         headers = {**ep.headers, "Accept": "text/event-stream"}
@@ -227,6 +173,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse, key: str) -> None:
         kind="http",
         status=response.status,
         retry_after_s=parse_retry_after(response.headers),
+        should_retry=parse_should_retry(response.headers),
     )
 
 
@@ -287,11 +234,7 @@ def _connection_error(exc: BaseException, key: str) -> ModelCallError:
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:
-    key = _api_key(spec)
-    base_url = spec.base_url or OPENAI_BASE_URL
-    endpoint: Endpoint = pool.get(
-        ("openai", base_url, spec.api_key_env),
-        lambda: Endpoint(base_url, key),
-        lambda ep: ep.aclose(),
-    )
-    return OpenAICompatModel(spec, endpoint)
+    """The ``openai`` provider's factory: the endpoint's shared provider, this member's model."""
+    provider = pool.provider(spec.endpoint, lambda: OpenAIProvider.for_member(spec))
+    assert isinstance(provider, OpenAIProvider)
+    return OpenAIChatModel(spec.model, provider, spec.options)

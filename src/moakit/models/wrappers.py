@@ -19,13 +19,8 @@ class WrapperModel(Model):
     def __init__(self, wrapped: Model) -> None:
         self.wrapped = wrapped
         self.name = wrapped.name
-        # Capabilities are class attributes on adapters; a wrapper reports its wrapped model's
-        # (an instance attribute shadows the class default).
-        self.__dict__.update(
-            supports_response_format=wrapped.supports_response_format,
-            supports_prefill=wrapped.supports_prefill,
-            supports_penalties=wrapped.supports_penalties,
-        )
+        # A wrapper changes how a call is made, never what the model can be sent.
+        self.profile = wrapped.profile
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         return self.wrapped.stream(request)

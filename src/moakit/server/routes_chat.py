@@ -80,7 +80,7 @@ def _stream(
                     yield chunk({"content": item.text})
                 elif isinstance(item, LayerFinished):
                     # Progress as an SSE comment: clients ignore it, curl users see it.
-                    layer = item.layer
+                    layer = item.result
                     yield f": layer {layer.layer} done {layer.answered}/{len(layer.members)}\n\n"
                 else:
                     yield chunk({}, finish_reason(item))

@@ -148,7 +148,7 @@ def _aggregator_models(stack: Stack) -> list[tuple[str, Model]]:
 def check_capabilities(stack: Stack, request: ChatRequest) -> None:
     """A 400 before any call when the aggregator cannot honour what the client asked."""
     for label, model in _aggregator_models(stack):
-        if request.response_format is not None and not model.supports_response_format:
+        if request.response_format is not None and not model.profile.response_format:
             raise bad_request(
                 f"response_format is not supported by this stack: its aggregator {label!r} "
                 "cannot be constrained to a format",
@@ -156,7 +156,7 @@ def check_capabilities(stack: Stack, request: ChatRequest) -> None:
                 "unsupported_parameter",
             )
         for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(request, name) is not None and not model.supports_penalties:
+            if getattr(request, name) is not None and not model.profile.penalties:
                 raise bad_request(
                     f"{name} is not supported by this stack's aggregator {label!r}",
                     name,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Union
 
 from moakit.models.base import ChatRequest, Chunk, Model, Usage, approx_tokens
+from moakit.models.profile import ModelProfile
 
 Reply = Union[str, "Exception"]
 AnswerFn = Callable[[ChatRequest], Reply | Awaitable[Reply]]
@@ -17,7 +18,7 @@ AnswerFn = Callable[[ChatRequest], Reply | Awaitable[Reply]]
 class FunctionModel(Model):
     """Answers with ``fn(request)``; raising (or returning) an exception makes the call fail.
     ``delay_s`` sleeps before answering, ``per_token_s`` between streamed words; ``requests``
-    records every request received. ``prefill=True`` declares ``supports_prefill``: ``fn``
+    records every request received. ``prefill=True`` declares ``profile.prefill``: ``fn``
     then sees ``request.prefill`` and returns only the continuation."""
 
     def __init__(
@@ -34,9 +35,7 @@ class FunctionModel(Model):
         self.delay_s = delay_s
         self.per_token_s = per_token_s
         self.requests: list[ChatRequest] = []
-        if prefill:
-            # An instance attribute shadows the class default (as in WrapperModel).
-            self.__dict__["supports_prefill"] = True
+        self.profile = ModelProfile(prefill=prefill)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)

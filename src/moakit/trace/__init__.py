@@ -8,8 +8,10 @@ store.get(result_run_id)                 # TraceRecord: the query and each of it
 
 from __future__ import annotations
 
+from moakit.config import config_hash
+from moakit.hashing import content_hash
 from moakit.trace.adapter import new_run_id, traced_events, traced_run
-from moakit.trace.collector import TraceSink, config_hash
+from moakit.trace.collector import TraceSink
 from moakit.trace.defaults import default_recorder, default_store, tracing_enabled
 from moakit.trace.recorder import TraceRecorder
 from moakit.trace.records import (
@@ -18,7 +20,6 @@ from moakit.trace.records import (
     QueryRecord,
     ReferenceShown,
     TraceRecord,
-    content_hash,
 )
 from moakit.trace.redact import Redactor, secret_values
 from moakit.trace.store import StoreStats, TraceStore, default_trace_path

@@ -45,7 +45,7 @@ async def traced_events(
     events = stack.events(
         request,
         run_id=run_id,
-        observers=[recorder.bind(run_id), *observers],
+        observers=[recorder, *observers],
         streaming=streaming,
         member_deltas=member_deltas,
     )

@@ -1,17 +1,8 @@
 """Turns one run's events into ``QueryRecord``/``CallRecord``s and hands them to sinks.
 
-Written against two generations of ``moakit.events`` at once, on purpose:
-
-* today's events carry no ``run_id``/``ts`` and there is no ``MemberStarted``: the run id comes
-  from the caller (``TraceRecorder.bind``), times from ``time.time()``, and a call's input is
-  derived from the stack's specs and the previous layer's answers, exactly as today's engine
-  builds it (``prompts.with_system_prompt`` + ``prompts.inject_references``);
-* the engine contract's events (``RunStarted``, ``MemberStarted`` with its ``ChatRequest``,
-  ``AggregatorAttemptFailed``, ``RunFailed``, ``run_id``/``ts`` on every event) are used when
-  present and win over the derived values.
-
-Events are therefore dispatched by class name and read with ``getattr`` and defaults, so this
-module imports no event class that may not exist yet.
+Each call's record is built from its ``MemberStarted`` (the exact request, and the references
+the call was shown after the stack's defenses) and its ``MemberFinished`` or
+``AggregatorAttemptFailed`` (what came back); the query's from ``RunFinished``/``RunFailed``.
 """
 
 from __future__ import annotations
@@ -21,20 +12,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moakit.config import config_hash
 from moakit.engine.run import FINAL_OVERRIDES
-from moakit.prompts import inject_references, with_system_prompt
+from moakit.events import (
+    AggregatorAttemptFailed,
+    AggregatorStarted,
+    MemberFinished,
+    MemberStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+from moakit.references import Reference
 from moakit.trace.records import (
     AttemptRecord,
     CallRecord,
     Level,
     QueryRecord,
     ReferenceShown,
-    content_hash,
 )
 
 if TYPE_CHECKING:
-    from moakit.config import MemberSpec, StackConfig
-    from moakit.engine import Stack
+    from moakit.config import StackConfig
     from moakit.result import MemberOutput, Result
 
 
@@ -48,10 +47,6 @@ class TraceSink(Protocol):
     def query_finished(self, query: QueryRecord, calls: Sequence[CallRecord]) -> None: ...
 
 
-def config_hash(config: StackConfig) -> str:
-    return content_hash(config.model_dump(mode="json"))
-
-
 _CONFIGS: dict[int, tuple[StackConfig, str, dict[str, Any]]] = {}
 
 
@@ -61,7 +56,7 @@ def config_record(config: StackConfig) -> tuple[str, dict[str, Any]]:
     cached = _CONFIGS.get(id(config))
     if cached is None or cached[0] is not config:
         dump = config.model_dump(mode="json")
-        cached = (config, content_hash(dump), dump)
+        cached = (config, config_hash(config), dump)
         if len(_CONFIGS) > 256:
             _CONFIGS.clear()
         _CONFIGS[id(config)] = cached
@@ -70,10 +65,6 @@ def config_record(config: StackConfig) -> tuple[str, dict[str, Any]]:
 
 # The request fields that steer the final aggregator: the engine's own list.
 _PARAMETERS = FINAL_OVERRIDES
-
-
-# A stack's specs are resolved once and reused by every query: their parameters too.
-_SPEC_PARAMETERS: dict[int, tuple[MemberSpec, dict[str, Any]]] = {}
 
 
 def request_parameters(source: Any) -> dict[str, Any]:
@@ -88,13 +79,12 @@ def request_parameters(source: Any) -> dict[str, Any]:
 
 @dataclass
 class _Start:
-    """What is known about a call before it finishes."""
+    """What is known about a call before it finishes (from its MemberStarted)."""
 
     input: list[dict[str, Any]] | None
     parameters: dict[str, Any]
     references: list[ReferenceShown]
     start_time: float
-    exact: bool  # from MemberStarted (True) or derived from the specs (False)
 
 
 @dataclass
@@ -103,15 +93,8 @@ class RunCollector:
 
     query: QueryRecord
     sinks: Sequence[TraceSink]
-    stack: Stack | None = None
-    conversation: list[dict[str, Any]] = field(default_factory=list)
-    request_overrides: dict[str, Any] = field(default_factory=dict)
     _starts: dict[tuple[int, int], _Start] = field(default_factory=dict)
     _calls: dict[tuple[int, int], CallRecord] = field(default_factory=dict)
-    _references: list[ReferenceShown] = field(default_factory=list)
-    _aggregators_started: int = 0
-    _aggregator_index: int = 0
-    _first_text_at: float | None = None
     finished: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -121,12 +104,24 @@ class RunCollector:
             sink.query_started(self.query)
 
     def handle(self, event: object) -> None:
-        """Dispatch by class name (see the module docstring for why not isinstance)."""
         if self.finished:
             return
-        handler = getattr(self, "_on_" + type(event).__name__, None)
-        if handler is not None:
-            handler(event)
+        if isinstance(event, MemberStarted):
+            self._member_started(event)
+        elif isinstance(event, MemberFinished):
+            self._emit_call(event.output, aggregator=False)
+        elif isinstance(event, AggregatorAttemptFailed):
+            self._emit_call(event.failed, aggregator=True)
+        elif isinstance(event, RunStarted):
+            # Without the config itself the engine's hash still says which stack answered.
+            if self.query.stack_config is None:
+                self.query.config_hash = event.config_hash
+        elif isinstance(event, RunFinished):
+            self.finish(event.result, status="complete")
+        elif isinstance(event, RunFailed):
+            self.finish(event.result, status="failed", error=event.error)
+        elif isinstance(event, AggregatorStarted):
+            pass  # its MemberStarted follows, with the exact request
 
     def finish(self, result: Result | None, *, status: str, error: str | None = None) -> None:
         if self.finished:
@@ -139,7 +134,7 @@ class RunCollector:
                 for out in layer.members:
                     if (out.layer, out.index) not in self._calls:
                         self._emit_call(out, aggregator=False)
-            # The aggregator that answered has no event of its own today: it is in the result.
+            # The aggregator that answered is in the result (its failed attempts had events).
             for out in result.aggregators:
                 self._emit_call(out, aggregator=True)
             usage = result.usage
@@ -158,115 +153,23 @@ class RunCollector:
         for sink in self.sinks:
             sink.query_finished(q, calls)
 
-    # -- events (today's names and the contract's) -------------------------------------------
+    # -- calls -------------------------------------------------------------------------------
 
-    def _on_RunStarted(self, event: object) -> None:
-        # Without the config itself (no stack given) the engine's hash still says which stack
-        # answered; with it, start_run already used the stack's own hash.
-        engine_hash = getattr(event, "config_hash", None)
-        if engine_hash and self.query.stack_config is None:
-            self.query.config_hash = engine_hash
-
-    def _on_LayerStarted(self, event: object) -> None:
-        layer: int = getattr(event, "layer", 0)
-        if self.stack is None or not 1 <= layer <= len(self.stack.layer_specs):
-            return
-        specs = self.stack.layer_specs[layer - 1]
-        now = _ts(event)
-        for index, spec in enumerate(specs):
-            self._starts.setdefault((layer, index), self._derived_start(spec, now, {}))
-
-    def _on_MemberStarted(self, event: object) -> None:
-        layer: int = getattr(event, "layer", 0)
-        index: int = getattr(event, "index", 0)
-        request = getattr(event, "request", None)
-        shown = getattr(event, "references", None)  # a list of Reference records, if given
-        references = [_reference(r) for r in shown] if shown is not None else list(self._references)
-        previous = self._starts.get((layer, index))
-        self._starts[(layer, index)] = _Start(
-            input=_messages(getattr(request, "messages", None)),
-            parameters=request_parameters(request),
-            references=references,
+    def _member_started(self, event: MemberStarted) -> None:
+        key = (event.layer, event.index)
+        previous = self._starts.get(key)
+        self._starts[key] = _Start(
+            input=[dict(m) for m in event.request.messages],
+            parameters=request_parameters(event.request),
+            references=[_reference(r) for r in event.references],
             # Keep the first attempt's start: a retry's MemberStarted must not move it.
-            start_time=previous.start_time if previous and previous.exact else _ts(event),
-            exact=True,
-        )
-
-    def _on_MemberFinished(self, event: object) -> None:
-        self._emit_call(getattr(event, "output"), aggregator=False)  # noqa: B009
-
-    def _on_LayerFinished(self, event: object) -> None:
-        layer = getattr(event, "layer")  # noqa: B009 - dispatched by name
-        # Today's engine shows the next layer (or the aggregator) the successful answers of this
-        # one, in index order.
-        self._references = [
-            _reference_from_output(m) for m in layer.members if m.ok and m.output is not None
-        ]
-
-    def _on_AggregatorStarted(self, event: object) -> None:
-        index: int = getattr(event, "index", self._aggregators_started)
-        self._aggregators_started += 1
-        self._aggregator_index = index
-        self._first_text_at = None
-        if self.stack is not None and index < len(self.stack.aggregator_specs):
-            layer = len(self.stack.layer_specs) + 1
-            spec = self.stack.aggregator_specs[index]
-            start = self._derived_start(spec, _ts(event), self.request_overrides)
-            self._starts.setdefault((layer, index), start)
-
-    def _on_TextDelta(self, event: object) -> None:
-        if self._first_text_at is None:
-            self._first_text_at = _ts(event)
-
-    def _on_AggregatorFailed(self, event: object) -> None:
-        self._emit_call(getattr(event, "failed"), aggregator=True)  # noqa: B009
-        self._first_text_at = None  # a retry measures its own time to first token
-
-    _on_AggregatorAttemptFailed = _on_AggregatorFailed
-
-    def _on_RunFinished(self, event: object) -> None:
-        self.finish(getattr(event, "result", None), status="complete")
-
-    def _on_RunFailed(self, event: object) -> None:
-        error = getattr(event, "error", None)
-        self.finish(getattr(event, "result", None), status="failed", error=error)
-
-    # -- building call records -----------------------------------------------------------------
-
-    def _derived_start(self, spec: MemberSpec, now: float, overrides: dict[str, Any]) -> _Start:
-        assert self.stack is not None
-        texts = [r.text or "" for r in self._references]
-        messages = with_system_prompt(self.conversation, spec.system)
-        messages = inject_references(messages, texts, self.stack.config.aggregate_prompt)
-        params = _SPEC_PARAMETERS.get(id(spec))
-        if params is None or params[0] is not spec:
-            params = (spec, request_parameters(spec))
-            if len(_SPEC_PARAMETERS) > 4096:
-                _SPEC_PARAMETERS.clear()
-            _SPEC_PARAMETERS[id(spec)] = params
-        return _Start(
-            input=messages,
-            parameters={**params[1], **overrides},
-            references=list(self._references),
-            start_time=now,
-            exact=False,
+            start_time=previous.start_time if previous else event.ts,
         )
 
     def _emit_call(self, out: MemberOutput, *, aggregator: bool) -> None:
         q = self.query
         start = self._starts.get((out.layer, out.index))
         begin = q.start_time + out.started_s
-        ttft: float | None = _field(out, "ttft_s")
-        if (
-            ttft is None
-            and aggregator
-            and out.ok
-            and out.index == self._aggregator_index
-            and self._first_text_at is not None
-        ):
-            # Today's outputs carry no ttft: measure the answering attempt's from TextDelta.
-            attempt_start = q.start_time + (out.attempts[-1].started_s if out.attempts else 0.0)
-            ttft = round(max(0.0, self._first_text_at - attempt_start), 6)
         call = CallRecord(
             query_id=q.id,
             layer=out.layer,
@@ -288,14 +191,14 @@ class RunCollector:
             start_time=begin,
             end_time=begin + out.latency_s,
             latency_s=out.latency_s,
-            ttft_s=ttft,
+            ttft_s=out.ttft_s,
             attempts=[
                 AttemptRecord(
                     number=a.number,
                     started_s=a.started_s,
                     latency_s=a.latency_s,
                     error=a.error,
-                    ttft_s=_field(a, "ttft_s"),
+                    ttft_s=a.ttft_s,
                 )
                 for a in out.attempts
             ],
@@ -311,18 +214,13 @@ class RunCollector:
 
 
 def _field(obj: object, name: str) -> Any:
-    """A field that only some versions of a record have (``ttft_s``, ``top_p``), else None.
-    Read from the instance dict (pydantic models and dataclasses keep fields there): getattr
-    of a missing name on a pydantic model takes a slow exception path, on every call."""
+    """A field that a request or spec may lack, else None. Read from the instance dict
+    (pydantic models and dataclasses keep fields there): getattr of a missing name on a
+    pydantic model takes a slow exception path, on every call."""
     values = getattr(obj, "__dict__", None)
     if values is not None:
         return values.get(name)
     return getattr(obj, name, None)
-
-
-def _ts(event: object) -> float:
-    ts = getattr(event, "ts", None)
-    return float(ts) if isinstance(ts, int | float) else time.time()
 
 
 def _level(out: MemberOutput) -> Level:
@@ -331,34 +229,13 @@ def _level(out: MemberOutput) -> Level:
     return "ERROR" if out.error is not None else "DEFAULT"
 
 
-def _messages(messages: Any) -> list[dict[str, Any]] | None:
-    if messages is None:
-        return None
-    return [dict(m) for m in messages]
-
-
-def _reference_from_output(m: MemberOutput) -> ReferenceShown:
-    text = m.output or ""
+def _reference(ref: Reference) -> ReferenceShown:
     return ReferenceShown(
-        layer=m.layer,
-        index=m.index,
-        label=m.label,
-        model=m.model,
-        text=text,
+        layer=ref.layer,
+        index=ref.index,
+        label=ref.label,
+        model=ref.model,
+        text=ref.text,
         text_hash=None,
-        truncated=m.truncated,
-    )
-
-
-def _reference(ref: Any) -> ReferenceShown:
-    """A contract ``moakit.references.Reference`` (text, label, model, layer, index, truncated)."""
-    text = str(getattr(ref, "text", ""))
-    return ReferenceShown(
-        layer=int(getattr(ref, "layer", 0)),
-        index=int(getattr(ref, "index", 0)),
-        label=str(getattr(ref, "label", "")),
-        model=str(getattr(ref, "model", "")),
-        text=text,
-        text_hash=None,
-        truncated=bool(getattr(ref, "truncated", False)),
+        truncated=ref.truncated,
     )

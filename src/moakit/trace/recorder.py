@@ -1,15 +1,12 @@
 """``TraceRecorder``: the observer that records runs into a trace store (and any other sink).
 
     store = TraceStore()                                    # default path, see store.py
-    recorder = TraceRecorder(store)
-    # engine contract (after the engine branch is merged):
-    result = await stack.run(request, observers=[recorder])
-    # today's engine (no observers yet): the adapter in trace/adapter.py
-    result = await traced_run(stack, request, recorder)
+    result = await traced_run(stack, request, TraceRecorder(store, stack=stack))
+    # or, as a plain observer (the query's input then comes from each call's MemberStarted):
+    result = await stack.run(request, observers=[TraceRecorder(store, stack=stack)])
 
-One recorder serves many concurrent runs: events are routed by their ``run_id``. Today's events
-carry none, so ``bind(run_id)`` gives a per-run observer that supplies it. Calling the recorder
-never blocks: sinks only enqueue (the store writes from its own thread).
+One recorder serves many concurrent runs: events are routed by their ``run_id``. Calling the
+recorder never blocks: sinks only enqueue (the store writes from its own thread).
 """
 
 from __future__ import annotations
@@ -17,10 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from moakit.events import Event, RunStarted
 from moakit.models.base import ChatRequest
-from moakit.trace.collector import RunCollector, TraceSink, config_record, request_parameters
+from moakit.trace.collector import RunCollector, TraceSink, config_record
 from moakit.trace.records import QueryRecord, content_hash
 
 if TYPE_CHECKING:
@@ -36,8 +34,8 @@ MAX_ACTIVE_RUNS = 10_000
 
 class TraceRecorder:
     """Records every run it observes. ``sinks``: a ``TraceStore``, an ``OtelSink``, or both.
-    ``stack``: the stack being observed, which gives the trace its config (and, with today's
-    events, each call's input); ``source`` names the surface (cli, server, ui, library)."""
+    ``stack``: the stack being observed, which gives the trace its config; ``source`` names
+    the surface (cli, server, ui, library)."""
 
     def __init__(
         self,
@@ -51,9 +49,8 @@ class TraceRecorder:
         self.stack = stack
         self.source = source
         self._runs: dict[str, RunCollector] = {}
-        self._warned = False
 
-    # -- explicit lifecycle (the adapter and callers without RunStarted use these) -----------
+    # -- explicit lifecycle (traced_events uses these: RunStarted carries no request) ---------
 
     def start_run(
         self,
@@ -71,11 +68,10 @@ class TraceRecorder:
         messages = [dict(m) for m in request.messages]
         config = stack.config if stack is not None else None
         cfg_hash, cfg_json = config_record(config) if config is not None else (None, None)
-        # The engine (after its observer rework) hashes the config itself and announces it in
-        # RunStarted: use its hash, so the stored config and the event agree.
-        engine_hash = getattr(stack, "config_hash", None)
-        if isinstance(engine_hash, str) and engine_hash:
-            cfg_hash = engine_hash
+        # The stack announces its own hash in RunStarted: store under it, so the query and its
+        # config stay joined.
+        if stack is not None:
+            cfg_hash = stack.config_hash
         query = QueryRecord(
             id=run_id,
             stack_name=config.name if config is not None else "unknown",
@@ -86,14 +82,7 @@ class TraceRecorder:
             input=messages,
             input_hash=content_hash(messages),
         )
-        collector = RunCollector(
-            query=query,
-            sinks=self.sinks,
-            stack=stack,
-            conversation=messages,
-            # The request's sampling fields are applied to the final aggregator only.
-            request_overrides=request_parameters(request),
-        )
+        collector = RunCollector(query=query, sinks=self.sinks)
         self._runs[run_id] = collector
         if len(self._runs) > MAX_ACTIVE_RUNS:
             # A run whose end this recorder never sees (its consumer dropped it without closing)
@@ -112,46 +101,27 @@ class TraceRecorder:
 
     # -- the observer -----------------------------------------------------------------------
 
-    def __call__(self, event: object) -> None:
-        """Observer entry point (a plain callable, as the engine contract allows)."""
-        run_id = getattr(event, "run_id", None)
-        if not isinstance(run_id, str):
-            if not self._warned:
-                self._warned = True
-                log.warning("trace: events without run_id are ignored (use bind(run_id))")
-            return
-        self._dispatch(run_id, event)
-
-    def bind(self, run_id: str) -> Observer:
-        """An observer for one run whose events may lack ``run_id`` (today's engine)."""
-
-        def observe(event: object) -> None:
-            self._dispatch(getattr(event, "run_id", None) or run_id, event)
-
-        return observe
-
-    def _dispatch(self, run_id: str, event: object) -> None:
+    def __call__(self, event: Event) -> None:
+        """Observer entry point."""
+        run_id = event.run_id
         collector = self._runs.get(run_id)
         if collector is None:
-            if type(event).__name__ != "RunStarted":
+            if not isinstance(event, RunStarted):
                 return  # a run that started before this recorder was attached
-            collector = self._start_from_event(run_id, event)
+            collector = self._start_from_event(event)
         collector.handle(event)
         if collector.finished:
             self._runs.pop(run_id, None)
 
-    def _start_from_event(self, run_id: str, event: object) -> RunCollector:
-        # The contract's RunStarted names the stack but carries no request: MemberStarted gives
-        # each call's exact input, and the query's own input stays unknown unless the caller
-        # used start_run().
-        collector = self.start_run(
-            run_id, ChatRequest(messages=[]), ts=_float(getattr(event, "ts", None))
-        )
+    def _start_from_event(self, event: RunStarted) -> RunCollector:
+        # RunStarted names the stack but carries no request: MemberStarted gives each call's
+        # exact input, and the query's own input stays unknown unless the caller used
+        # start_run().
+        collector = self.start_run(event.run_id, ChatRequest(messages=[]), ts=event.ts)
         q = collector.query
         q.input = q.input_hash = None
-        name = getattr(event, "stack", None)
-        if isinstance(name, str) and (self.stack is None or self.stack.config.name != name):
-            q.stack_name, q.stack_config, q.config_hash = name, None, None
+        if self.stack is None or self.stack.config.name != event.stack:
+            q.stack_name, q.stack_config, q.config_hash = event.stack, None, None
         return collector
 
     def _end(self, run_id: str, result: Result | None, status: str, error: str | None) -> None:
@@ -162,7 +132,3 @@ class TraceRecorder:
     @property
     def active_runs(self) -> int:
         return len(self._runs)
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None

@@ -11,10 +11,22 @@ Times are epoch seconds (``time.time()``); latencies are seconds.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from moakit.hashing import canonical_json, content_hash
+
+__all__ = [
+    "AttemptRecord",
+    "CallRecord",
+    "QueryRecord",
+    "ReferenceShown",
+    "TraceRecord",
+    "call_input_hash",
+    "canonical_json",
+    "content_hash",
+    "reference_hash",
+]
 
 QueryStatus = Literal["incomplete", "complete", "failed", "cancelled"]
 # "incomplete": started, never finished: still running, or the process died mid-query.
@@ -129,16 +141,6 @@ class TraceRecord:
         query = asdict(self.query)
         query["total_tokens"] = self.query.total_tokens
         return {"query": query, "calls": [asdict(c) for c in self.calls]}
-
-
-def canonical_json(value: Any) -> str:
-    """Stable text for hashing: sorted keys, no whitespace, non-ASCII kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def content_hash(value: Any) -> str:
-    """``sha256:<hex>`` of ``value``'s canonical JSON (a string hashes as its JSON string)."""
-    return "sha256:" + hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def call_input_hash(call: CallRecord) -> str | None:

@@ -19,7 +19,7 @@ from moakit.config import MemberSpec
 from moakit.models.base import Model
 from moakit.models.local.model import LocalModel
 from moakit.models.local.weights import KNOWN_MODELS, resolve_model_path
-from moakit.models.registry import ResourcePool
+from moakit.models.provider import ResourcePool
 
 
 def build(spec: MemberSpec, pool: ResourcePool) -> Model:

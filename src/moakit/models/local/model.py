@@ -24,6 +24,7 @@ from moakit.models.local.sampling import (
 )
 from moakit.models.local.scheduler import Delta, Failed, Finished, SequenceEvent, SequenceRequest
 from moakit.models.local.weights import resolve_model_path
+from moakit.models.profile import ModelProfile
 
 # KV budget of a model file: N_SEQ_MAX sequences decoded together (more wait in the queue), each
 # with N_CTX cells for its prompt and answer. Allocated at load: 4 × 4096 cells is ~200 MB for
@@ -34,11 +35,11 @@ DEFAULT_MAX_TOKENS = 512
 
 
 class LocalModel(Model):
-    supports_response_format = True
-    # A partial answer is appended to the rendered prompt as plain text tokens (never special
-    # ones, so the partial answer cannot close its own turn) and continued; the scheduler's kept
-    # streams mean the unchanged start of the prompt is not decoded again.
-    supports_prefill = True
+    # JSON output through a llama.cpp grammar. Prefill: a partial answer is appended to the
+    # rendered prompt as plain text tokens (never special ones, so the partial answer cannot
+    # close its own turn) and continued; the scheduler's kept streams mean the unchanged start
+    # of the prompt is not decoded again.
+    profile = ModelProfile(response_format=True, prefill=True)
 
     def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
         options = options or {}

@@ -124,10 +124,8 @@ export async function runQuery() {
       grid.finish(grid.card(out.layer, out.index, out.label, out.model), out);
     },
     LayerFinished(ev) {
-      const layer = ev.layer;
-      // LayerResult's 1-based number is `layer` (engine rework) or `index` (before it).
-      const no = layer.layer;
-      grid.row(no, "layer " + no + " · " + layer.answered + "/" +
+      const layer = ev.result;
+      grid.row(ev.layer, "layer " + ev.layer + " · " + layer.answered + "/" +
         layer.members.length + " answered · " + fmtSeconds(layer.latency_s));
     },
     AggregatorStarted(ev) {

@@ -1,0 +1,32 @@
+"""The defenses, registered through the plugin hooks like any third-party extension: the
+``fenced`` formatter, the ``cluster`` and ``trust`` transforms, the ``vote`` strategy and the
+answer extractors it votes with."""
+
+from __future__ import annotations
+
+from moakit.defenses.cluster import cluster_transform
+from moakit.defenses.fence import fenced_formatter
+from moakit.defenses.trust import trust_transform
+from moakit.defenses.vote import VoteStrategy, gsm8k_extractor
+from moakit.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def register_reference_formatters(register: Register) -> None:
+    register("fenced", fenced_formatter)
+
+
+@hookimpl
+def register_reference_transforms(register: Register) -> None:
+    register("cluster", cluster_transform)
+    register("trust", trust_transform)
+
+
+@hookimpl
+def register_strategies(register: Register) -> None:
+    register("vote", VoteStrategy)
+
+
+@hookimpl
+def register_answer_extractors(register: Register) -> None:
+    register("gsm8k", gsm8k_extractor)

@@ -1,0 +1,73 @@
+"""The OpenAI-compatible provider: one base URL, one key, one aiohttp pool.
+
+Shared by every member of a stack on the endpoint (``ResourcePool``); the wire format is
+``openai_compat.OpenAIChatModel``'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from moakit.config import MemberSpec
+from moakit.models.provider import Provider, read_key
+from moakit.version import __version__
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIProvider(Provider):
+    """The session is created on first use, inside the running loop (aiohttp binds a session to
+    its loop), and replaced if a later call runs on another loop. No connection cap: how many
+    calls run at once is the engine's business (layer width x queries in flight), and a cap here
+    would queue calls silently behind their timeout."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
+        self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        # The key, so that adapters can scrub it from any upstream text they pass on.
+        self.key = api_key or ""
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"moakit/{__version__}",
+        }
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def for_member(cls, spec: MemberSpec) -> OpenAIProvider:
+        """A self-hosted endpoint (vLLM, Ollama, llama.cpp server) given by ``base_url``
+        usually wants no key; OpenAI itself does (``config.key_env_for``)."""
+        env = spec.endpoint.api_key_env
+        key = read_key(env, who=f"model {spec.model!r}") if env else None
+        return cls(spec.base_url, key)
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                # Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive (what
+                # vLLM, llama-cpp-python's server and LiteLLM run on) closes them under us:
+                # reusing a connection the server is closing fails with "Server disconnected".
+                # Servers with shorter keep-alives still race; the engine retries those.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
+                # No aiohttp timeouts: the engine's per-call timeout cancels the call.
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Honour HTTP(S)_PROXY / NO_PROXY the way the official SDKs do.
+                trust_env=True,
+            )
+            self._loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
+            await session.close()
+
+
+__all__ = ["OPENAI_BASE_URL", "OpenAIProvider"]
