@@ -69,7 +69,7 @@ class VoteStrategy(LayeredStrategy):
 
         async def sample(number: int, subset: tuple[int, ...]) -> tuple[Call, Completion | None]:
             chosen = [references[i] for i in subset]
-            block, actions = run.stack.references.block_recorded(
+            block, actions = run.lineup.references.block_recorded(
                 chosen, run.config.aggregate_prompt
             )
             if number == 0:
@@ -97,7 +97,7 @@ class VoteStrategy(LayeredStrategy):
             winner = next((i for i, out in enumerate(outputs) if out.ok), None)
         if winner is None:  # every sample failed: the whole chain, fallbacks included
             run.result.aggregators.extend(outputs)
-            block, _ = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+            block, _ = run.lineup.references.block_recorded(references, run.config.aggregate_prompt)
             await chain.answer(block, references)
             return
         # Result.aggregator is the last entry: the sample whose answer won.

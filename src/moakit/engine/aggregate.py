@@ -33,8 +33,8 @@ class AggregatorChain:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.specs = run.stack.aggregator_specs
-        self.models = run.stack.aggregator_models
+        self.specs = run.lineup.aggregator_specs
+        self.models = run.lineup.aggregator_models
         self.layer = len(run.config.layers) + 1
         self.position = 0
         self.started = 0
@@ -166,6 +166,6 @@ def _output(run: Run, call: Call, completion: Completion) -> MemberOutput:
 
 async def aggregate(run: Run, references: Sequence[Reference]) -> None:
     """The final step of the layered strategy: the chain over every reference."""
-    block, actions = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+    block, actions = run.lineup.references.block_recorded(references, run.config.aggregate_prompt)
     run.record_defenses(actions, layer=len(run.config.layers) + 1)
     await AggregatorChain(run).answer(block, references)

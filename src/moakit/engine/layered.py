@@ -24,7 +24,7 @@ class LayeredStrategy:
         references: list[Reference] = []
         for position in range(len(run.config.layers)):
             layer = await run_layer(run, position, references)
-            references, actions = await run.stack.references.apply_recorded(
+            references, actions = await run.lineup.references.apply_recorded(
                 from_outputs(layer.members)
             )
             run.record_defenses(actions, layer=position + 2)
@@ -40,11 +40,11 @@ class LayeredStrategy:
 async def run_layer(run: Run, position: int, references: Sequence[Reference]) -> LayerResult:
     """Proposer layer ``position`` (0-based in ``config.layers``; its number is position+1),
     shown ``references`` (the layer below's answers, already through the transforms)."""
-    specs = run.stack.layer_specs[position]
-    models = run.stack.layer_models[position]
+    specs = run.lineup.layer_specs[position]
+    models = run.lineup.layer_models[position]
     layer_no = position + 1
     run.emit(LayerStarted(layer=layer_no, members=[s.label for s in specs], **run.stamp()))
-    block, actions = run.stack.references.block_recorded(references, run.config.aggregate_prompt)
+    block, actions = run.lineup.references.block_recorded(references, run.config.aggregate_prompt)
     run.record_defenses(actions, layer=layer_no)
     shown = tuple(references)
     calls = [

@@ -8,16 +8,15 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from moakit.config import ResolvedMember
+from moakit.config import ResolvedMember, StackConfig
 from moakit.events import Event, Stamp
-from moakit.models.base import ChatRequest
+from moakit.models.base import ChatRequest, Model
 from moakit.prompts import inject_block, with_system_prompt
+from moakit.references import ReferencePipeline
 from moakit.result import DefenseAction, Result
-
-if TYPE_CHECKING:
-    from moakit.engine.stack import Stack
 
 # Share of the deadline kept for the final aggregator: proposer layers are cut this early so a
 # query that hits its deadline can still be answered from the references it has.
@@ -85,19 +84,33 @@ class Discard(EventChannel):
         pass
 
 
+@dataclass(frozen=True)
+class Lineup:
+    """What a strategy works with, and all it sees of its stack: the config, each layer's
+    members and the aggregators (resolved specs and their models, wrapped as they are called),
+    and the reference pipeline."""
+
+    config: StackConfig
+    layer_specs: Sequence[Sequence[ResolvedMember]]
+    layer_models: Sequence[Sequence[Model]]
+    aggregator_specs: Sequence[ResolvedMember]
+    aggregator_models: Sequence[Model]
+    references: ReferencePipeline
+
+
 class Strategy(Protocol):
     """How a run is carried out (layered, staircase). It emits events through ``run``, fills
     ``run.result`` and raises a ``QueryFailed`` when no answer is possible. It may also define
-    ``check(stack)``, called once the stack's models are built, to refuse a stack it cannot
+    ``check(lineup)``, called once the stack's models are built, to refuse a stack it cannot
     run with a ``ConfigError``."""
 
     async def execute(self, run: Run) -> None: ...
 
 
 class Run:
-    def __init__(self, stack: Stack, request: ChatRequest, *, run_id: str, streaming: bool):
-        self.stack = stack
-        self.config = stack.config
+    def __init__(self, lineup: Lineup, request: ChatRequest, *, run_id: str, streaming: bool):
+        self.lineup = lineup
+        self.config = lineup.config
         self.request = request
         self.id = run_id
         # streaming: final text goes out as it is written, so a failure after the first

@@ -16,7 +16,7 @@ from typing import Any
 
 from moakit.config import EndpointId, MemberSpec, ResolvedMember, StackConfig, config_hash
 from moakit.engine.observers import Observer, Observers
-from moakit.engine.run import Run
+from moakit.engine.run import Lineup, Run
 from moakit.engine.strategies import strategy_for
 from moakit.errors import QueryFailed, StackFailed
 from moakit.events import Event, RunFailed, RunFinished, RunStarted, TextDelta
@@ -64,11 +64,19 @@ class Stack(Model):
             tools=all(p.tools for p in profiles),
             images=all(p.images for p in profiles),
         )
+        self.lineup = Lineup(
+            config=config,
+            layer_specs=self.layer_specs,
+            layer_models=self.layer_models,
+            aggregator_specs=self.aggregator_specs,
+            aggregator_models=self.aggregator_models,
+            references=self.references,
+        )
         # A strategy may refuse a stack it cannot run (staircase: an aggregator without
         # prefill), with a ConfigError now rather than a failure on the first query.
         check = getattr(self.strategy, "check", None)
         if check is not None:
-            check(self)
+            check(self.lineup)
 
     def _all_specs(self) -> list[ResolvedMember]:
         return [*itertools.chain.from_iterable(self.layer_specs), *self.aggregator_specs]
@@ -161,7 +169,7 @@ class Stack(Model):
     ) -> Run:
         if not isinstance(request, ChatRequest):
             request = ChatRequest(messages=list(request))
-        return Run(self, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
+        return Run(self.lineup, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
 
     async def _execute(self, run: Run) -> None:
         try:

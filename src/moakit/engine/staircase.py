@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moakit.config import ResolvedMember
 from moakit.engine.aggregate import AggregatorChain
 from moakit.engine.calls import Call, call_with_retries
-from moakit.engine.run import Run
+from moakit.engine.run import Lineup, Run
 from moakit.engine.stairs import Board, Feed, Stair
 from moakit.engine.supervisor import supervise_layer
 from moakit.errors import AggregatorFailed, ConfigError, QueryFailed
@@ -30,14 +30,11 @@ from moakit.events import LayerStarted, MemberDelta, TextDelta
 from moakit.models.base import ChatRequest
 from moakit.result import LayerResult, MemberOutput
 
-if TYPE_CHECKING:
-    from moakit.engine.stack import Stack
-
 
 class StaircaseStrategy:
     name = "staircase"
 
-    def check(self, stack: Stack) -> None:
+    def check(self, stack: Lineup) -> None:  # the lineup of the stack being built
         """Every writer above layer 1 continues its own answer: it must support prefill."""
         for spec, model in zip(stack.aggregator_specs, stack.aggregator_models, strict=True):
             if not model.profile.prefill:
@@ -103,8 +100,8 @@ class StaircaseStrategy:
 def _start_layer(
     run: Run, position: int, below: Board | None
 ) -> tuple[Board, asyncio.Task[LayerResult]]:
-    specs = run.stack.layer_specs[position]
-    models = run.stack.layer_models[position]
+    specs = run.lineup.layer_specs[position]
+    models = run.lineup.layer_models[position]
     layer_no = position + 1
     feeds = [
         Feed(Call(spec, model, run.member_request(spec, None), layer_no, i))

@@ -112,7 +112,7 @@ class Stair:
         run = self.run
         if self.source.settled:
             outputs = [f.output for f in self.source.feeds if f.output is not None]
-            refs, actions = await run.stack.references.apply_recorded(from_outputs(outputs))
+            refs, actions = await run.lineup.references.apply_recorded(from_outputs(outputs))
             seen = {r.label: len(r.text) for r in refs}
             last = True
         else:
@@ -132,9 +132,9 @@ class Stair:
                         index=feed.call.index,
                     )
                 )
-            refs, actions = await run.stack.references.apply_recorded(refs)
+            refs, actions = await run.lineup.references.apply_recorded(refs)
             last = False
-        block, formatted = run.stack.references.block_recorded(refs, run.config.aggregate_prompt)
+        block, formatted = run.lineup.references.block_recorded(refs, run.config.aggregate_prompt)
         return View(
             block=block,
             references=tuple(refs),
