@@ -83,7 +83,9 @@ async def test_usage_of_a_cut_straggler_counts() -> None:
     }
     config = cfg([{"model": "fast"}, {"model": "slow"}], straggler={"grace_s": 0.05})
     async with Stack(config, models=models) as s:
-        result = await asyncio.wait_for(s.run(CONV), 5)
+        # Streamed (member_ttft), so usage the stream reported before the cut is seen: a plain
+        # request cut mid-flight has reported nothing yet.
+        result = await asyncio.wait_for(s.run(CONV, member_ttft=True), 5)
     slow = result.layers[0].members[1]
     assert slow.cancelled and slow.usage == u
     assert slow.attempts[-1].error == "cancelled: straggler cut-off"

@@ -33,7 +33,9 @@ async def test_endpoint_receives_exact_messages() -> None:
     system = bodies["agg"]["messages"][0]["content"]
     assert system.endswith(f"\n1. {p1}\n2. {p2}")
     assert bodies["agg"]["messages"][1:] == conv
-    assert bodies["agg"]["stream"] is True and bodies["agg"]["temperature"] == 0.4
+    # Stack.run() streams nothing to anyone: every call is one plain request.
+    assert "stream" not in bodies["agg"] and bodies["agg"]["temperature"] == 0.4
+    assert not any("stream" in body for body in bodies.values())
     assert result.final == expected_content("agg", bodies["agg"]["messages"], 12)
     assert result.layers[0].members[0].usage.completion_tokens == 12
 

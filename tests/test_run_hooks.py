@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from moakit.events import (
     RunStarted,
     TextDelta,
 )
-from moakit.models.base import ChatRequest
+from moakit.models.base import ChatRequest, Chunk, Completion, Model
 from moakit.testing.models import echo_model
 
 CONV = [{"role": "user", "content": "What is MoA?"}]
@@ -99,12 +100,58 @@ async def test_member_started_carries_the_exact_request_and_deltas_stream() -> N
     assert kinds.index("MemberDelta") < kinds.index("MemberFinished")
 
 
-async def test_time_to_first_token_is_recorded_for_every_call() -> None:
+async def test_time_to_first_token_is_recorded_for_every_call_when_asked() -> None:
     async with Stack(two_layers(), models=models(delay_s=0.05)) as stack:
-        result = await stack.run(CONV)
+        result = await stack.run(CONV, member_ttft=True)
     for call in result.calls():
         assert call.ttft_s is not None and 0.04 <= call.ttft_s <= call.latency_s
         assert call.attempts[-1].ttft_s == call.ttft_s
+
+
+class StreamOrPlain(Model):
+    """Answers either way, and counts which way it was asked."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.streamed = self.plain = 0
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        self.streamed += 1
+        yield Chunk(text=f"{self.name} says hi")
+        yield Chunk(finish_reason="stop")
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        self.plain += 1
+        return Completion(text=f"{self.name} says hi", finish_reason="stop")
+
+
+async def test_a_member_streams_only_when_something_reads_its_stream() -> None:
+    def counted() -> dict[str, StreamOrPlain]:
+        return {n: StreamOrPlain(n) for n in ("a", "b", "c", "agg")}
+
+    # Nobody reads proposer text, and the answer is not streamed: every call is plain.
+    quiet = counted()
+    async with Stack(two_layers(), models=quiet) as stack:
+        result = await stack.run(CONV)
+    assert {n: (m.streamed, m.plain) for n, m in quiet.items()} == {
+        n: (0, 1) for n in quiet
+    }
+    assert all(c.ttft_s is None for c in result.calls())
+    # The answer streams to its reader; proposer deltas are not wanted (the server's way).
+    served = counted()
+    async with (
+        Stack(two_layers(), models=served) as stack,
+        aclosing(stack.events(CONV, member_deltas=False)) as events,
+    ):
+        async for _ in events:
+            pass
+    assert (served["agg"].streamed, served["agg"].plain) == (1, 0)
+    assert all((served[n].streamed, served[n].plain) == (0, 1) for n in ("a", "b", "c"))
+    # An observer that wants proposer deltas gets them: proposers stream.
+    watched = counted()
+    async with Stack(two_layers(), models=watched) as stack:
+        await stack.run(CONV, observers=[lambda event: None])
+    assert all(watched[n].streamed == 1 for n in ("a", "b", "c"))
 
 
 async def test_started_s_is_the_calls_own_start() -> None:
@@ -178,7 +225,10 @@ async def test_events_without_observers_still_yield_live_events() -> None:
     assert observed.final == unobserved.final
     assert observed.llm_calls == unobserved.llm_calls == 4
     assert [m.output for m in observed.calls()] == [m.output for m in unobserved.calls()]
-    assert [m.ttft_s is not None for m in unobserved.calls()] == [True] * 4
+    # Nobody read the unwatched run's text as it came: its calls were plain requests. The
+    # watched run streamed its proposers (their deltas were wanted), not its aggregator.
+    assert [m.ttft_s is not None for m in observed.calls()] == [True, True, True, False]
+    assert [m.ttft_s for m in unobserved.calls()] == [None] * 4
 
 
 async def test_member_deltas_off_builds_no_proposer_deltas_and_changes_nothing_else() -> None:
@@ -193,5 +243,7 @@ async def test_member_deltas_off_builds_no_proposer_deltas_and_changes_nothing_e
     final_without = next(e for e in without if isinstance(e, RunFinished)).result
     assert final_without.final == final_with.final
     assert [m.output for m in final_without.calls()] == [m.output for m in final_with.calls()]
-    # Time to first token is still measured: the proposers still stream, unseen.
-    assert all(m.ttft_s is not None for m in final_without.calls())
+    # Nobody reads the proposers' text as it comes: they made plain requests (no time to first
+    # token), while the streamed answer's aggregator has one.
+    assert [m.ttft_s is None for m in final_without.calls()] == [True, True, True, False]
+    assert all(m.ttft_s is not None for m in final_with.calls())

@@ -83,7 +83,10 @@ async def test_non_streaming_run_recovers_without_duplicating_text(times: int | 
     reset = Behavior(fault=Fault("reset_mid_stream", times=times), tokens=30)
     seen: list[Event] = []
     async with FakeBackend(models={"agg": reset}) as fb, stack(fb.base_url) as s:
-        result = await asyncio.wait_for(s.run(CONV, observers=[seen.append]), 10)
+        # member_ttft: the aggregator streams (unseen), so its failed attempts had text, which
+        # a non-streaming run must never pass on.
+        run = s.run(CONV, observers=[seen.append], member_ttft=True)
+        result = await asyncio.wait_for(run, 10)
     winner = "agg" if times == 1 else "backup"
     assert result.final == expected_content(winner, agg_body(fb, winner), 30 if times else 12)
     assert [e.text for e in seen if isinstance(e, TextDelta)] == [result.final]

@@ -173,30 +173,18 @@ async def _attempt(
             )
         )
     timeout, binding = run.timeout(spec, deadline_at)
-    parts = call.live_parts
-    finish_reason: str | None = None
     error: ModelCallError | None = None
+    completion: Completion | None = None
     try:
         async with asyncio.timeout(timeout):
-            chunks = call.model.stream(call.request)
-            try:
-                async for chunk in chunks:
-                    if chunk.text:
-                        if not parts:
-                            call.live_ttft = run.now() - started
-                        parts.append(chunk.text)
-                        if on_text is not None:
-                            on_text(chunk.text)
-                    if chunk.finish_reason is not None:
-                        finish_reason = chunk.finish_reason
-                    if chunk.usage is not None:
-                        call.live_usage = chunk.usage
-            except BaseException:
-                # Stopped early (timeout, cancellation, error): close the stream now, so it
-                # releases its connection or limiter slot at once, not when collected.
-                await _close(chunks)
-                raise
-        if not allow_empty and not "".join(parts).strip():
+            if on_text is None and not run.member_ttft:
+                # Nobody reads this call's text as it is written: one plain request, which
+                # costs the backend and us far less than parsing a stream token by token.
+                completion = await call.model.complete(call.request)
+                call.live_usage = completion.usage
+            else:
+                completion = await _streamed(run, call, started, on_text)
+        if not allow_empty and not completion.text.strip():
             error = ModelCallError("empty answer", kind="empty")
     except TimeoutError:
         kind: CallErrorKind = "deadline" if binding else "timeout"
@@ -206,12 +194,40 @@ async def _attempt(
     except Exception as exc:  # an adapter bug must fail this call, not the query
         error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
     usage = call.live_usage or Usage()
-    if error is not None:
-        call.error = error
-        call.end(run.now(), usage=error.usage or usage, error=error.describe())
+    if error is not None or completion is None:
+        call.error = error or ModelCallError("no answer", kind="other")
+        call.end(run.now(), usage=call.error.usage or usage, error=call.error.describe())
         return None
     call.end(run.now(), usage=usage)
-    return Completion(text="".join(parts), finish_reason=finish_reason or "stop", usage=usage)
+    return Completion(
+        text=completion.text, finish_reason=completion.finish_reason or "stop", usage=usage
+    )
+
+
+async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None) -> Completion:
+    """The call's answer as it streams: each chunk's text goes to ``on_text`` and into
+    ``call.live_parts`` (what the stream rule and a cut call's record read)."""
+    parts = call.live_parts
+    finish_reason: str | None = None
+    chunks = call.model.stream(call.request)
+    try:
+        async for chunk in chunks:
+            if chunk.text:
+                if not parts:
+                    call.live_ttft = run.now() - started
+                parts.append(chunk.text)
+                if on_text is not None:
+                    on_text(chunk.text)
+            if chunk.finish_reason is not None:
+                finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                call.live_usage = chunk.usage
+    except BaseException:
+        # Stopped early (timeout, cancellation, error): close the stream now, so it releases
+        # its connection or limiter slot at once, not when collected.
+        await _close(chunks)
+        raise
+    return Completion(text="".join(parts), finish_reason=finish_reason)
 
 
 async def _close(chunks: object) -> None:

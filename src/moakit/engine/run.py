@@ -135,6 +135,9 @@ class Run:
         # per-call ones (MemberStarted, MemberDelta) are then not even built.
         self.live = True
         self.member_deltas = True  # emit MemberDelta as proposers write (when live)
+        # Stream every call, so each member's time to first token is measured even when
+        # nobody reads its text as it comes (otherwise such a call is one plain request).
+        self.member_ttft = False
 
     def unwatched(self) -> Run:
         self.channel = Discard()

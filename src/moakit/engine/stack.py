@@ -136,6 +136,7 @@ class Stack(Model):
         observers: Sequence[Observer] = (),
         streaming: bool = True,
         member_deltas: bool = True,
+        member_ttft: bool = False,
     ) -> AsyncGenerator[Event, None]:
         """Run the stack, yielding every event (``observers`` see each one first), ending
         with ``RunFinished``, or ``RunFailed`` followed by the ``QueryFailed`` (carrying the
@@ -146,10 +147,15 @@ class Stack(Model):
         the stream rule); otherwise it comes as one TextDelta once an attempt completed.
         ``member_deltas=False``: no ``MemberDelta`` per proposer token, for consumers that only
         need each member's finished answer (the server's wire format, a trace recorder): on a
-        busy server those per-token events are most of what observing a run costs.
+        busy server those per-token events are most of what observing a run costs. A member
+        whose text nobody reads as it is written (no deltas wanted, not the streamed answer)
+        makes one plain request instead of streaming: cheaper for the backend and for us, but
+        its ``ttft_s`` is then unknown. ``member_ttft=True`` streams every call anyway, so each
+        member's time to first token is measured.
         """
         run = self._new_run(request, run_id, streaming)
         run.member_deltas = member_deltas
+        run.member_ttft = member_ttft
         watchers = Observers(observers) if observers else None
         task = asyncio.create_task(self._execute(run))
         try:
@@ -200,16 +206,23 @@ class Stack(Model):
         run_id: str | None = None,
         observers: Sequence[Observer] = (),
         streaming: bool = False,
+        member_ttft: bool = False,
     ) -> Result:
         """The whole result. Non-streaming by default: retries and fallbacks stay free."""
-        if not observers:
+        if not observers and not member_ttft:
             # Nobody can see this run's events: run it directly and drop them unbuilt (the
             # per-call ones) or as they come. The result is the same.
             run = self._new_run(request, run_id, streaming).unwatched()
             await self._execute(run)
             return run.result
         async with aclosing(
-            self.events(request, run_id=run_id, observers=observers, streaming=streaming)
+            self.events(
+                request,
+                run_id=run_id,
+                observers=observers,
+                streaming=streaming,
+                member_ttft=member_ttft,
+            )
         ) as events:
             async for event in events:
                 if isinstance(event, RunFinished):

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from moakit.errors import ModelCallError
 from moakit.messages import (
     ChatRequest,
     Chunk,
@@ -66,16 +67,23 @@ async def closing_stream(chunks: AsyncIterator[Chunk]) -> AsyncIterator[AsyncIte
 
 
 async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
+    """The whole answer of a stream. A stream that fails after reporting usage fails with that
+    usage on its error (the tokens were spent), as the engine's streamed path records it."""
     parts: list[str] = []
     finish_reason: str | None = None
-    usage = Usage()
-    async for chunk in chunks:
-        parts.append(chunk.text)
-        if chunk.finish_reason is not None:
-            finish_reason = chunk.finish_reason
-        if chunk.usage is not None:
-            usage = chunk.usage
-    return Completion(text="".join(parts), finish_reason=finish_reason, usage=usage)
+    usage: Usage | None = None
+    try:
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            if chunk.finish_reason is not None:
+                finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                usage = chunk.usage
+    except ModelCallError as exc:
+        if exc.usage is None and usage is not None:
+            exc.usage = usage
+        raise
+    return Completion(text="".join(parts), finish_reason=finish_reason, usage=usage or Usage())
 
 
 __all__ = [

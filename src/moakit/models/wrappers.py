@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from moakit.models.base import ChatRequest, Chunk, Completion, Model, closing_stream
+from moakit.models.base import ChatRequest, Chunk, Completion, Model, closing_stream, collect
 
 
 class WrapperModel(Model):
@@ -26,6 +26,10 @@ class WrapperModel(Model):
         return self.wrapped.stream(request)
 
     async def complete(self, request: ChatRequest) -> Completion:
+        # A wrapper that changes the stream (an injector, a recorder) changes the whole answer
+        # too; one that leaves the stream alone keeps the wrapped model's own plain request.
+        if type(self).stream is not WrapperModel.stream:
+            return await collect(self.stream(request))
         return await self.wrapped.complete(request)
 
     def loaded(self) -> bool:
