@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock chromium eval-local robustness
+.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local robustness
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval,ray,postgres]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +31,12 @@ typecheck: install
 chromium:
 	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: install chromium lint typecheck
+# The PostgreSQL trace-store tests start their own server from Debian's package (initdb into a
+# temporary directory; no container, no system service). Installed only when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
+test: install chromium postgresql lint typecheck
 	$(BIN)/pytest -q
 
 # The embedded-model evaluation behind docs/eval-local.md: hours on 2 cores, resumable (the
