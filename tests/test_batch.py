@@ -8,9 +8,9 @@ from pathlib import Path
 import openai.types
 import openai.types.chat
 import pytest
-from batch_helpers import fake_stack, normalized, read_lines, write_input
 from click.testing import CliRunner
 
+from batch_helpers import fake_stack, normalized, read_lines, write_input
 from moakit.batch import BatchProgress, run_batch
 from moakit.cli.main import cli
 from moakit.errors import ConfigError
@@ -31,20 +31,45 @@ async def test_output_is_openai_batch_format_one_line_per_input_line(
     src = write_input(tmp_path / "in.jsonl", 3)
     with src.open("a") as fh:
         fh.write(json.dumps({"prompt": "plain"}) + "\n")
-        fh.write(json.dumps({"custom_id": "m", "messages": [{"role": "user", "content": "hi"}],
-                             "temperature": 0.1}) + "\n")  # fmt: skip
+        fh.write(
+            json.dumps(
+                {
+                    "custom_id": "m",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "temperature": 0.1,
+                }
+            )
+            + "\n"
+        )
         fh.write("{not json\n")
         fh.write(json.dumps({"prompt": "x", "logprobs": True}) + "\n")
         fh.write(json.dumps({"prompt": "x", "model": "no-such-stack"}) + "\n")
-        fh.write(json.dumps({"custom_id": "u", "method": "POST", "url": "/v1/embeddings",
-                             "body": {"model": "fake", "input": "x"}}) + "\n")  # fmt: skip
+        fh.write(
+            json.dumps(
+                {
+                    "custom_id": "u",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "fake", "input": "x"},
+                }
+            )
+            + "\n"
+        )
     out = tmp_path / "out.jsonl"
     stack = fake_stack(backend.base_url)
     summary = await run_batch(src, out, default_model="fake", configs={"fake": stack})
     rows = read_lines(out)
     assert [r["custom_id"] for r in rows] == [
-        "q0", "q1", "q2", "line-4", "m", "line-6", "line-7", "line-8", "u",
-    ]  # fmt: skip
+        "q0",
+        "q1",
+        "q2",
+        "line-4",
+        "m",
+        "line-6",
+        "line-7",
+        "line-8",
+        "u",
+    ]
     for row in rows[:5]:
         assert row["error"] is None and row["response"]["status_code"] == 200
         completion = openai.types.chat.ChatCompletion.model_validate(row["response"]["body"])
@@ -53,8 +78,11 @@ async def test_output_is_openai_batch_format_one_line_per_input_line(
         assert row["response"]["request_id"] == completion.id
     errors = {r["custom_id"]: r["response"] for r in rows[5:]}
     assert {k: v["status_code"] for k, v in errors.items()} == {
-        "line-6": 400, "line-7": 400, "line-8": 404, "u": 400,
-    }  # fmt: skip
+        "line-6": 400,
+        "line-7": 400,
+        "line-8": 404,
+        "u": 400,
+    }
     assert errors["line-7"]["body"]["error"]["param"] == "body.logprobs"
     assert errors["line-8"]["body"]["error"]["code"] == "model_not_found"
     assert summary.progress.errors == 4 and summary.complete
@@ -117,9 +145,13 @@ async def test_cost_cap_stops_cleanly_and_a_rerun_continues(tmp_path: Path) -> N
         src = write_input(tmp_path / "in.jsonl", 12)
         out = tmp_path / "out.jsonl"
         summary = await run_batch(
-            src, out, default_model="fake", configs={"fake": stack},
-            executor=LocalExecutor(2), max_cost_usd=0.0005,
-        )  # fmt: skip
+            src,
+            out,
+            default_model="fake",
+            configs={"fake": stack},
+            executor=LocalExecutor(2),
+            max_cost_usd=0.0005,
+        )
         progress = summary.progress
         assert progress.stopped and "cost cap" in progress.stopped
         assert 0 < progress.done < 12 and summary.not_started == 12 - progress.done
@@ -137,9 +169,12 @@ async def test_endpoint_limit_caps_calls_in_flight(tmp_path: Path) -> None:
         src = write_input(tmp_path / "in.jsonl", 8)
         executor = LocalExecutor(8, limits={f"openai:{fb.base_url}": 2})
         await run_batch(
-            src, tmp_path / "o.jsonl", default_model="fake", configs={"fake": stack},
+            src,
+            tmp_path / "o.jsonl",
+            default_model="fake",
+            configs={"fake": stack},
             executor=executor,
-        )  # fmt: skip
+        )
         assert fb.stats.requests == 24
         assert fb.stats.max_in_flight == 2
 
@@ -151,12 +186,17 @@ async def test_shared_cache_answers_identical_requests_once(tmp_path: Path) -> N
         src.write_text("".join(json.dumps({"prompt": "same question"}) + "\n" for _ in range(5)))
         executor = LocalExecutor(5, cache=tmp_path / "cache.db")
         await run_batch(
-            src, tmp_path / "o.jsonl", default_model="fake", configs={"fake": stack},
+            src,
+            tmp_path / "o.jsonl",
+            default_model="fake",
+            configs={"fake": stack},
             executor=executor,
-        )  # fmt: skip
+        )
         assert fb.stats.requests == 3
-    answers = {r["response"]["body"]["choices"][0]["message"]["content"]
-               for r in read_lines(tmp_path / "o.jsonl")}  # fmt: skip
+    answers = {
+        r["response"]["body"]["choices"][0]["message"]["content"]
+        for r in read_lines(tmp_path / "o.jsonl")
+    }
     assert len(answers) == 1
 
 
@@ -190,9 +230,19 @@ def test_cli_progress_lines_when_not_a_terminal(tmp_path: Path) -> None:
         out = tmp_path / "out.jsonl"
         result = CliRunner().invoke(
             cli,
-            ["batch", str(src), "-o", str(out), "-c", str(config), "--concurrency", "1",
-             "--progress-every", "0.2"],
-        )  # fmt: skip
+            [
+                "batch",
+                str(src),
+                "-o",
+                str(out),
+                "-c",
+                str(config),
+                "--concurrency",
+                "1",
+                "--progress-every",
+                "0.2",
+            ],
+        )
     assert result.exit_code == 0, result.output
     progress = [line for line in result.stderr.splitlines() if line.startswith("batch ")]
     assert len(progress) >= 3, result.stderr
@@ -212,9 +262,19 @@ def test_cli_cost_cap_exit_status(tmp_path: Path) -> None:
         src = write_input(tmp_path / "in.jsonl", 5)
         result = CliRunner().invoke(
             cli,
-            ["batch", str(src), "-o", str(tmp_path / "o.jsonl"), "-c", str(config),
-             "--concurrency", "1", "--max-cost", "0.00001"],
-        )  # fmt: skip
+            [
+                "batch",
+                str(src),
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "-c",
+                str(config),
+                "--concurrency",
+                "1",
+                "--max-cost",
+                "0.00001",
+            ],
+        )
     assert result.exit_code == 4, result.output
     assert "run the same command again" in result.stderr
 

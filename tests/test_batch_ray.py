@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from batch_helpers import fake_stack, normalized, read_lines, write_input
 
+from batch_helpers import fake_stack, normalized, read_lines, write_input
 from moakit.batch import BatchProgress, run_batch
 from moakit.executors import LocalExecutor, Services
 from moakit.testing.fake_backend import Behavior, FakeBackend, Latency
@@ -25,9 +25,12 @@ from moakit.executors.ray import RayExecutor  # noqa: E402
 @pytest.fixture(scope="module", autouse=True)
 def cluster() -> Iterator[None]:
     ray.init(
-        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-        log_to_driver=False, configure_logging=False,
-    )  # fmt: skip
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield
     ray.shutdown()
 
@@ -68,9 +71,12 @@ async def test_one_endpoint_limit_and_one_cache_for_the_cluster(tmp_path: Path) 
             2, concurrency=4, limits={f"openai:{fb.base_url}": 2}, cache=tmp_path / "cache.db"
         )
         await run_batch(
-            src, tmp_path / "o.jsonl", default_model="fake",
-            configs={"fake": fake_stack(fb.base_url)}, executor=executor,
-        )  # fmt: skip
+            src,
+            tmp_path / "o.jsonl",
+            default_model="fake",
+            configs={"fake": fake_stack(fb.base_url)},
+            executor=executor,
+        )
         # Two workers × four lines in flight, yet never more than 2 calls at the backend.
         assert fb.stats.max_in_flight == 2
         assert fb.stats.requests == 8 * 3
@@ -94,9 +100,13 @@ async def test_a_worker_killed_mid_run_loses_no_item(tmp_path: Path) -> None:
                 killed.append(pid)
 
         summary = await run_batch(
-            src, tmp_path / "ray.jsonl", default_model="fake", configs=configs,
-            executor=executor, on_progress=kill_one,
-        )  # fmt: skip
+            src,
+            tmp_path / "ray.jsonl",
+            default_model="fake",
+            configs=configs,
+            executor=executor,
+            on_progress=kill_one,
+        )
     assert killed and executor.workers_lost == 1
     assert summary.complete and summary.progress.errors == 0
     rows = read_lines(tmp_path / "ray.jsonl")
@@ -134,9 +144,11 @@ async def test_local_fast_preset_on_a_ray_worker(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("What is 2+2?", "Hi")))
     summary = await run_batch(
-        src, tmp_path / "o.jsonl", default_model="local-fast",
+        src,
+        tmp_path / "o.jsonl",
+        default_model="local-fast",
         executor=RayExecutor(1, concurrency=1),
-    )  # fmt: skip
+    )
     rows = read_lines(tmp_path / "o.jsonl")
     assert summary.complete and [r["response"]["status_code"] for r in rows] == [200, 200]
     assert all(r["response"]["body"]["choices"][0]["message"]["content"].strip() for r in rows)

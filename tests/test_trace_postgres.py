@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from pg_harness import fresh_database, postgres_server
 
 from moakit.testing.fake_backend import FakeBackend
 from moakit.trace import BaseTraceStore, TraceStore, open_trace_store
@@ -25,6 +24,7 @@ from moakit.trace.pg_migrations import MIGRATIONS as PG_MIGRATIONS
 from moakit.trace.pg_migrations import applied
 from moakit.trace.postgres import PostgresTraceStore, safe_url
 from moakit.trace.records import CallRecord, QueryRecord
+from pg_harness import fresh_database, postgres_server
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,18 @@ def _query(qid: str, **kw: Any) -> QueryRecord:
 
 def _call(qid: str, idx: int, output: str) -> CallRecord:
     return CallRecord(
-        query_id=qid, layer=1, index=idx, role="proposer", label=f"p{idx}",
-        provider="openai", model_name="m", output=output, start_time=1.0, end_time=2.0,
+        query_id=qid,
+        layer=1,
+        index=idx,
+        role="proposer",
+        label=f"p{idx}",
+        provider="openai",
+        model_name="m",
+        output=output,
+        start_time=1.0,
+        end_time=2.0,
         latency_s=1.0,
-    )  # fmt: skip
+    )
 
 
 def _write_and_read(store: BaseTraceStore) -> dict[str, Any]:
@@ -192,7 +200,7 @@ def run_fleet(
                 "--no-preload",
             ],
             env,
-        )  # fmt: skip
+        )
         for port in ports
     ]
     try:
@@ -211,7 +219,7 @@ def run_fleet(
 
 
 def test_three_servers_one_postgres_store(pg_url: str, tmp_path: Path) -> None:
-    ids, ports = run_fleet(tmp_path, pg_url, servers=3, workers=1, per_client=8)
+    ids, _ = run_fleet(tmp_path, pg_url, servers=3, workers=1, per_client=8)
     assert len(ids) == 48 and len(set(ids)) == 48
     with psycopg.connect(pg_url) as db:
         rows = db.execute("SELECT id, status FROM queries").fetchall()

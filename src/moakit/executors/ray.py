@@ -23,6 +23,7 @@ import asyncio
 import collections
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -195,6 +196,7 @@ class RayExecutor(Executor):
         # Live workers' process ids by name (tests and operators: which process is which).
         self.worker_pids: dict[str, int] = {}
         self.workers_lost = 0
+        self.startup_s = 0.0  # the last run's time to start its workers (and their units)
         self.limiter: Any = None  # the limiter actor of the current run (its peak() is useful)
 
     def _ensure_ray(self) -> None:
@@ -251,7 +253,9 @@ class RayExecutor(Executor):
         running: dict[asyncio.Future[Any], tuple[_Pending, str, Any]] = {}
         exhausted = False
         try:
+            started = time.perf_counter()
             await asyncio.gather(*(start_worker() for _ in range(self.workers)))
+            self.startup_s = time.perf_counter() - started
             while True:
                 while actors and (retry or not exhausted):
                     name = min(load, key=lambda n: load[n])

@@ -23,9 +23,7 @@ from moakit.ui.evals import eval_routes
 from moakit.ui.routes import Refused, ui_routes
 
 
-def ui_mount(
-    state: ServerState, store: BaseTraceStore, evals_dir: Path | None
-) -> list[BaseRoute]:
+def ui_mount(state: ServerState, store: BaseTraceStore, evals_dir: Path | None) -> list[BaseRoute]:
     def auth(request: Request) -> None:
         try:
             check_auth(state.api_keys, request)
