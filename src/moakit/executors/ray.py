@@ -31,6 +31,7 @@ from typing import Any
 
 import ray
 import ray.exceptions
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from moakit.executors.base import (
     Executor,
@@ -166,7 +167,8 @@ class RayExecutor(Executor):
     """``workers`` actors, each running up to ``concurrency`` payloads at once and reserving
     ``num_cpus`` CPUs. ``limits``: calls in flight per endpoint for the whole cluster;
     ``cache``: a response-cache file on the node that runs the cache actor (the driver's, on
-    a local cluster). ``max_attempts``: tries per payload across worker losses."""
+    a local cluster). ``max_attempts``: tries per payload across worker losses.
+    ``runtime_env``: Ray's, for a cluster whose nodes lack moakit (``{"pip": ["moakit"]}``)."""
 
     name = "ray"
 
@@ -220,10 +222,17 @@ class RayExecutor(Executor):
         self, factory: WorkerFactory[P, R], payloads: Payloads[P]
     ) -> AsyncIterator[Outcome[P, R]]:
         self._ensure_ray()
-        limiter = _LimiterActor.options(num_cpus=0).remote(self.limits)  # type: ignore[attr-defined]
+        # The shared services run on the driver's node: the cache file is where the caller
+        # named it, and losing that node ends the run anyway.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        limiter = _LimiterActor.options(  # type: ignore[attr-defined]
+            num_cpus=0, scheduling_strategy=here
+        ).remote(self.limits)
         self.limiter = limiter
         cache = (
-            _CacheActor.options(num_cpus=0).remote(self.cache_path)  # type: ignore[attr-defined]
+            _CacheActor.options(  # type: ignore[attr-defined]
+                num_cpus=0, scheduling_strategy=here
+            ).remote(self.cache_path)
             if self.cache_path is not None
             else None
         )
