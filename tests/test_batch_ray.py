@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 from batch_helpers import fake_stack, normalized, read_lines, write_input
 from moakit.batch import BatchProgress, run_batch
 from moakit.executors import LocalExecutor, Services
+from moakit.executors.ray import RayExecutor
 from moakit.testing.fake_backend import Behavior, FakeBackend, Latency
-
-ray = pytest.importorskip("ray")
-from moakit.executors.ray import RayExecutor  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -34,7 +34,7 @@ from moakit.batch.formats import (
     response_line,
 )
 from moakit.batch.worker import BatchAnswer, BatchRequest, BatchWorkerSpec
-from moakit.config import StackConfig, load_preset
+from moakit.config import StackConfig, load_preset, preset_names
 from moakit.engine import Stack
 from moakit.errors import ConfigError
 from moakit.executors.base import Executor, Outcome, WorkerFactory
@@ -130,7 +130,7 @@ async def _resolve_stacks(
             found[name] = load_preset(name)
         except ConfigError:
             unknown.add(name)
-    known = ", ".join(sorted({*configs, *found})) or "none"
+    known = ", ".join(sorted({*configs, *preset_names()}))
     for line in lines:
         if line.error is None and line.model in unknown:
             line.error = ApiError(

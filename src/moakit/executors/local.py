@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from moakit.executors.base import (
     describe,
 )
 from moakit.executors.services import LocalCache, LocalLimits
+
+log = logging.getLogger(__name__)
 
 
 class LocalExecutor(Executor):
@@ -73,7 +75,9 @@ class LocalExecutor(Executor):
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            with contextlib.suppress(Exception):
+            try:
                 await unit.aclose()
+            except Exception:  # a unit that fails to close must not hide the run's outcome
+                log.exception("closing the work unit failed")
             if cache is not None:
                 cache.close()
