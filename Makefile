@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock chromium eval-local robustness
+.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local robustness
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval,ray,postgres]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +32,11 @@ typecheck: install
 chromium:
 	@[ -x /usr/bin/chromium ] || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
+# The PostgreSQL trace-store tests start their own server from Debian's package (initdb into a
+# temporary directory; no container, no system service). Installed only when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
 # A third-party plugin kept under tests/ (one provider, one strategy), installed into the test
 # environment the way a user installs one: the plugin tests use it through its entry point.
 TEST_PLUGIN := tests/plugins/moakit-hello
@@ -39,7 +44,7 @@ $(VENV)/.test-plugin: $(VENV)/.installed $(wildcard $(TEST_PLUGIN)/pyproject.tom
 	$(BIN)/pip install -q --no-deps $(TEST_PLUGIN)
 	touch $@
 
-test: install $(VENV)/.test-plugin chromium lint typecheck
+test: install $(VENV)/.test-plugin chromium postgresql lint typecheck
 	$(BIN)/pytest -q
 
 # The embedded-model evaluation behind docs/eval-local.md: hours on 2 cores, resumable (the

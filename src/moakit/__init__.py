@@ -39,7 +39,7 @@ from moakit.errors import (
 from moakit.hookspecs import Register, hookimpl
 from moakit.models.base import ChatRequest, Message, Model, Usage
 from moakit.result import MemberOutput, Result
-from moakit.trace import TraceRecorder, TraceStore, default_store, traced_run
+from moakit.trace import BaseTraceStore, TraceRecorder, default_store, traced_run
 from moakit.version import __version__ as __version__
 
 
@@ -54,12 +54,13 @@ async def arun(
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
-    trace: bool | TraceStore = False,
+    trace: bool | BaseTraceStore = False,
 ) -> Result:
     """Answer ``prompt`` (a question or an OpenAI-style message list) with a stack.
 
     ``trace=True`` records the run in the default trace store (``moa trace list`` shows it);
-    a ``TraceStore`` records it there. The library records nothing unless asked."""
+    a trace store (``open_trace_store(path_or_url)``) records it there. The library records
+    nothing unless asked."""
     stack_config = config if isinstance(config, StackConfig) else resolve_stack(preset, config)
     async with Stack(stack_config) as stack:
         if trace is False:
@@ -78,7 +79,7 @@ def run(
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
-    trace: bool | TraceStore = False,
+    trace: bool | BaseTraceStore = False,
 ) -> Result:
     """Sync wrapper over ``arun`` for scripts. Inside a running event loop, await ``arun``."""
     try:

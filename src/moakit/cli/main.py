@@ -8,6 +8,7 @@ import sys
 import click
 
 from moakit.cli.ask import ask_cmd, chat_cmd
+from moakit.cli.batch import batch_cmd
 from moakit.cli.eval import eval_group
 from moakit.cli.fake_backend import fake_backend_cmd
 from moakit.cli.literal import one_line
@@ -36,6 +37,7 @@ cli.add_command(serve_cmd)
 cli.add_command(trace_group)
 cli.add_command(eval_group)
 cli.add_command(plugins_cmd)
+cli.add_command(batch_cmd)
 
 
 def main() -> None:

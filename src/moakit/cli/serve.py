@@ -1,13 +1,13 @@
-"""``moa serve``: run the OpenAI-compatible server."""
+"""``moa serve``: run the OpenAI-compatible server (one process, or ``--workers N``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from moakit.config import StackConfig, list_presets, read_config_file
 from moakit.errors import ConfigError
 
 
@@ -71,9 +71,17 @@ from moakit.errors import ConfigError
 )
 @click.option(
     "--trace-db",
-    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Trace store file (default: $MOAKIT_TRACE_DB, else under the user data dir).",
+    help="Trace store: a SQLite file or a postgresql:// URL, which a fleet of servers can "
+    "share (default: $MOAKIT_TRACE_DB, else a file under the user data dir).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Server processes on this port (uvicorn's workers); they share the trace store. "
+    "--max-concurrent applies to each.",
 )
 @click.option(
     "--evals-dir",
@@ -92,7 +100,8 @@ def serve_cmd(
     log_level: str,
     preload: bool,
     trace: bool,
-    trace_db: Path | None,
+    trace_db: str | None,
+    workers: int,
     evals_dir: Path | None,
 ) -> None:
     """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint.
@@ -102,40 +111,43 @@ def serve_cmd(
     """
     import uvicorn
 
-    from moakit.server import create_app
-    from moakit.server.settings import ServerSettings, read_server_settings
-    from moakit.trace import default_store, tracing_enabled
+    from moakit.server.workers import WORKER_OPTIONS_ENV, ServeOptions, build_app
 
-    stacks: dict[str, StackConfig] | None = None
-    settings = ServerSettings()
-    try:
-        if config_path is not None:
-            stacks = dict(list_presets())
-            cfg = read_config_file(config_path)
-            stacks[cfg.name] = cfg
-        if server_config is not None:
-            settings = read_server_settings(server_config)
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
-    app = create_app(
-        stacks,
+    options = ServeOptions(
+        config_path=str(config_path) if config_path else None,
+        server_config=str(server_config) if server_config else None,
+        allow_request_stacks=allow_request_stacks,
         max_concurrent=max_concurrent,
         max_body_bytes=max_body_bytes,
         preload=preload,
-        settings=settings,
-        allow_request_stacks=allow_request_stacks,
-        trace_store=default_store(trace_db) if trace and tracing_enabled() else None,
-        evals_dir=evals_dir,
+        trace=trace,
+        trace_db=trace_db,
+        evals_dir=str(evals_dir) if evals_dir else None,
     )
     # moakit.server writes its own structured access line per request (id, model, status,
     # latency, tokens), so uvicorn's plain access log is off rather than doubled.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=_log_config(log_level.upper()),
-        access_log=False,
-    )
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": _log_config(log_level.upper()),
+        "access_log": False,
+    }
+    if workers == 1:
+        try:
+            app = build_app(options)
+        except (ConfigError, ConnectionError) as err:
+            raise click.ClickException(str(err)) from None
+        uvicorn.run(app, **common)
+        return
+    # Several processes: uvicorn starts each from an import string, so the options travel in
+    # the environment (paths and flags only; keys stay in the operator's own variables). The
+    # configs are checked here first, so a typo fails once, not in every worker.
+    try:
+        options.check()
+    except (ConfigError, ConnectionError) as err:
+        raise click.ClickException(str(err)) from None
+    os.environ[WORKER_OPTIONS_ENV] = options.to_json()
+    uvicorn.run("moakit.server.workers:app_from_env", factory=True, workers=workers, **common)
 
 
 def _log_config(level: str) -> dict[str, Any]:

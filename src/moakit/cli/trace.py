@@ -11,7 +11,6 @@ import json
 import re
 import time
 from datetime import datetime
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -19,8 +18,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from moakit.trace.base import BaseTraceStore
+from moakit.trace.open import open_trace_store
 from moakit.trace.records import QUERY_STATUSES, CallRecord, TraceRecord
-from moakit.trace.store import TraceStore
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -49,9 +49,9 @@ def parse_since(text: str) -> float:
 db_option = click.option(
     "--db",
     "db_path",
-    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Trace database (default: $MOAKIT_TRACE_DB, $MOAKIT_HOME/traces.db, or the data dir).",
+    help="Trace store: a SQLite file or a postgresql:// URL (default: $MOAKIT_TRACE_DB, "
+    "$MOAKIT_HOME/traces.db, or the data dir).",
 )
 
 
@@ -68,7 +68,7 @@ def _cost(cost: float | None) -> str:
     return "-" if cost is None else f"${cost:.4f}"
 
 
-def _record(store: TraceStore, query_id: str) -> TraceRecord:
+def _record(store: BaseTraceStore, query_id: str) -> TraceRecord:
     full = store.resolve(query_id)
     record = store.get(full) if full else None
     if record is None:
@@ -89,7 +89,7 @@ def trace_group() -> None:
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     stack: str | None,
     status: str | None,
     since: str | None,
@@ -97,7 +97,7 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """Recent queries, newest first."""
-    with TraceStore(db_path) as store:
+    with open_trace_store(db_path) as store:
         rows = store.list_queries(
             stack=stack,
             status=status,
@@ -203,9 +203,9 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
 @click.argument("query_id")
 @db_option
 @click.option("--full", is_flag=True, help="Print every output in full.")
-def show_cmd(query_id: str, db_path: Path | None, full: bool) -> None:
+def show_cmd(query_id: str, db_path: str | None, full: bool) -> None:
     """One query as a tree: layers, members, their outputs; failures in red."""
-    with TraceStore(db_path) as store:
+    with open_trace_store(db_path) as store:
         record = _record(store, query_id)
     _console().print(render_trace(record, full=full))
 
@@ -214,9 +214,9 @@ def show_cmd(query_id: str, db_path: Path | None, full: bool) -> None:
 @click.argument("query_id")
 @db_option
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-def export_cmd(query_id: str, db_path: Path | None, fmt: str) -> None:
+def export_cmd(query_id: str, db_path: str | None, fmt: str) -> None:
     """One query and all of its calls, as JSON on stdout."""
-    with TraceStore(db_path) as store:
+    with open_trace_store(db_path) as store:
         record = _record(store, query_id)
     click.echo(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
 
@@ -225,10 +225,10 @@ def export_cmd(query_id: str, db_path: Path | None, fmt: str) -> None:
 @db_option
 @click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h, 2w.")
 @click.option("--vacuum", is_flag=True, help="Also give the freed space back to the disk.")
-def prune_cmd(db_path: Path | None, older_than: str, vacuum: bool) -> None:
+def prune_cmd(db_path: str | None, older_than: str, vacuum: bool) -> None:
     """Delete queries started longer ago than --older-than."""
     seconds = parse_duration(older_than)
-    with TraceStore(db_path) as store:
+    with open_trace_store(db_path) as store:
         deleted = store.prune(seconds, vacuum=vacuum)
     click.echo(f"deleted {deleted} queries older than {older_than}")
 
@@ -236,9 +236,9 @@ def prune_cmd(db_path: Path | None, older_than: str, vacuum: bool) -> None:
 @trace_group.command("stats")
 @db_option
 @click.option("--json", "as_json", is_flag=True)
-def stats_cmd(db_path: Path | None, as_json: bool) -> None:
+def stats_cmd(db_path: str | None, as_json: bool) -> None:
     """How many queries and calls the store holds, and its size on disk."""
-    with TraceStore(db_path) as store:
+    with open_trace_store(db_path) as store:
         stats = store.stats()
     if as_json:
         click.echo(json.dumps(stats.__dict__))

@@ -30,7 +30,7 @@ from moakit.server.routes_responses import responses
 from moakit.server.settings import ServerSettings
 from moakit.server.state import ServerState
 from moakit.server.ui_mount import ui_mount
-from moakit.trace import TraceStore, default_recorder
+from moakit.trace import BaseTraceStore, default_recorder
 
 log = logging.getLogger("moakit.server")
 
@@ -44,7 +44,7 @@ def create_app(
     preload: bool = False,
     settings: ServerSettings | None = None,
     allow_request_stacks: bool | None = None,
-    trace_store: TraceStore | None = None,
+    trace_store: BaseTraceStore | None = None,
     evals_dir: Path | None = None,
 ) -> Starlette:
     """The ASGI app. ``stacks`` maps model names to stacks (default: every preset, resolved on

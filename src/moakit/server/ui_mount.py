@@ -18,12 +18,12 @@ from moakit.errors import ConfigError
 from moakit.server.errors import ApiError
 from moakit.server.limits import check_auth
 from moakit.server.state import ServerState
-from moakit.trace import TraceStore
+from moakit.trace import BaseTraceStore
 from moakit.ui.evals import eval_routes
 from moakit.ui.routes import Refused, ui_routes
 
 
-def ui_mount(state: ServerState, store: TraceStore, evals_dir: Path | None) -> list[BaseRoute]:
+def ui_mount(state: ServerState, store: BaseTraceStore, evals_dir: Path | None) -> list[BaseRoute]:
     def auth(request: Request) -> None:
         try:
             check_auth(state.api_keys, request)

@@ -87,6 +87,7 @@ class ChatEndpoint:
         stats = self._backend.stats
         stats.requests += 1
         stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         # Anything that escapes (task cancelled at forced shutdown) counts as the client's loss.
         outcome: _Outcome = "cancelled"
         conn = Conn(receive)

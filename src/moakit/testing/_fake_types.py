@@ -126,6 +126,7 @@ class BackendStats:
     requests: int = 0
     requests_by_model: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
+    max_in_flight: int = 0  # the most requests in flight at once (concurrency limits' tests)
     completed: int = 0
     cancelled: int = 0
     aborted: int = 0
@@ -142,6 +143,7 @@ class BackendStats:
         # in_flight describes live requests, not history: zeroing it would drive it negative
         # when those requests finish.
         self.requests = self.completed = self.cancelled = self.aborted = 0
+        self.max_in_flight = self.in_flight
         self.requests_by_model.clear()
         self.faults_by_kind.clear()
         self.received.clear()

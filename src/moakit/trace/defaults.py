@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moakit.trace.base import BaseTraceStore
 from moakit.trace.collector import TraceSink
+from moakit.trace.open import open_trace_store
 from moakit.trace.recorder import TraceRecorder
-from moakit.trace.store import TraceStore
 
 if TYPE_CHECKING:
     from moakit.engine import Stack
@@ -39,8 +40,9 @@ def tracing_enabled() -> bool:
     return _flag("MOAKIT_TRACE")
 
 
-def default_store(path: str | Path | None = None) -> TraceStore:
-    return TraceStore(path, store_prompts=_flag("MOAKIT_TRACE_PROMPTS"))
+def default_store(path: str | Path | None = None) -> BaseTraceStore:
+    """The store at ``path`` (a file or a ``postgresql://`` URL), else the default one."""
+    return open_trace_store(path, store_prompts=_flag("MOAKIT_TRACE_PROMPTS"))
 
 
 def otel_sink() -> TraceSink | None:
@@ -63,7 +65,7 @@ def default_recorder(
     stack: Stack | None = None,
     *,
     source: str,
-    store: TraceStore | None = None,
+    store: BaseTraceStore | None = None,
 ) -> TraceRecorder | None:
     """A recorder into the default store (or ``store``), plus OpenTelemetry when configured;
     None when ``MOAKIT_TRACE`` switches recording off."""

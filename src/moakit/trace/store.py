@@ -1,4 +1,4 @@
-"""``TraceStore``: every recorded query and call, in one SQLite file.
+"""``TraceStore``: every recorded query and call, in one SQLite file (the default store).
 
 Where the file lives, first match wins:
 
@@ -10,37 +10,31 @@ Where the file lives, first match wins:
 
 Concurrency: WAL journal (readers never block the writer, nor it them), ``BEGIN IMMEDIATE`` write
 transactions and a busy timeout, so many runs in one process (one writer thread, see writer.py)
-and several processes on one file interleave safely. Each thread has its own connection.
+and several processes on one file (``moa serve --workers N``) interleave safely. Each thread has
+its own connection. A fleet of servers on several machines shares a PostgreSQL store instead
+(``postgres.py``); both implement ``base.BaseTraceStore``.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
+import contextlib
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import platformdirs
 
+from moakit.trace.base import StoreStats
+from moakit.trace.dialect import sqlite_dialect
 from moakit.trace.migrations import migrate
-from moakit.trace.records import (
-    AttemptRecord,
-    CallRecord,
-    QueryRecord,
-    ReferenceShown,
-    TraceRecord,
-    reference_hash,
-)
 from moakit.trace.redact import Redactor
-from moakit.trace.writer import Writer
+from moakit.trace.sql import SqlTraceStore, rows_by_status
 
 BUSY_TIMEOUT_S = 10.0
+
+__all__ = ["BUSY_TIMEOUT_S", "StoreStats", "TraceStore", "default_trace_path"]
 
 
 def default_trace_path() -> Path:
@@ -53,24 +47,12 @@ def default_trace_path() -> Path:
     return Path(platformdirs.user_data_dir("moakit", appauthor=False)) / "traces.db"
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    path: str
-    queries: int
-    calls: int
-    stack_configs: int
-    file_bytes: int  # the database file plus its WAL and shared-memory files
-    oldest: float | None
-    newest: float | None
-    by_status: dict[str, int]
+class TraceStore(SqlTraceStore):
+    """The SQLite trace store. ``store_prompts=False`` keeps only the hashes of the messages
+    each query and call received (and of the references shown), never their text; outputs are
+    still kept."""
 
-
-class TraceStore:
-    """A trace sink (pass it to ``TraceRecorder``) and the reader behind ``moa trace``/the UI.
-
-    ``store_prompts=False`` keeps only the hashes of the messages each query and call received
-    (and of the references shown), never their text; outputs are still kept.
-    """
+    dialect = sqlite_dialect()
 
     def __init__(
         self,
@@ -80,7 +62,6 @@ class TraceStore:
         redactor: Redactor | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_trace_path()
-        self.store_prompts = store_prompts
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self._connect()
@@ -89,10 +70,11 @@ class TraceStore:
             migrate(db)
         finally:
             db.close()
-        self._writer = Writer(self._connect, store_prompts=store_prompts, redactor=redactor)
-        # Queued records of a normally exiting process get written (a kill loses only the
-        # last few milliseconds' queue, and the query stays marked incomplete).
-        atexit.register(self._writer.stop)
+        self._start_writer(self._connect, store_prompts=store_prompts, redactor=redactor)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -104,137 +86,22 @@ class TraceStore:
         db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         return db
 
-    def _reader(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._connect()
             self._local.db = db
-        return db
+        yield db
 
-    # -- the sink side: never blocks -------------------------------------------------------
-
-    def query_started(self, query: QueryRecord) -> None:
-        self._writer.put("query", replace(query))
-
-    def call_finished(self, call: CallRecord) -> None:
-        # Call records are immutable once handed over (the collector's rule): no copy.
-        self._writer.put("call", call)
-
-    def query_finished(self, query: QueryRecord, calls: Sequence[CallRecord]) -> None:
-        # Every call already came through call_finished; only the query's end is new.
-        self._writer.put("finish", replace(query))
-
-    @property
-    def dropped(self) -> int:
-        """Records the writer could not store (each one logged as an error)."""
-        return self._writer.dropped
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Block until every record handed over so far is committed (tests, CLI exit)."""
-        return self._writer.flush(timeout)
-
-    def close(self) -> None:
-        self._writer.stop()
-        atexit.unregister(self._writer.stop)
+    def _close_readers(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
 
-    def __enter__(self) -> TraceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def list_queries(
-        self,
-        *,
-        stack: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[QueryRecord]:
-        """Most recent first. ``since``: epoch seconds."""
-        where: list[str] = []
-        args: list[object] = []
-        if stack:
-            where.append("stack_name = ?")
-            args.append(stack)
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        if since is not None:
-            where.append("start_time >= ?")
-            args.append(since)
-        sql = "SELECT * FROM queries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_time DESC LIMIT ? OFFSET ?"
-        rows = self._reader().execute(sql, (*args, limit, offset)).fetchall()
-        return [_query(row) for row in rows]
-
-    def resolve(self, id_or_prefix: str) -> str | None:
-        """The full id for a unique prefix (at least 4 characters), or None."""
-        if not id_or_prefix:
-            return None
-        db = self._reader()
-        if db.execute("SELECT 1 FROM queries WHERE id = ?", (id_or_prefix,)).fetchone():
-            return id_or_prefix
-        if len(id_or_prefix) < 4:
-            return None
-        escaped = id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = db.execute(
-            "SELECT id FROM queries WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)
-        ).fetchall()
-        return str(rows[0]["id"]) if len(rows) == 1 else None
-
-    def get(self, query_id: str) -> TraceRecord | None:
-        db = self._reader()
-        row = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
-        if row is None:
-            return None
-        query = _query(row)
-        if query.config_hash:
-            cfg = db.execute(
-                "SELECT config FROM stack_configs WHERE config_hash = ?", (query.config_hash,)
-            ).fetchone()
-            query.stack_config = json.loads(cfg["config"]) if cfg else None
-        calls = db.execute(
-            "SELECT * FROM calls WHERE query_id = ? ORDER BY layer, idx", (query_id,)
-        ).fetchall()
-        return TraceRecord(query=query, calls=[_call(c) for c in calls])
-
-    def prune(self, older_than_s: float, *, vacuum: bool = False) -> int:
-        """Delete queries (and their calls) started more than ``older_than_s`` ago."""
-        cutoff = time.time() - older_than_s
-        db = self._reader()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            deleted = db.execute("DELETE FROM queries WHERE start_time < ?", (cutoff,)).rowcount
-            db.execute(
-                "DELETE FROM stack_configs WHERE config_hash NOT IN"
-                " (SELECT config_hash FROM queries WHERE config_hash IS NOT NULL)"
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if vacuum:
-            db.execute("VACUUM")
-        return int(deleted)
-
     def stats(self) -> StoreStats:
-        db = self._reader()
-
-        def count(table: str) -> int:
-            return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-
-        span = db.execute("SELECT MIN(start_time), MAX(start_time) FROM queries").fetchone()
-        statuses = db.execute("SELECT status, COUNT(*) FROM queries GROUP BY status").fetchall()
+        counts, span, statuses = self._counts()
         size = sum(
             p.stat().st_size
             for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
@@ -242,75 +109,14 @@ class TraceStore:
         )
         return StoreStats(
             path=str(self.path),
-            queries=count("queries"),
-            calls=count("calls"),
-            stack_configs=count("stack_configs"),
+            queries=counts["queries"],
+            calls=counts["calls"],
+            stack_configs=counts["stack_configs"],
             file_bytes=size,
-            oldest=span[0],
-            newest=span[1],
-            by_status={str(s): int(n) for s, n in statuses},
+            oldest=span["oldest"] if span else None,
+            newest=span["newest"] if span else None,
+            by_status=rows_by_status(statuses),
         )
 
 
-def _loads(text: str | None, default: Any) -> Any:
-    return json.loads(text) if text else default
-
-
-def _query(row: sqlite3.Row) -> QueryRecord:
-    return QueryRecord(
-        id=row["id"],
-        stack_name=row["stack_name"],
-        config_hash=row["config_hash"],
-        source=row["source"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        input=_loads(row["input"], None),
-        input_hash=row["input_hash"],
-        status=row["status"],
-        output=row["output"],
-        latency_s=row["latency_s"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        cost_usd=row["cost_usd"],
-        llm_calls=row["llm_calls"],
-        serial_rounds=row["serial_rounds"],
-        status_message=row["status_message"],
-    )
-
-
-def _reference(data: dict[str, Any]) -> ReferenceShown:
-    ref = ReferenceShown(**data)
-    if ref.text_hash is None and ref.text is not None:
-        ref.text_hash = reference_hash(ref)
-    return ref
-
-
-def _call(row: sqlite3.Row) -> CallRecord:
-    return CallRecord(
-        query_id=row["query_id"],
-        layer=row["layer"],
-        index=row["idx"],
-        role=row["role"],
-        label=row["label"],
-        provider=row["provider"],
-        model_name=row["model_name"],
-        model_parameters=_loads(row["model_parameters"], {}),
-        input=_loads(row["input"], None),
-        input_hash=row["input_hash"],
-        references=[_reference(r) for r in _loads(row["references_shown"], [])],
-        output=row["output"],
-        finish_reason=row["finish_reason"],
-        truncated=bool(row["truncated"]),
-        cancelled=bool(row["cancelled"]),
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        cost_usd=row["cost_usd"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        latency_s=row["latency_s"],
-        ttft_s=row["ttft_s"],
-        attempts=[AttemptRecord(**a) for a in _loads(row["attempts"], [])],
-        steps=_loads(row["steps"], []),
-        level=row["level"],
-        status_message=row["status_message"],
-    )
+SQLiteTraceStore = TraceStore

@@ -4,7 +4,8 @@ Callers on the event loop only put records on a queue (``put_nowait`` on an unbo
 blocks); the thread drains whatever has accumulated and writes it in one transaction, so a
 server under load pays one commit per batch, not per call. Privacy is applied here, off the
 event loop: secrets scrubbed from every stored string, prompts replaced by their hashes when
-``store_prompts`` is off.
+``store_prompts`` is off. The SQL is the same for SQLite and PostgreSQL; ``Dialect`` says what
+differs (placeholders, how a write transaction starts, which errors are worth a retry).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from moakit.trace.dialect import Dialect, sqlite_dialect
 from moakit.trace.records import (
     CallRecord,
     QueryRecord,
@@ -75,12 +76,17 @@ def _config_env_names(config: dict[str, Any] | None) -> set[str]:
 class Writer:
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Any],
         *,
         store_prompts: bool,
         redactor: Redactor | None,
+        dialect: Dialect | None = None,
     ) -> None:
         self._connect = connect
+        self.dialect = dialect or sqlite_dialect()
+        self._query_sql = self.dialect.sql(_QUERY_SQL)
+        self._call_sql = self.dialect.sql(_CALL_SQL)
+        self._config_sql = self.dialect.sql(_CONFIG_SQL)
         self.store_prompts = store_prompts
         self._fixed_redactor = redactor
         self._redactors: dict[str, Redactor] = {}
@@ -124,7 +130,7 @@ class Writer:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        db: sqlite3.Connection | None = None
+        db: Any = None
         try:
             while True:
                 batch = [self._queue.get()]
@@ -139,14 +145,24 @@ class Writer:
                     if records and db is None:
                         db = self._connect()
                     if db is not None:
-                        self._write(db, records)
-                except sqlite3.Error:
+                        try:
+                            self._write(db, records)
+                        except self.dialect.errors:
+                            if not self.dialect.broken(db):
+                                raise
+                            # The server went away (a restart): one fresh connection, one retry.
+                            log.warning("trace store: connection lost; reconnecting")
+                            self._close(db)
+                            db = None
+                            db = self._connect()
+                            self._write(db, records)
+                except self.dialect.errors:
                     # The thread must outlive a bad batch (a full disk, a store deleted under
                     # it): later records, and every flush() waiting on this one, go on.
                     self.dropped += len(records)
                     log.exception("trace store: %d records not written", len(records))
                     if db is not None:
-                        db.close()
+                        self._close(db)
                     db = None  # reconnect for the next batch
                 finally:
                     for op in batch:
@@ -161,31 +177,41 @@ class Writer:
                     time.sleep(min(MAX_PAUSE_S, busy * (1 - DUTY_CYCLE) / DUTY_CYCLE))
         finally:
             if db is not None:
-                db.close()
+                self._close(db)
 
-    def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _close(self, db: Any) -> None:
+        try:
+            db.close()
+        except self.dialect.errors as exc:
+            log.warning("trace store: closing a connection failed: %s", exc)
+
+    def _write(self, db: Any, ops: list[_Op]) -> None:
         if not ops:
             return
         # Rows are built before the transaction (the write lock is held only for SQLite's own
         # work) and consecutive rows of one statement go in one executemany.
         statements: list[tuple[str, list[tuple[Any, ...]]]] = []
         for op in ops:
-            for sql, row in self._rows(op):
+            for sql, values in self._rows(op):
+                row = self.dialect.row(values)
                 if statements and statements[-1][0] == sql:
                     statements[-1][1].append(row)
                 else:
                     statements.append((sql, [row]))
+        dialect = self.dialect
         for attempt in range(LOCKED_RETRIES):
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute(dialect.begin)
                 for sql, rows in statements:
-                    db.executemany(sql, rows)
+                    dialect.executemany(db, sql, rows)
                 db.execute("COMMIT")
                 return
-            except sqlite3.Error as exc:
-                if db.in_transaction:
+            except dialect.errors as exc:
+                if dialect.broken(db):
+                    raise
+                if dialect.in_transaction(db):
                     db.execute("ROLLBACK")
-                if not _locked(exc):
+                if not dialect.retryable(exc):
                     # One bad row (say, a call whose query was pruned meanwhile) must not cost
                     # the batch: write row by row, dropping only what SQLite refuses.
                     self._write_each(db, statements)
@@ -194,18 +220,19 @@ class Writer:
         self.dropped += len(ops)
         log.error("trace store: %d records dropped, database stayed locked", len(ops))
 
-    def _write_each(
-        self, db: sqlite3.Connection, statements: list[tuple[str, list[tuple[Any, ...]]]]
-    ) -> None:
+    def _write_each(self, db: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         refused: list[str] = []
+        dialect = self.dialect
         for sql, rows in statements:
             for row in rows:
                 try:
-                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(dialect.begin)
                     db.execute(sql, row)
                     db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    if db.in_transaction:
+                except dialect.errors as exc:
+                    if dialect.broken(db):
+                        raise
+                    if dialect.in_transaction(db):
                         db.execute("ROLLBACK")
                     refused.append(str(exc))
         if refused:
@@ -214,7 +241,7 @@ class Writer:
 
     def _rows(self, op: _Op) -> list[tuple[str, tuple[Any, ...]]]:
         if op.kind == "call" and isinstance(op.record, CallRecord):
-            return [(_CALL_SQL, self._call_row(op.record))]
+            return [(self._call_sql, self._call_row(op.record))]
         if isinstance(op.record, QueryRecord):
             return self._query_rows(op.record, final=op.kind == "finish")
         return []
@@ -244,8 +271,10 @@ class Writer:
             and q.config_hash not in self._configs_written
         ):
             config = _dumps(r.value(q.stack_config))
-            rows.append((_CONFIG_SQL, (q.config_hash, r.text(q.stack_name), config, time.time())))
-            # INSERT OR IGNORE makes a repeat harmless should this batch be rolled back.
+            rows.append(
+                (self._config_sql, (q.config_hash, r.text(q.stack_name), config, time.time()))
+            )
+            # ON CONFLICT DO NOTHING makes a repeat harmless should this batch be rolled back.
             self._configs_written.add(q.config_hash)
         stored_input = r.messages(q.input) if self.store_prompts and q.input is not None else None
         row = (
@@ -267,7 +296,7 @@ class Writer:
             q.serial_rounds,
             r.text(q.status_message),
         )
-        rows.append((_QUERY_SQL, row))
+        rows.append((self._query_sql, row))
         return rows
 
     def _call_row(self, c: CallRecord) -> tuple[Any, ...]:
@@ -327,12 +356,6 @@ class Writer:
         }
 
 
-def _locked(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc) or "busy" in str(exc)
-    )
-
-
 def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     return (
@@ -356,6 +379,6 @@ _CALL_COLUMNS = (
 _QUERY_SQL = _upsert_sql("queries", _QUERY_COLUMNS, ("id",))
 _CALL_SQL = _upsert_sql("calls", _CALL_COLUMNS, ("query_id", "layer", "idx"))
 _CONFIG_SQL = (
-    "INSERT OR IGNORE INTO stack_configs (config_hash, name, config, first_seen)"
-    " VALUES (?, ?, ?, ?)"
+    "INSERT INTO stack_configs (config_hash, name, config, first_seen)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (config_hash) DO NOTHING"
 )

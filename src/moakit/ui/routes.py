@@ -25,9 +25,9 @@ from starlette.staticfiles import StaticFiles
 from moakit.engine import Stack
 from moakit.errors import MoaError, QueryFailed
 from moakit.trace.adapter import new_run_id, traced_events
+from moakit.trace.base import BaseTraceStore
 from moakit.trace.recorder import TraceRecorder
 from moakit.trace.records import QUERY_STATUSES
-from moakit.trace.store import TraceStore
 from moakit.ui.events_json import event_json, jsonable
 from moakit.ui.shape import stack_shape
 
@@ -159,7 +159,7 @@ def _number(request: Request, name: str, default: float | None) -> float | None:
 
 
 def ui_routes(
-    store: TraceStore,
+    store: BaseTraceStore,
     *,
     get_stack: Callable[[str], Stack],
     stack_names: Callable[[], list[str]],
