@@ -164,3 +164,22 @@ def test_importing_moakit_registers_nothing() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_trace_store_plugin_opens_its_own_scheme(tmp_path: Path) -> None:
+    from moakit.trace import TraceStore, open_trace_store
+
+    opened: list[str] = []
+
+    def opener(url: str, *, store_prompts: bool, redactor: object) -> TraceStore:
+        opened.append(url)
+        return TraceStore(tmp_path / "memo.db", store_prompts=store_prompts)
+
+    with registered(plugin(register_trace_stores={"memo": opener})):
+        store = open_trace_store("memo://team-a")
+        store.close()
+    assert opened == ["memo://team-a"]
+    with pytest.raises(ConfigError, match="unknown trace store 'memo'"):
+        open_trace_store("memo://team-a")
+    # The built-in PostgreSQL store comes through the same hook.
+    assert {"postgresql", "postgres"} <= set(registry().trace_stores.names())

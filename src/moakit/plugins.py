@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "moakit.engine.strategies",
     "moakit.references",
     "moakit.defenses.plugin",
+    "moakit.trace.open",
 )
 
 # Hook name -> what the registry calls that kind (in errors and ``moa plugins``).

@@ -1,7 +1,10 @@
 """``open_trace_store(target)``: the one way to open a trace store from a path or a URL.
 
+Stores are plugins (hook ``register_trace_stores``: a URL scheme and an opener):
+
 - ``postgresql://user@host:5432/db`` (or ``postgres://``): ``PostgresTraceStore`` (needs
   ``moakit[postgres]``); one database can take the traces of a whole fleet of servers;
+- ``scheme://...`` of any installed plugin: that plugin's store;
 - anything else is a SQLite file path (``TraceStore``);
 - ``None``: ``$MOAKIT_TRACE_DB`` (a path or a URL), ``$MOAKIT_HOME/traces.db``, or the user
   data dir (see ``store.default_trace_path``).
@@ -11,12 +14,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
+from moakit.hookspecs import Register, hookimpl
+from moakit.plugins import registry
 from moakit.trace.base import BaseTraceStore
 from moakit.trace.redact import Redactor
 from moakit.trace.store import TraceStore, default_trace_path
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreOpener(Protocol):
+    def __call__(
+        self, url: str, *, store_prompts: bool, redactor: Redactor | None
+    ) -> BaseTraceStore: ...
+
+
+def _postgres(url: str, *, store_prompts: bool, redactor: Redactor | None) -> BaseTraceStore:
+    from moakit.trace.postgres import PostgresTraceStore
+
+    return PostgresTraceStore(url, store_prompts=store_prompts, redactor=redactor)
+
+
+@hookimpl
+def register_trace_stores(register: Register) -> None:
+    register("postgresql", _postgres)
+    register("postgres", _postgres)
 
 
 def is_postgres_url(target: str | Path | None) -> bool:
@@ -38,8 +62,8 @@ def open_trace_store(
     redactor: Redactor | None = None,
 ) -> BaseTraceStore:
     target = default_target() if target is None else target
-    if is_postgres_url(target):
-        from moakit.trace.postgres import PostgresTraceStore
-
-        return PostgresTraceStore(str(target), store_prompts=store_prompts, redactor=redactor)
+    if isinstance(target, str) and "://" in target:
+        scheme = target.split("://", 1)[0].lower()
+        opener: StoreOpener = registry().trace_stores.get(scheme, field="trace_db")
+        return opener(target, store_prompts=store_prompts, redactor=redactor)
     return TraceStore(Path(target), store_prompts=store_prompts, redactor=redactor)
