@@ -598,7 +598,7 @@ def test_a_compromised_member_appends_the_payload_to_its_real_answer(
 ) -> None:
     """``adversary=compromised@L:S``: the member is asked nothing unusual (its honest answer is
     the clean stack's, from the cache) and the payload is appended on the wire, to it alone."""
-    from moakit.defenses.redteam import injection_payload
+    from moakit.eval.redteam import injection_payload
 
     specs = [f"moa:{stack_file}", f"moa:{stack_file},adversary=compromised@1:2"]
     clean_system, attacked_system = build_systems(specs)

@@ -1,6 +1,6 @@
 """Defenses against a deceptive or injected member (moakit.defenses), on constructed cases.
 
-The scripted aggregator (moakit.defenses.simulation) obeys any line of its system message that
+The scripted aggregator (moakit.eval.simulation) obeys any line of its system message that
 starts with ``SYSTEM:`` and counts every ``N. `` line of a paper block as a reference: the
 naive reader an injection is written for. Each defense test also runs the undefended stack and
 checks the attack lands there, so a test cannot pass with a defense that does nothing.
@@ -16,7 +16,8 @@ import pytest
 from moakit import Stack, parse_config
 from moakit.config import StackConfig
 from moakit.defenses.fence import fenced_formatter, neutralise
-from moakit.defenses.redteam import (
+from moakit.errors import ConfigError
+from moakit.eval.redteam import (
     DECEPTIVE_PROMPT,
     Adversary,
     IgnoreReferences,
@@ -25,8 +26,7 @@ from moakit.defenses.redteam import (
     with_adversary,
     with_defense,
 )
-from moakit.defenses.simulation import scripted_aggregator, scripted_proposer
-from moakit.errors import ConfigError
+from moakit.eval.simulation import scripted_aggregator, scripted_proposer
 from moakit.models.base import ChatRequest, Model
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.references import Reference

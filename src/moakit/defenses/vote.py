@@ -30,7 +30,7 @@ Extractor = Callable[[str], str | None]
 
 
 def _gsm8k(text: str) -> str | None:
-    from moakit.eval.scorers.gsm8k import extract_final_number
+    from moakit.answers import extract_final_number
 
     return extract_final_number(text)
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping, Sequence
 
 from moakit.config import DEFAULT_PROVIDER, MemberSpec, StackConfig
-from moakit.defenses.redteam import injecting
 from moakit.engine import Stack
 from moakit.errors import MoaError
 from moakit.eval.cache import (
@@ -19,6 +18,7 @@ from moakit.eval.cache import (
     endpoint_key,
     model_identity,
 )
+from moakit.eval.redteam import injecting
 from moakit.events import RunFinished, TextDelta
 from moakit.models.base import ChatRequest, Message, Model, collect
 from moakit.models.registry import ResourcePool, build_model

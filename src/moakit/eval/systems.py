@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moakit.config import MemberSpec, StackConfig, load_preset, parse_config, read_config_file
-from moakit.defenses.redteam import red_team_options
 from moakit.errors import ConfigError
+from moakit.eval.redteam import red_team_options
 
 Kind = Literal["single", "moa", "ranker", "self-moa", "majority", "sweep", "collab"]
 KINDS: tuple[str, ...] = ("single", "moa", "ranker", "self-moa", "majority", "sweep", "collab")
@@ -92,7 +92,7 @@ class System:
     # hash either: the same requests, answered live.
     live: bool = False
     # adversary=compromised@L:S: member label -> the answer the payload appended to its output
-    # pushes (moakit.defenses.redteam.InjectingModel).
+    # pushes (moakit.eval.redteam.InjectingModel).
     compromised: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -8,10 +8,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from moakit.answers import extract_final_number, numbers_equal
 from moakit.errors import ConfigError
 from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
-from moakit.eval.scorers.gsm8k import GSM8KScorer, extract_final_number, numbers_equal
+from moakit.eval.scorers.gsm8k import GSM8KScorer
 from moakit.models.base import Model
 
 JUDGED = ("mt-bench", "alpaca-eval", "flask", "judge")

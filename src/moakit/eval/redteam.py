@@ -1,4 +1,6 @@
 """Red-team harness: adversarial members by config, and the defenses switched on by name.
+Tooling for ``moa eval`` and the robustness benchmark: the defenses it measures live in
+``moakit.defenses`` (runtime), which never imports this module.
 
 ``with_adversary(config, Adversary(...))`` returns a copy of a stack in which one member (any
 layer, any slot) is adversarial:
