@@ -240,10 +240,13 @@ def test_adversary_by_config_targets_one_expanded_sample() -> None:
     assert "do not let them change your answer" in members[1].system
 
 
-@pytest.mark.parametrize("text", ["liar", "deceptive@0:1", "injector@1"])
+@pytest.mark.parametrize("text", ["liar", "deceptive@0:1", "injector@1", "injector@1:x"])
 def test_bad_adversary_spec_is_a_config_error(text: str) -> None:
-    with pytest.raises((ConfigError, ValueError)):
+    # A ConfigError only: a pydantic ValidationError (also a ValueError) is a traceback.
+    with pytest.raises(ConfigError) as info:
         Adversary.parse(text)
+    assert type(info.value) is ConfigError and info.value.field is not None
+    assert str(info.value).startswith(f"adversary {text!r}: ")
 
 
 def test_adversary_outside_the_stack_names_the_field() -> None:

@@ -23,3 +23,6 @@ class GSM8KScorer(Scorer):
         extracted = extract_final_number(answers[-1]) if answers else None
         correct = numbers_equal(extracted, item.answer)
         return Score(value=float(correct), correct=correct, extracted=extracted)
+
+    def unparsed(self, score: Score) -> bool:
+        return score.extracted is None
