@@ -61,7 +61,7 @@ class LineProgress:
         self.printed = 0.0
 
     def _line(self, system: str, text: str) -> None:
-        self.stream.write(f"{one_line(system)} {text}\n")
+        self.stream.write(one_line(f"{system} {text}") + "\n")
         self.stream.flush()
         self.printed = self.clock()
 

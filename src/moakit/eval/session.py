@@ -133,8 +133,9 @@ class EvalSession:
         scorer_id = scorer_identity(dataset.scorer, s.judge)
         self.progress.note(f"scorer: {dataset.scorer} ({dataset.scorer_reason})")
         manifest = Manifest(
-            dataset=s.dataset,
-            data_dir=None if s.data_dir is None else str(s.data_dir),
+            # Paths absolute, so --report-only finds them from any working directory.
+            dataset=str(Path(s.dataset).resolve()) if s.dataset.endswith(".jsonl") else s.dataset,
+            data_dir=None if s.data_dir is None else str(s.data_dir.resolve()),
             limit=s.limit,
             offset=s.offset,
             scorer=dataset.scorer,
