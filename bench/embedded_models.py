@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from moakit.eval.datasets import data_file, default_data_dir, load_gsm8k
 from moakit.models.base import ChatRequest
 from moakit.models.local import LocalModel
 
-GSM8K = Path("/work/shared/data/gsm8k_train.jsonl")
+# The train split shipped with moakit (or $MOAKIT_EVAL_DATA's copy).
+GSM8K = data_file(default_data_dir(), "gsm8k_train.jsonl")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -37,15 +38,7 @@ def last_number(text: str) -> float | None:
 
 
 def gsm8k_items(path: Path, n: int) -> list[tuple[str, str]]:
-    items = []
-    with path.open() as fh:
-        for line in fh:
-            row = json.loads(line)
-            gold = row["answer"].split("####")[-1].strip().replace(",", "")
-            items.append((row["question"], gold))
-            if len(items) == n:
-                break
-    return items
+    return [(item.prompt, item.answer or "") for item in load_gsm8k(path)[:n]]
 
 
 def extract_code(answer: str) -> str:

@@ -1,6 +1,6 @@
 """Red team vs defenses on GSM8K items: clean, attacked, attacked + each defense. SIMULATION.
 
-The members are scripted (``moakit.defenses.simulation``), not language models: 5 proposers in
+The members are scripted (``moakit.eval.simulation``), not language models: 5 proposers in
 one layer, each right with probability P (deterministic per member and item), else a near miss;
 the adversary is member 5 (slot 4), made adversarial by the red-team harness's config
 (``with_adversary``) exactly as a real member would be; the aggregator follows any line starting
@@ -23,11 +23,11 @@ from pathlib import Path
 from statistics import mean
 
 from moakit import Stack, parse_config
+from moakit.answers import extract_final_number, numbers_equal
 from moakit.config import StackConfig
-from moakit.defenses.redteam import Adversary, with_adversary, with_defense
-from moakit.defenses.simulation import scripted_aggregator, scripted_proposer
 from moakit.eval.datasets import Item, load_dataset
-from moakit.eval.scorers.gsm8k import extract_final_number, numbers_equal
+from moakit.eval.redteam import Adversary, with_adversary, with_defense
+from moakit.eval.simulation import scripted_aggregator, scripted_proposer
 from moakit.eval.stats import bootstrap_ci, paired_bootstrap
 from moakit.models.base import Model
 from moakit.result import Result
@@ -145,7 +145,7 @@ def render(rows: list[Row], args: argparse.Namespace, items: list[Item], wall: f
         "# Robustness: a deceptive or injected member, and the defenses",
         "",
         "**SIMULATION.** Every number below comes from scripted members "
-        "(`moakit.defenses.simulation`), not from language models. It shows what each defense "
+        "(`moakit.eval.simulation`), not from language models. It shows what each defense "
         "does to a stack whose members behave as stated, and what it costs; it says nothing "
         "about how often a real model is fooled: the real-model table is above it in "
         "`docs/robustness.md` (`make robustness` writes both).",
@@ -254,7 +254,7 @@ CONFIG = [
     "[vote]",
     "samples = 7                          # aggregator calls (run concurrently)",
     "subset_size = 2                      # references per call; unset: all but one",
-    'extractor = "gsm8k"                 # the final number (register_extractor for others)',
+    'extractor = "gsm8k"                 # the final number (a plugin registers others)',
     "",
     "[references]",
     'formatter = "fenced"                # references framed as data (default: "paper")',

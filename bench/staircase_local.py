@@ -23,10 +23,10 @@ from pathlib import Path
 
 from moakit import Stack, parse_config
 from moakit.config import StackConfig, load_preset
-from moakit.eval.datasets import load_dataset
+from moakit.eval.datasets import default_data_dir, load_dataset
 from moakit.events import RunFinished, TextDelta
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = default_data_dir()  # the benchmark files shipped with moakit, or $MOAKIT_EVAL_DATA
 
 
 def stack_config(preset: str, layers: int, chunk: int | None) -> StackConfig:

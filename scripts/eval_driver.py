@@ -1,69 +1,81 @@
-"""What the long local runs share (``eval_local.py``, ``robustness_local.py``): run one
-``moa eval run`` under a deadline, log its wall time, fold the cache's WAL into its file."""
+"""What the long local runs share (``eval_local.py``, ``robustness_local.py``): run one chunk
+of an evaluation in-process with ``moakit.eval.EvalSession`` under a deadline, log its wall
+time, fold the cache's WAL into its file, and read results back through the library."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import re
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from moakit.cli.eval_progress import progress_for
+from moakit.eval.records import EvalRecord
+from moakit.eval.results import ResultsDir
+from moakit.eval.session import EvalSession, EvalSettings
+from moakit.eval.systems import SystemInfo
+
 ROOT = Path(__file__).resolve().parent.parent
-MOA = Path(sys.executable).parent / "moa"
-# The benchmark files (GSM8K): MOAKIT_EVAL_DATA, else the project's shared checkout beside it.
-DATA = Path(os.environ.get("MOAKIT_EVAL_DATA") or ROOT.parent / "shared" / "data")
+# The benchmark files: MOAKIT_EVAL_DATA if set, else the copies shipped with moakit (None).
+DATA = Path(os.environ["MOAKIT_EVAL_DATA"]) if os.environ.get("MOAKIT_EVAL_DATA") else None
 CACHE = ROOT / "results" / "eval-local" / "cache.sqlite"  # one cache: every run reuses calls
 
 
-def check_data() -> None:
-    if not (DATA / "gsm8k_train.jsonl").exists():
-        sys.exit(f"no {DATA / 'gsm8k_train.jsonl'}: set MOAKIT_EVAL_DATA to the benchmark data")
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def record_lines(records: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in records.glob("*.jsonl"))
 
 
-def run_chunk(
-    cmd: list[str], records: Path, log: Path, deadline: float | None, **info: Any
-) -> bool:
-    """One ``moa eval run``, logged to ``log``; False when the deadline interrupted it."""
+async def _session(settings: EvalSettings, deadline: float | None) -> bool:
+    """Run the chunk and write its report; False when the deadline stopped it first (every
+    finished item is already on disk: one appended line each; the cache commits per answer)."""
+    with progress_for(sys.stderr) as progress:
+        session = EvalSession(settings, progress=progress)
+        started = time.monotonic()
+        left = None if deadline is None else max(1.0, deadline - time.time())
+        try:
+            async with asyncio.timeout(left):
+                await session.run()
+        except TimeoutError:
+            return False
+        session.write_report(time.monotonic() - started)
+    return True
+
+
+def run_chunk(settings: EvalSettings, log: Path, deadline: float | None, **info: Any) -> bool:
+    """One chunk (a ``moa eval run`` in-process), logged to ``log``; False when the deadline
+    interrupted it."""
+    records = settings.out_dir / "records"
     before = record_lines(records)
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    finished = True
-    try:
-        proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        # Every finished item is already on disk (one appended line each; the cache commits
-        # per answer), so stopping loses only the items in flight. SIGTERM, not SIGINT: a
-        # background job's children ignore SIGINT.
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        finished = False
+    finished = asyncio.run(_session(settings, deadline))
     row = {
         **info,
         "started": round(started, 1),
         "wall_s": round(time.time() - started, 1),
         "new_records": record_lines(records) - before,
-        "rc": proc.returncode,
         "interrupted": not finished,
     }
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
     return finished
+
+
+def report(settings: EvalSettings) -> None:
+    """The report of what ``settings.out_dir`` holds, rebuilt without running anything."""
+    with progress_for(sys.stderr) as progress:
+        EvalSession(settings, progress=progress).write_report()
 
 
 def checkpoint_cache() -> None:
@@ -79,22 +91,11 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def system_records(results: Path, row: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Item id -> the last record of the summary row's system (name and hash); a retried
-    failure replaces itself, as in ``moa eval``'s own resume."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in (results / "records").glob(f"*.{row['hash']}.jsonl"):
-        for line in path.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if rec.get("system") == row["name"]:
-                out[rec["item_id"]] = rec
-    return out
-
-
-def right(rec: Mapping[str, Any]) -> bool | None:
-    """Whether a closed-form record's final answer was right; None if it was not scored."""
-    score = rec.get("score") or {}
-    return None if rec.get("error") or score.get("correct") is None else bool(score["correct"])
+def records_of(results: Path, row: Mapping[str, Any]) -> dict[str, EvalRecord]:
+    """Item id -> the last record of the summary row's system (name and hash), as ``moa
+    eval``'s own report reads it."""
+    system = SystemInfo(name=row["name"], kind=row.get("kind", ""), hash=row["hash"])
+    return ResultsDir(results, warn).records(system)
 
 
 def machine() -> str:

@@ -6,11 +6,13 @@ staircase strategy (``local-staircase``, on a subset) and collaborativeness (on 
 
 On two CPU cores the whole run takes hours, so it goes in chunks that alternate between the
 datasets (GSM8K to 20 items, HumanEval to 10, GSM8K to 40, ...): stopped at any point, both
-datasets have comparable, paired results. Every chunk is a plain ``moa eval run`` into
-``results/eval-local/`` (resumable: finished items are skipped), its wall time is logged to
-``results/eval-local/runs.jsonl``, and at the end the reports and the document are rewritten
-from every record so far. ``--budget-s`` stops the run (the chunk in flight is interrupted;
-its finished items are kept) and still writes the document.
+datasets have comparable, paired results. Every chunk is a ``moa eval run`` done in-process
+with ``moakit.eval.EvalSession`` into ``results/eval-local/`` (resumable: finished items are
+skipped), its wall time is logged to ``results/eval-local/runs.jsonl``, and at the end the
+reports and the document are rewritten from every record so far. ``--budget-s`` stops the run
+(the chunk in flight is cancelled; its finished items are kept) and still writes the
+document. The benchmark files are the ones shipped with moakit (``MOAKIT_EVAL_DATA``
+overrides), so this runs on a fresh clone.
 
     .venv/bin/python scripts/eval_local.py                 # run (or resume) to the end
     .venv/bin/python scripts/eval_local.py --budget-s 3600 # at most an hour, then write the doc
@@ -20,21 +22,13 @@ its finished items are kept) and still writes the document.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
+from typing import Any
 
-from eval_driver import (
-    CACHE,
-    DATA,
-    MOA,
-    ROOT,
-    check_data,
-    checkpoint_cache,
-    load_jsonl,
-    machine,
-    run_chunk,
-)
+from eval_driver import CACHE, DATA, ROOT, checkpoint_cache, load_jsonl, machine, report, run_chunk
+
+from moakit.eval.session import EvalSettings
 
 RESULTS = ROOT / "results" / "eval-local"
 DOC = ROOT / "docs" / "eval-local.md"
@@ -79,19 +73,24 @@ SYSTEMS: dict[str, list[str]] = {
     ],
 }
 # Code needs more room than chat-sized answers; a loaded CPU needs longer timeouts.
-BUDGETS = {
-    "gsm8k": ["--timeout-s", "600"],
-    "humaneval": ["--max-tokens", "256", "--timeout-s", "900"],
+BUDGETS: dict[str, dict[str, Any]] = {
+    "gsm8k": {"timeout_s": 600.0},
+    "humaneval": {"max_tokens": 256, "timeout_s": 900.0},
 }
 
 
-def command(dataset: str, limit: int) -> list[str]:
-    cmd = [str(MOA), "eval", "run", "--dataset", dataset, "--limit", str(limit)]
-    cmd += ["--data-dir", str(DATA), *BUDGETS[dataset]]
-    for spec in SYSTEMS[dataset]:
-        cmd += ["--system", spec]
-    cmd += ["--cache", str(CACHE), "--out", str(RESULTS / dataset)]
-    return cmd
+def settings(dataset: str, limit: int, *, report_only: bool = False) -> EvalSettings:
+    """What ``moa eval run --dataset DATASET --limit LIMIT ...`` says, for one chunk."""
+    return EvalSettings(
+        out_dir=RESULTS / dataset,
+        dataset=dataset,
+        limit=limit,
+        data_dir=DATA,
+        systems=SYSTEMS[dataset],
+        cache_path=CACHE,
+        report_only=report_only,
+        **BUDGETS[dataset],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,23 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="Stop after this long.")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
-    check_data()
     RESULTS.mkdir(parents=True, exist_ok=True)
     deadline = None if args.budget_s is None else time.time() + args.budget_s
     if not args.render_only:
         for dataset, limit in PLAN:
             if deadline is not None and time.time() >= deadline:
                 break
-            records = RESULTS / dataset / "records"
-            records.mkdir(parents=True, exist_ok=True)
-            cmd = command(dataset, limit)
-            if not run_chunk(cmd, records, RUNS, deadline, dataset=dataset, limit=limit):
+            chunk = settings(dataset, limit)
+            if not run_chunk(chunk, RUNS, deadline, dataset=dataset, limit=limit):
                 break
         checkpoint_cache()
     # Reports from every record so far (an interrupted chunk wrote none), then the page.
     for dataset, limit in FULL.items():
         if (RESULTS / dataset / "records").exists():
-            subprocess.run([*command(dataset, limit), "--report-only"], cwd=ROOT, check=True)
+            report(settings(dataset, limit, report_only=True))
     render()
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0

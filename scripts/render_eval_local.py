@@ -1,6 +1,8 @@
 """``docs/eval-local.md`` from the results of ``scripts/eval_local.py``: every number in it is
 read from ``results/eval-local/`` (the ``moa eval`` summaries, records and chunk log), none is
-written by hand, so re-rendering after more items ran updates all of it."""
+written by hand, so re-rendering after more items ran updates all of it. Records are read,
+compared and their gaps worded by ``moakit.eval`` itself (``records_of``, ``report.compare``,
+``readings``): the page and ``moa eval``'s own report never read the same data differently."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from eval_driver import right, system_records
+from eval_driver import records_of, warn
 
 from moakit.eval import stats
-from moakit.eval.systems import build_systems
+from moakit.eval.kinds import build_systems
+from moakit.eval.readings import difference, direction
+from moakit.eval.records import EvalRecord, read_records
+from moakit.eval.report import compare
 
 TITLES = {"gsm8k": "GSM8K (exact match on the final number)", "humaneval": "HumanEval (pass@1)"}
 
@@ -126,14 +131,12 @@ def proposals_per_item(results: Path, full: Mapping[str, int]) -> str:
         for path in (results / dataset / "records").glob("moa_local.*.jsonl"):
             before: list[int] = []
             after: list[int] = []
-            for line in path.read_text().splitlines():
-                rec = json.loads(line) if line.strip() else {}
-                if rec.get("error") or not rec.get("layers"):
+            for rec in read_records(path, warn):
+                if rec.error or not rec.layers:
                     continue
-                answered = sum(
-                    1 for m in rec["layers"][0] if m.get("output") and not m.get("error")
-                )
-                (before if rec["started_at"] < BATCHED_SINCE else after).append(answered)
+                answered = sum(1 for m in rec.layers[0] if m.output and not m.error)
+                started = rec.started_at or 0.0
+                (before if started < BATCHED_SINCE else after).append(answered)
             cells = [
                 f"{label} {sum(xs) / len(xs):.2f} over {len(xs)} items"
                 for label, xs in (("before", before), ("after", after))
@@ -146,15 +149,16 @@ def proposals_per_item(results: Path, full: Mapping[str, int]) -> str:
 def item_seconds(directory: Path) -> float:
     total = 0.0
     for path in (directory / "records").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if rec.get("finished_at") and rec.get("started_at"):
-                total += float(rec["finished_at"]) - float(rec["started_at"])
+        for rec in read_records(path, warn):
+            if rec.finished_at and rec.started_at:
+                total += rec.finished_at - rec.started_at
     return total
 
 
-def correct(recs: Mapping[str, dict[str, Any]]) -> dict[str, bool]:
-    return {k: v for k, r in recs.items() if (v := right(r)) is not None}
+def paired(a: Mapping[str, EvalRecord], b: Mapping[str, EvalRecord]) -> stats.Comparison | None:
+    """``a`` against ``b`` on the items both scored: the comparison ``moa eval``'s report
+    makes (exact McNemar, right/wrong)."""
+    return compare(list(a.values()), list(b.values()), closed_form=True)
 
 
 def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
@@ -174,10 +178,7 @@ def headline(directory: Path, summary: Mapping[str, Any]) -> list[str]:
         against = baseline(row, single, moa)
         cmp_cells = "– | – | –"
         if against and against != name:
-            c = paired(
-                correct(system_records(directory, row)),
-                correct(system_records(directory, rows[against])),
-            )
+            c = paired(records_of(directory, row), records_of(directory, rows[against]))
             test = "– | –"
             if c is not None:
                 test = f"{c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] (n={c.n}) | {c.p_value:.3f}"
@@ -224,7 +225,7 @@ def findings(directory: Path, summary: Mapping[str, Any]) -> list[str]:
     moa = next((n for n, r in rows.items() if r["kind"] == "moa" and "staircase" not in n), None)
     if not single or not moa or not rows[moa]["scored"]:
         return []
-    outcomes = {n: correct(system_records(directory, r)) for n, r in rows.items()}
+    outcomes = {n: records_of(directory, r) for n, r in rows.items()}
     lines = ["", "What the run shows:", ""]
     lines.append(verdict(moa, single, rows, outcomes))
     for name, row in rows.items():
@@ -250,41 +251,11 @@ def findings(directory: Path, summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> stats.Comparison | None:
-    common = sorted(set(a) & set(b))
-    return stats.mcnemar([a[k] for k in common], [b[k] for k in common]) if common else None
-
-
-def direction(c: stats.Comparison) -> tuple[str | None, bool]:
-    """Which way the gap points ("ahead", "behind" or None) and whether both tests say so.
-
-    The bootstrap CI and the exact McNemar test can disagree near the edge (GSM8K's MoA gap
-    was [-20, -1] pp with p 0.08); a claim made on one of them alone would be the stronger
-    reading picked after the fact, so that case is reported as a lean, not a finding.
-    """
-    way = "ahead" if c.low > 0 else "behind" if c.high < 0 else None
-    return way, way is not None and c.p_value < 0.05
-
-
-def difference(c: stats.Comparison) -> str:
-    way, agreed = direction(c)
-    if way is None:
-        side = "no measurable difference"
-    elif agreed:
-        side = way
-    else:
-        side = f"leaning {way} (the 95% CI excludes 0 but McNemar p ≥ 0.05: not significant)"
-    return (
-        f"{100 * c.diff:+.0f} pp [{100 * c.low:+.0f}, {100 * c.high:+.0f}] on {c.n} paired "
-        f"items (McNemar p {c.p_value:.2f}): {side}"
-    )
-
-
 def verdict(
     moa: str,
     single: str,
     rows: Mapping[str, Mapping[str, Any]],
-    outcomes: Mapping[str, Mapping[str, bool]],
+    outcomes: Mapping[str, Mapping[str, EvalRecord]],
 ) -> str:
     c = paired(outcomes[moa], outcomes[single])
     if c is None:

@@ -4,7 +4,8 @@ On real models: the embedded Qwen2.5-Coder-0.5B stack (``scripts/local-robust.to
 ``local`` preset without its straggler cut) on the first ``ITEMS`` GSM8K items, clean and with
 one of its three samples adversarial (``deceptive``, ``injector``), without and with each
 defense, and each defense on the clean stack (what it costs when nobody attacks). Plain
-``moa eval run`` steps of ``CHUNK`` more items each, into ``results/robustness-local/``
+``moa eval run`` steps (in-process, ``moakit.eval.EvalSession``) of ``CHUNK`` more items each,
+into ``results/robustness-local/``
 (resumable; it shares the eval's response cache, so the honest samples are the ones
 ``docs/eval-local.md`` scored). Then the scripted simulation (``bench/robustness.py``,
 clearly labelled), and the page from both.
@@ -23,17 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval_driver import (
-    CACHE,
-    DATA,
-    MOA,
-    ROOT,
-    check_data,
-    checkpoint_cache,
-    load_jsonl,
-    machine,
-    run_chunk,
-)
+from eval_driver import CACHE, DATA, ROOT, checkpoint_cache, load_jsonl, machine, report, run_chunk
+
+from moakit.eval.session import EvalSettings
 
 RESULTS = ROOT / "results" / "robustness-local"
 DOC = ROOT / "docs" / "robustness.md"
@@ -76,13 +69,19 @@ def spec(attack: str, defense: str) -> str:
     return ",".join(parts)
 
 
-def command(items: int, *, report_only: bool = False) -> list[str]:
-    cmd = [str(MOA), "eval", "run", "--dataset", "gsm8k", "--limit", str(items)]
-    cmd += ["--data-dir", str(DATA), "--timeout-s", "600", "--reference", CLEAN]
-    for attack, defense in MATRIX:
-        cmd += ["--system", spec(attack, defense)]
-    cmd += ["--cache", str(CACHE), "--out", str(RESULTS)]
-    return [*cmd, "--report-only"] if report_only else cmd
+def settings(items: int, *, report_only: bool = False) -> EvalSettings:
+    """What ``moa eval run --dataset gsm8k --limit ITEMS ...`` says, for one step."""
+    return EvalSettings(
+        out_dir=RESULTS,
+        dataset="gsm8k",
+        limit=items,
+        data_dir=DATA,
+        timeout_s=600.0,
+        reference=CLEAN,
+        systems=[spec(attack, defense) for attack, defense in MATRIX],
+        cache_path=CACHE,
+        report_only=report_only,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=ITEMS)
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
-    check_data()
-    records = RESULTS / "records"
-    records.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "records").mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         deadline = None if args.budget_s is None else time.time() + args.budget_s
         # Systems run one after another, so grow the item count in steps: stopped at any
@@ -101,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         for limit in [*range(CHUNK, args.items, CHUNK), args.items]:
             if deadline is not None and time.time() >= deadline:
                 break
-            if not run_chunk(command(limit), records, RUNS, deadline, items=limit):
+            if not run_chunk(settings(limit), RUNS, deadline, items=limit):
                 break
         checkpoint_cache()
-    subprocess.run(command(args.items, report_only=True), cwd=ROOT, check=True)
+    report(settings(args.items, report_only=True))
     with tempfile.TemporaryDirectory() as tmp:
         simulated = Path(tmp) / "simulation.md"
         bench = [sys.executable, str(ROOT / "bench" / "robustness.py"), "--out", str(simulated)]

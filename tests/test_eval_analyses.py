@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from moakit.eval.analyses import (
     similarities,
     similarity_quality,
 )
+from moakit.eval.records import EvalRecord
 from moakit.eval.stats import bootstrap_ci, mcnemar, paired_bootstrap, win_rates
 
 
@@ -107,16 +109,23 @@ def test_similarities_and_spearman() -> None:
     assert reversed_["levenshtein"]["mean_within_item"] == pytest.approx(-1.0)
 
 
+def _record(**fields: Any) -> EvalRecord:
+    layers = [
+        [{"label": f"m{i}", **m} for i, m in enumerate(layer)] for layer in fields.pop("layers", [])
+    ]
+    return EvalRecord.model_validate({"item_id": "q", "system": "s", "layers": layers, **fields})
+
+
 def test_layer_curve_and_collaborativeness() -> None:
     records = [
-        {
-            "layers": [[{"value": 0.0}, {"value": 1.0}], [{"value": 1.0}, {"value": 1.0}]],
-            "score": {"value": 1.0},
-        },
-        {
-            "layers": [[{"value": 0.0}, {"value": 0.0}], [{"value": 0.0}, {"value": 1.0}]],
-            "score": {"value": 0.0},
-        },
+        _record(
+            layers=[[{"value": 0.0}, {"value": 1.0}], [{"value": 1.0}, {"value": 1.0}]],
+            score={"value": 1.0},
+        ),
+        _record(
+            layers=[[{"value": 0.0}, {"value": 0.0}], [{"value": 0.0}, {"value": 1.0}]],
+            score={"value": 0.0},
+        ),
     ]
     curve = layer_curve(records)
     assert [c["mean"] for c in curve] == [0.25, 0.75, 0.5]
@@ -124,8 +133,8 @@ def test_layer_curve_and_collaborativeness() -> None:
     collab = collaborativeness(
         {
             "collab:x": [
-                {"extra": {"alone_value": 0.0}, "score": {"value": 1.0}},
-                {"extra": {"alone_value": 1.0}, "score": {"value": 1.0}},
+                _record(extra={"alone_value": 0.0}, score={"value": 1.0}),
+                _record(extra={"alone_value": 1.0}, score={"value": 1.0}),
             ]
         }
     )

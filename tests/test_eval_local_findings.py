@@ -12,7 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from render_eval_local import aggregator_lines, findings, paired, status
+from render_eval_local import aggregator_lines, findings, status
+
+from moakit.eval.stats import mcnemar
 
 
 def _results(tmp_path: Path, right: dict[str, list[bool]]) -> tuple[Path, dict[str, Any]]:
@@ -89,10 +91,9 @@ def test_a_gap_only_the_bootstrap_ci_calls_is_a_lean_not_a_finding(tmp_path: Pat
         moa[i] = True
     for i in order[26:36]:
         single[i] = moa[i] = True
-    c = paired(
-        {f"q{i}": ok for i, ok in enumerate(moa)}, {f"q{i}": ok for i, ok in enumerate(single)}
-    )
-    assert c is not None
+    # Items in the order the report pairs them (sorted ids: the bootstrap follows positions).
+    ids = sorted(range(100), key=lambda i: f"q{i}")
+    c = mcnemar([moa[i] for i in ids], [single[i] for i in ids])
     assert c.high < 0 < c.p_value - 0.05  # the premise: the two tests disagree
     directory, summary = _results(tmp_path, {"single:s": single, "moa:s": moa})
     verdict = next(
@@ -162,3 +163,31 @@ def test_status_counts_every_full_system_not_only_single_and_moa(tmp_path: Path)
     line = next(x for x in lines if x.startswith("- gsm8k"))
     assert line.startswith("- gsm8k: 80 of 100 items scored by every full system (**partial**)")
     assert "`ranker:local` 80" in line and "staircase" not in line and "collab" not in line
+
+
+def test_the_report_and_the_page_read_one_gap_alike(tmp_path: Path) -> None:
+    """``moa eval``'s report and the page word the same records the same way: the lean of the
+    committed GSM8K shape is a lean in both (one rule, ``moakit.eval.readings``)."""
+    from eval_driver import records_of
+
+    from moakit.eval.report import summarize
+    from moakit.eval.systems import SystemInfo
+
+    order = [(11 * i) % 100 for i in range(100)]
+    single, moa = [False] * 100, [False] * 100
+    for i in order[:18]:
+        single[i] = True
+    for i in order[18:26]:
+        moa[i] = True
+    directory, summary = _results(tmp_path, {"single:s": single, "moa:s": moa})
+    infos = [SystemInfo(name=r["name"], kind=r["kind"], hash=r["hash"]) for r in summary["systems"]]
+    records = {i.name: list(records_of(directory, i.model_dump()).values()) for i in infos}
+    report = summarize(
+        infos, records, dataset="d", scorer="number", closed_form=True, scale=(0.0, 1.0)
+    )
+    (row,) = report["comparisons"]
+    assert row["reading"].startswith("leaning behind")
+    verdict = next(
+        line for line in findings(directory, summary) if line.startswith("- Does MoA pay off")
+    )
+    assert verdict.endswith(f": {row['reading']}.")

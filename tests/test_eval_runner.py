@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -21,11 +22,12 @@ from moakit.eval.cache import (
     ResponseCache,
     model_identity,
 )
-from moakit.eval.calls import ModelFactory
-from moakit.eval.datasets import load_user_jsonl
-from moakit.eval.runner import Runner
-from moakit.eval.scorers import build_scorer
-from moakit.eval.systems import build_systems, parse_ranker_choice
+from moakit.eval.calls import ModelFactory, RetriedModel, solo_member
+from moakit.eval.kinds import build_systems
+from moakit.eval.records import RecordsFile
+from moakit.eval.results import ResultsDir
+from moakit.eval.session import EvalSession, EvalSettings
+from moakit.eval.systems import System, parse_ranker_choice
 from moakit.models.base import ChatRequest, Chunk, Model, collect
 from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
@@ -98,19 +100,30 @@ def dataset(tmp_path: Path) -> Path:
     return path
 
 
-def _run(out: Path, specs: list[str], dataset: Path) -> Runner:
-    items = load_user_jsonl(dataset)
+class Ran:
+    """What a run left in ``out``, read back as plain JSON rows."""
 
-    async def go() -> Runner:
-        cache = ResponseCache(out / "cache.sqlite")
-        factory = ModelFactory(cache, {}, 4)
-        runner = Runner(build_scorer("number"), factory, out)
-        await runner.run(build_systems(specs), items)
-        await factory.aclose()
-        cache.close()
-        return runner
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.results = ResultsDir(out, warn=lambda message: None)
 
-    return asyncio.run(go())
+    def load_records(self, system: System) -> dict[str, dict[str, Any]]:
+        records = self.results.records(system.info())
+        return {k: r.model_dump(mode="json") for k, r in records.items()}
+
+    def records_path(self, system: System) -> Path:
+        return RecordsFile(self.out / "records", system.name, system.hash).path
+
+    def stale_files(self, system: System) -> list[Path]:
+        return RecordsFile(self.out / "records", system.name, system.hash).stale()
+
+
+def _run(out: Path, specs: list[str], dataset: Path, **settings: Any) -> Ran:
+    options = EvalSettings(
+        out_dir=out, dataset=str(dataset), systems=specs, scorer="number", **settings
+    )
+    asyncio.run(EvalSession(options).run())
+    return Ran(out)
 
 
 # -- cache and limiter ---------------------------------------------------------------------
@@ -305,11 +318,13 @@ def test_report_only_claims_no_wall_time_and_dashes_systems_with_nothing_scored(
 ) -> None:
     out = tmp_path / "cli"
     base = ["eval", "run", "--dataset", str(dataset), "--out", str(out), "--scorer", "number"]
-    ran = CliRunner().invoke(cli, [*base, "--system", f"single:{stack_file}"])
+    args = [*base, "--system", f"single:{stack_file}", "--system", f"moa:{stack_file}"]
+    ran = CliRunner().invoke(cli, args)
     assert ran.exit_code == 0, ran.output
     assert "Wall time of this invocation" in (out / "report.md").read_text()
-    # A report-only pass that adds a system nobody ran yet: no seconds, and no "nan" score.
-    args = [*base, "--system", f"single:{stack_file}", "--system", f"moa:{stack_file}"]
+    # A report-only pass over a system with no record yet (its run was stopped before its
+    # first item finished): no seconds, and no "nan" score.
+    next((out / "records").glob("moa_fake3.*")).unlink()
     rendered = CliRunner().invoke(cli, [*args, "--report-only"])
     assert rendered.exit_code == 0, rendered.output
     text = (out / "report.md").read_text()
@@ -318,36 +333,46 @@ def test_report_only_claims_no_wall_time_and_dashes_systems_with_nothing_scored(
     assert "| moa:fake3 | 0/" in text
 
 
-def test_retrying_model_retries_transient_failures_only() -> None:
-    from moakit.eval.cache import RetryingModel
-
+def test_calls_outside_a_stack_retry_transient_failures_only() -> None:
+    # The judge (and the single model) go through the engine's retry loop, as members do.
     replies: list[str | Exception] = [ModelCallError("503", kind="http", status=503), "fine"]
     flaky = FunctionModel(lambda r: replies.pop(0))
-    model = RetryingModel(flaky, retries=2, timeout_s=5)
+    model = RetriedModel(flaky, solo_member(MemberSpec(model="x", retries=2, timeout_s=5)))
     request = ChatRequest(messages=[{"role": "user", "content": "x"}])
     assert asyncio.run(collect(model.stream(request))).text == "fine"
-    fatal = RetryingModel(FunctionModel(lambda r: ModelCallError("bad key", kind="auth")))
+    fatal_model = FunctionModel(lambda r: ModelCallError("bad key", kind="auth"))
+    fatal = RetriedModel(fatal_model, solo_member(MemberSpec(model="x")))
     with pytest.raises(ModelCallError, match="bad key"):
         asyncio.run(collect(fatal.stream(request)))
+    assert len(fatal_model.requests) == 1  # an auth error is not worth a second try
+
+
+register_plugin(
+    plugin(
+        register_providers={
+            "judgedown": lambda spec, pool: FunctionModel(
+                lambda r: ModelCallError("judge down", kind="auth")
+            )
+        }
+    ),
+    name="test-judgedown",
+)
 
 
 def test_a_failing_judge_fails_the_item_not_the_run(
     dataset: Path, tmp_path: Path, stack_file: Path
 ) -> None:
-    from moakit.eval.scorers.judges import RatingJudgeScorer
-
-    judge = FunctionModel(lambda r: ModelCallError("judge down", kind="auth"))
-    items = load_user_jsonl(dataset)
     system = build_systems([f"single:{stack_file}"])[0]
-
-    async def go() -> Runner:
-        factory = ModelFactory(ResponseCache(), {}, 4)
-        runner = Runner(RatingJudgeScorer(judge), factory, tmp_path / "j")
-        await runner.run([system], items)
-        await factory.aclose()
-        return runner
-
-    records = asyncio.run(go()).load_records(system)
+    judge = MemberSpec(provider="judgedown", model="j")
+    options = EvalSettings(
+        out_dir=tmp_path / "k",
+        dataset=str(dataset),
+        systems=[f"single:{stack_file}"],
+        scorer="judge",
+        judge=judge,
+    )
+    asyncio.run(EvalSession(options).run())
+    records = Ran(tmp_path / "k").load_records(system)
     assert len(records) == 6
     assert all("judge down" in (r["error"] or "") for r in records.values())
 
@@ -431,8 +456,6 @@ async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_
     # A staircase aggregator needs prefill: behind the eval's cache and retry wrappers the engine
     # must still see it (they reported the base class's False before), and complete() must
     # still go through the cache rather than straight to the wrapped model.
-    from moakit.eval.cache import RetryingModel
-
     class Prefilling(Model):
         name = "p"
         profile = ModelProfile(prefill=True)
@@ -444,7 +467,7 @@ async def test_eval_wrappers_keep_the_wrapped_models_capabilities_and_their_own_
 
     cache = ResponseCache()
     cached = CachedModel(Prefilling(), cache, {"model": "p"})
-    retrying = RetryingModel(cached)
+    retrying = RetriedModel(cached, solo_member(MemberSpec(model="p")))
     assert cached.profile.prefill and retrying.profile.prefill
     request = ChatRequest([{"role": "user", "content": "hi"}])
     assert (await retrying.complete(request)).text == "ok"
@@ -547,6 +570,7 @@ def test_records_keep_what_each_defense_did(
     specs = [f"moa:{stack_file},adversary=injector@1:2,defense=fence+trust", f"moa:{stack_file}"]
     runner = _run(tmp_path / "res", specs, dataset)
     defended, clean = (runner.load_records(s) for s in build_systems(specs))
+    assert len(defended) == len(clean) == 6
     for record in defended.values():
         names = [d["defense"] for d in record["defenses"]]
         assert names == ["trust", "fence"], names
@@ -565,7 +589,9 @@ def test_trust_needs_someone_to_distrust(stack_file: Path, dataset: Path, tmp_pa
     (system,) = build_systems([spec])
     assert system.name == "moa:fake3,untrusted=1:0,defense=trust"
     runner = _run(tmp_path / "res", [spec], dataset)
-    for record in runner.load_records(system).values():
+    records = runner.load_records(system)
+    assert len(records) == 6
+    for record in records.values():
         assert record["defenses"][0]["dropped"] == ["m#1"]
 
 
@@ -605,7 +631,7 @@ def test_a_compromised_member_appends_the_payload_to_its_real_answer(
 ) -> None:
     """``adversary=compromised@L:S``: the member is asked nothing unusual (its honest answer is
     the clean stack's, from the cache) and the payload is appended on the wire, to it alone."""
-    from moakit.defenses.redteam import injection_payload
+    from moakit.eval.redteam import injection_payload
 
     specs = [f"moa:{stack_file}", f"moa:{stack_file},adversary=compromised@1:2"]
     clean_system, attacked_system = build_systems(specs)
@@ -615,6 +641,7 @@ def test_a_compromised_member_appends_the_payload_to_its_real_answer(
     assert all(m.system is None for m in attacked_system.config.layer_members(0))
     runner = _run(tmp_path / "res", specs, dataset)
     clean, attacked = (runner.load_records(s) for s in (clean_system, attacked_system))
+    assert len(attacked) == len(clean) == 6  # (an empty run would pass the loop below)
     payload = injection_payload("0").strip()
     for item, record in attacked.items():
         ours = {m["label"]: m["output"] for m in record["layers"][0]}
@@ -631,5 +658,7 @@ def test_a_compromised_member_is_distrusted_by_the_trust_defense(
     spec = f"moa:{stack_file},adversary=compromised@1:2,defense=trust"
     runner = _run(tmp_path / "res", [spec], dataset)
     (system,) = build_systems([spec])
-    for record in runner.load_records(system).values():
+    records = runner.load_records(system)
+    assert len(records) == 6  # (an empty run would pass the loop below)
+    for record in records.values():
         assert record["defenses"][0]["dropped"] == ["m#3"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from moakit.answers import extract_final_number, numbers_equal
 from moakit.errors import ConfigError
 from moakit.eval.datasets import Item, load_dataset, load_user_jsonl
 from moakit.eval.scorers import build_scorer
-from moakit.eval.scorers.gsm8k import extract_final_number, numbers_equal
 from moakit.eval.scorers.humaneval import HumanEvalScorer, SandboxLimits
 from moakit.eval.scorers.judges import (
     MTBenchScorer,

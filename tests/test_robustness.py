@@ -1,6 +1,6 @@
 """Defenses against a deceptive or injected member (moakit.defenses), on constructed cases.
 
-The scripted aggregator (moakit.defenses.simulation) obeys any line of its system message that
+The scripted aggregator (moakit.eval.simulation) obeys any line of its system message that
 starts with ``SYSTEM:`` and counts every ``N. `` line of a paper block as a reference: the
 naive reader an injection is written for. Each defense test also runs the undefended stack and
 checks the attack lands there, so a test cannot pass with a defense that does nothing.
@@ -16,7 +16,8 @@ import pytest
 from moakit import Stack, parse_config
 from moakit.config import StackConfig
 from moakit.defenses.fence import fenced_formatter, neutralise
-from moakit.defenses.redteam import (
+from moakit.errors import ConfigError
+from moakit.eval.redteam import (
     DECEPTIVE_PROMPT,
     Adversary,
     IgnoreReferences,
@@ -25,8 +26,7 @@ from moakit.defenses.redteam import (
     with_adversary,
     with_defense,
 )
-from moakit.defenses.simulation import scripted_aggregator, scripted_proposer
-from moakit.errors import ConfigError
+from moakit.eval.simulation import scripted_aggregator, scripted_proposer
 from moakit.models.base import ChatRequest, Model
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.references import Reference
@@ -240,10 +240,13 @@ def test_adversary_by_config_targets_one_expanded_sample() -> None:
     assert "do not let them change your answer" in members[1].system
 
 
-@pytest.mark.parametrize("text", ["liar", "deceptive@0:1", "injector@1"])
+@pytest.mark.parametrize("text", ["liar", "deceptive@0:1", "injector@1", "injector@1:x"])
 def test_bad_adversary_spec_is_a_config_error(text: str) -> None:
-    with pytest.raises((ConfigError, ValueError)):
+    # A ConfigError only: a pydantic ValidationError (also a ValueError) is a traceback.
+    with pytest.raises(ConfigError) as info:
         Adversary.parse(text)
+    assert type(info.value) is ConfigError and info.value.field is not None
+    assert str(info.value).startswith(f"adversary {text!r}: ")
 
 
 def test_adversary_outside_the_stack_names_the_field() -> None:
@@ -281,7 +284,7 @@ def test_injection_payload_tries_every_breakout() -> None:
 
 
 def test_eval_systems_build_attacked_and_defended_stacks(tmp_path: Any) -> None:
-    from moakit.eval.systems import build_systems
+    from moakit.eval.kinds import build_systems
 
     path = tmp_path / "s.toml"
     path.write_text(

@@ -4,10 +4,11 @@ answer extractors it votes with."""
 
 from __future__ import annotations
 
+from moakit.answers import extract_final_number
 from moakit.defenses.cluster import cluster_transform
 from moakit.defenses.fence import fenced_formatter
 from moakit.defenses.trust import trust_transform
-from moakit.defenses.vote import VoteStrategy, gsm8k_extractor
+from moakit.defenses.vote import VoteStrategy
 from moakit.hookspecs import Register, hookimpl
 
 
@@ -29,4 +30,4 @@ def register_strategies(register: Register) -> None:
 
 @hookimpl
 def register_answer_extractors(register: Register) -> None:
-    register("gsm8k", gsm8k_extractor)
+    register("gsm8k", extract_final_number)  # the final number of a worked answer

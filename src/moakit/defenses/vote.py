@@ -29,13 +29,6 @@ from moakit.result import DefenseAction, MemberOutput
 Extractor = Callable[[str], str | None]
 
 
-def gsm8k_extractor(text: str) -> str | None:
-    """The final number of a worked answer (GSM8K style)."""
-    from moakit.eval.scorers.gsm8k import extract_final_number
-
-    return extract_final_number(text)
-
-
 def draw_subsets(n: int, size: int, samples: int, seed: int) -> list[tuple[int, ...]]:
     """Up to ``samples`` distinct ``size``-subsets of ``range(n)``, seeded, in draw order."""
     combos = list(itertools.combinations(range(n), size))

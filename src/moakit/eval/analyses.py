@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from moakit.eval.records import EvalRecord
 
 
 def error_correlation(
@@ -126,17 +129,16 @@ def similarity_quality(
     return out
 
 
-def layer_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def layer_curve(records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Mean proposal score per layer (and the best proposal's), then the final answer's."""
-    depth = max((len(r.get("layers") or []) for r in records), default=0)
+    depth = max((len(r.layers) for r in records), default=0)
     curve: list[dict[str, Any]] = []
     for li in range(depth):
         values, bests = [], []
         for r in records:
-            layers = r.get("layers") or []
-            if li >= len(layers):
+            if li >= len(r.layers):
                 continue
-            scored = [m["value"] for m in layers[li] if m.get("value") is not None]
+            scored = [m.value for m in r.layers[li] if m.value is not None]
             values.extend(scored)
             if scored:
                 bests.append(max(scored))
@@ -148,31 +150,21 @@ def layer_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "n": len(values),
             }
         )
-    finals = [
-        r["score"]["value"]
-        for r in records
-        if r.get("score") and r["score"].get("value") is not None
-    ]
+    finals = [r.value for r in records if r.value is not None]
     curve.append({"layer": "final", "mean": _mean(finals), "best_of_layer": None, "n": len(finals)})
     return curve
 
 
 def collaborativeness(
-    records_by_system: dict[str, Sequence[dict[str, Any]]],
+    records_by_system: Mapping[str, Sequence[EvalRecord]],
 ) -> list[dict[str, Any]]:
     """For each ``collab`` system: the member alone vs. with the others' answers."""
     out = []
     for name, records in records_by_system.items():
         alone = [
-            r["extra"]["alone_value"]
-            for r in records
-            if r.get("extra", {}).get("alone_value") is not None
+            float(r.extra["alone_value"]) for r in records if r.extra.get("alone_value") is not None
         ]
-        helped = [
-            r["score"]["value"]
-            for r in records
-            if r.get("score") and r["score"].get("value") is not None
-        ]
+        helped = [r.value for r in records if r.value is not None]
         out.append(
             {
                 "system": name,

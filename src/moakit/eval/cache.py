@@ -1,5 +1,5 @@
-"""Model wrappers for evaluation runs: a content-addressed response cache and retries for calls
-made outside a stack (the per-endpoint concurrency limit is the engine's
+"""The evaluation's content-addressed response cache, as a model wrapper (retries are the
+engine's one loop, ``moakit.engine.calls``; the per-endpoint concurrency limit is the engine's
 ``moakit.models.wrappers.ConcurrencyLimitedModel``).
 
 The cache key is the sha256 of the model's identity (provider, model, base URL, options) and the
@@ -24,11 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from moakit.config import MemberSpec
-from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.wrappers import WrapperModel
-from moakit.policies import RetryPolicy
-from moakit.retry import backoff_delay
 
 
 @dataclass
@@ -202,42 +199,19 @@ class CachedModel(WrapperModel):
                 self.cache.put(key, self.name, completion, time.monotonic() - started)
 
 
-class RetryingModel(WrapperModel):
-    """Timeout and retries (the engine's one retry policy) for calls made outside a stack: the
-    single-model system and the judge. A stream is retried only before its first chunk."""
-
-    complete = Model.complete  # retried through this wrapper's stream
-
-    def __init__(
-        self,
-        wrapped: Model,
-        *,
-        retries: int = 2,
-        timeout_s: float = 120.0,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__(wrapped)
-        self.retries = retries
-        self.timeout_s = timeout_s
-        self.policy = policy or RetryPolicy()
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        for attempt in range(self.retries + 1):
-            started = False
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    async for chunk in self.wrapped.stream(request):
-                        started = True
-                        yield chunk
-                return
-            except TimeoutError:
-                error = ModelCallError(f"no answer within {self.timeout_s:.2f}s", kind="timeout")
-            except ModelCallError as exc:
-                error = exc
-            delay = backoff_delay(self.policy, attempt, error.retry_after_s)
-            if started or not error.retryable or attempt == self.retries or delay is None:
-                raise error
-            await asyncio.sleep(delay)
+def stored_count(path: Path) -> int:
+    """Answers stored in the cache at ``path`` (0 if there is none). A plain connection, not a
+    read-only one: closing the last connection of a WAL database folds its ``-wal``/``-shm``
+    files back, which a read-only one would leave beside it."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
 
 
 def endpoint_key(spec: MemberSpec) -> str:

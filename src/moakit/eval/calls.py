@@ -1,30 +1,44 @@
 """How one system answers one conversation: the shared, wrapped models (``ModelFactory``), a
-single model called directly, and a stack run with its time to first token."""
+single model called alone (through the engine's one retry loop, ``engine.solo``), and a stack
+run with its time to first token and what it is doing (for progress inside a slow item)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from moakit.config import DEFAULT_PROVIDER, MemberSpec, StackConfig
-from moakit.defenses.redteam import injecting
+from moakit.config import MemberSpec, ResolvedMember, StackConfig
 from moakit.engine import Stack
-from moakit.errors import MoaError
-from moakit.eval.cache import (
-    CachedModel,
-    ResponseCache,
-    RetryingModel,
-    endpoint_key,
-    model_identity,
+from moakit.engine.solo import call_alone
+from moakit.eval.cache import CachedModel, ResponseCache, endpoint_key, model_identity
+from moakit.eval.redteam import InjectingModel
+from moakit.events import (
+    AggregatorStarted,
+    Event,
+    LayerStarted,
+    MemberFinished,
+    RunFinished,
+    TextDelta,
 )
-from moakit.events import RunFinished, TextDelta
-from moakit.models.base import ChatRequest, Message, Model, collect
+from moakit.models.base import ChatRequest, Chunk, Message, Model
 from moakit.models.registry import ResourcePool, build_model
-from moakit.models.wrappers import ConcurrencyLimitedModel
+from moakit.models.wrappers import ConcurrencyLimitedModel, WrapperModel
 from moakit.prompts import with_system_prompt
-from moakit.result import MemberOutput, Result
+from moakit.result import Result
+
+# What a call is doing, in a few words, for progress inside a slow item.
+OnActivity = Callable[[str], None]
+
+
+def solo_member(spec: MemberSpec) -> ResolvedMember:
+    """``spec`` with every default decided as a stack would (timeout, retries, provider, key
+    variable) for a model called alone. A value the spec sets, ``retries = 0`` included, is
+    kept."""
+    member = spec.model_dump(exclude={"fallbacks"}, exclude_unset=True)
+    config = StackConfig.model_validate({"layers": [[member]], "aggregator": member})
+    return config.aggregators()[0]
 
 
 class ModelFactory:
@@ -38,15 +52,6 @@ class ModelFactory:
         self.pool = ResourcePool()
         self._models: dict[str, Model] = {}
         self._limiters: dict[str, asyncio.Semaphore] = {}
-
-    def direct_model_for(self, spec: MemberSpec, *, live: bool = False) -> Model:
-        """For calls outside a stack (single model, judge): the same model plus the engine's
-        timeout and retry policy, which a stack would otherwise apply."""
-        return RetryingModel(
-            self.model_for(spec, cached=not live),
-            retries=spec.retries or 2,
-            timeout_s=spec.timeout_s or 120.0,
-        )
 
     def model_for(self, spec: MemberSpec, *, cached: bool = True) -> Model:
         identity = model_identity(spec)
@@ -67,6 +72,10 @@ class ModelFactory:
             self._models[key] = CachedModel(inner, self.cache, identity, live=not cached)
         return self._models[key]
 
+    def judge(self, spec: MemberSpec) -> Model:
+        """The judge: its cached model, each call retried by the engine's loop."""
+        return RetriedModel(self.model_for(spec), solo_member(spec))
+
     def stack(
         self,
         config: StackConfig,
@@ -74,23 +83,46 @@ class ModelFactory:
         live: bool = False,
         compromised: Mapping[str, str] | None = None,
     ) -> Stack:
-        # Today's engine takes overrides by model name; one model name is one identity here.
-        specs = [m for i in range(len(config.layers)) for m in config.layer_members(i)]
-        specs += config.aggregators()
         # A staircase run depends on *when* each chunk of each answer arrives; a cache hit
         # delivers a whole answer at once, which would turn it into plain wait-for-all MoA. So
         # its calls are always live (with the same seeds, the proposals are the same anyway).
         cached = config.strategy != "staircase" and not live
-        models = {s.model: self.model_for(s, cached=cached) for s in specs}
-        # A compromised member's payload is appended outside the cache: its honest answer is
-        # the clean stack's cached one, the payload is added on every call.
-        wrap = injecting(compromised) if compromised else None
-        return Stack(config, models=models, wrap=wrap)
+        injected = dict(compromised or {})
+
+        def wrap(model: Model, spec: ResolvedMember) -> Model:
+            # Every member gets the shared model of its own identity (provider, model,
+            # endpoint, options): two members naming one model on two endpoints stay apart.
+            ours = self.model_for(spec, cached=cached)
+            # A compromised member's payload is appended outside the cache: its honest answer
+            # is the clean stack's cached one, the payload is added on every call.
+            answer = injected.get(spec.label)
+            return ours if answer is None else InjectingModel(ours, answer=answer)
+
+        return Stack(config, wrap=wrap)
 
     async def aclose(self) -> None:
         for model in self._models.values():
             await model.aclose()
         await self.pool.aclose()
+
+
+class RetriedModel(WrapperModel):
+    """A model whose every call goes through the engine's retry loop (``call_alone``), as a
+    stack member's would; a call that fails after its retries raises its last error."""
+
+    complete = Model.complete  # through this wrapper's stream
+
+    def __init__(self, wrapped: Model, spec: ResolvedMember) -> None:
+        super().__init__(wrapped)
+        self.spec = spec
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        answer = await call_alone(self.wrapped, self.spec, request)
+        if answer.completion is None:
+            assert answer.error is not None
+            raise answer.error
+        yield Chunk(text=answer.completion.text)
+        yield Chunk(finish_reason=answer.completion.finish_reason, usage=answer.completion.usage)
 
 
 def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest:
@@ -105,42 +137,59 @@ def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest
 
 
 async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]) -> Result:
-    t0 = time.monotonic()
-    out = MemberOutput(
-        layer=1,
-        index=0,
-        label=spec.display,
-        provider=spec.provider or DEFAULT_PROVIDER,
-        model=spec.model,
-    )
-    try:
-        completion = await collect(model.stream(member_request(spec, messages)))
-    except MoaError as exc:
-        out.error = str(exc)
-    except Exception as exc:  # an adapter bug fails this item, as the engine does for members
-        out.error = f"{type(exc).__name__}: {exc}"
-    else:
-        out.output = completion.text.strip()
-        out.usage = completion.usage
-        out.finish_reason = completion.finish_reason
-        out.truncated = completion.truncated
-    out.latency_s = round(time.monotonic() - t0, 6)
-    result = Result(
+    """``spec``'s model alone on ``messages``, as a one-call ``Result``."""
+    resolved = solo_member(spec)
+    answer = await call_alone(model, resolved, member_request(resolved, messages))
+    out = answer.output
+    if out.output is not None:
+        out = out.model_copy(update={"output": out.output.strip()})
+    return Result(
         stack=spec.display,
         final=out.output or "",
         aggregators=[out],
         latency_s=out.latency_s,
         error=out.error,
     )
-    return result
 
 
-async def run_stack(stack: Stack, messages: Sequence[Message]) -> tuple[Result, float | None]:
+async def run_stack(
+    stack: Stack, messages: Sequence[Message], on_activity: OnActivity | None = None
+) -> tuple[Result, float | None]:
+    """The stack's result and its time to the first token of the final answer."""
     t0 = time.monotonic()
     ttft: float | None = None
+    watch = _Activity(on_activity) if on_activity else None
     async for event in stack.events(ChatRequest(messages=list(messages))):
+        if watch is not None:
+            watch(event)
         if isinstance(event, TextDelta) and ttft is None and event.text:
             ttft = time.monotonic() - t0
         elif isinstance(event, RunFinished):
             return event.result, ttft
     raise AssertionError("a run ends with RunFinished or raises")
+
+
+class _Activity:
+    """A stack's events as a few words: which layer, how many members answered, how much of
+    the final answer is written."""
+
+    def __init__(self, report: OnActivity) -> None:
+        self.report = report
+        self.layer = 0
+        self.size = 0
+        self.answered = 0
+        self.written = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, LayerStarted):
+            self.layer, self.size, self.answered = event.layer, len(event.members), 0
+            self.report(f"layer {self.layer}: 0/{self.size} answered")
+        elif isinstance(event, MemberFinished) and event.output.layer == self.layer:
+            self.answered += 1
+            self.report(f"layer {self.layer}: {self.answered}/{self.size} answered")
+        elif isinstance(event, AggregatorStarted):
+            self.written = 0
+            self.report(f"aggregating {event.references} references")
+        elif isinstance(event, TextDelta):
+            self.written += len(event.text)
+            self.report(f"aggregator writing: {self.written} chars")

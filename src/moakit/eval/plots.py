@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moakit.eval.records import EvalRecord
 
 
 def _pyplot() -> Any:
@@ -17,7 +20,7 @@ def _pyplot() -> Any:
 
 
 def write_plots(
-    summary: dict[str, Any], records: Mapping[str, Sequence[dict[str, Any]]], out_dir: Path
+    summary: dict[str, Any], records: Mapping[str, Sequence[EvalRecord]], out_dir: Path
 ) -> list[Path]:
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,11 +82,7 @@ def write_plots(
     # Answer length vs. score, per item, per system.
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in records.items():
-        pts = [
-            (r["answer_words"], r["score"]["value"])
-            for r in recs
-            if r.get("score") and r["score"].get("value") is not None
-        ]
+        pts = [(r.answer_words, r.value) for r in recs if r.value is not None]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.6, label=name)
     ax.set_xlabel("answer length (words)")

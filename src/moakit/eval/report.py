@@ -1,30 +1,37 @@
-"""From records to numbers: ``summarize`` builds ``summary.json``; ``markdown`` renders it.
+"""From records to numbers: ``summarize`` builds ``summary.json``; ``markdown`` renders it;
+``write_outputs`` writes both, the exported outputs and the plots.
 
 Per system: score with a 95% bootstrap CI, paired comparison against the reference system
-(exact McNemar on closed-form tasks, paired bootstrap otherwise), win rate and LC win rate on
-pairwise tasks, tokens, estimated cost (judge included, shown apart), wall time, TTFT, answer
-length, cache hits. Then the MoA analyses for every system that has proposer layers.
+(exact McNemar on closed-form tasks, paired bootstrap otherwise, read by the one rule of
+``moakit.eval.readings``), win rate and LC win rate on pairwise tasks, tokens, estimated cost
+(judge included, shown apart), wall time, TTFT, answer length, truncated answers, cache hits.
+Then the MoA analyses for every system that has proposer layers.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moakit.eval import analyses, stats
-from moakit.eval.systems import System
+from moakit.eval.readings import side
+from moakit.eval.records import EvalRecord
+from moakit.eval.systems import SystemInfo
 
-Records = Mapping[str, Sequence[dict[str, Any]]]  # system name -> its records
+if TYPE_CHECKING:
+    from moakit.eval.results import Manifest
+
+Records = Mapping[str, Sequence[EvalRecord]]  # system name -> its records
 
 
-def _values(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _values(records: Sequence[EvalRecord]) -> dict[str, float]:
     return {
-        r["item_id"]: float(r["score"]["value"])
-        for r in records
-        if r.get("score") and r["score"].get("value") is not None
+        r.item_id: float(r.score.value) for r in records if r.score and r.score.value is not None
     }
 
 
@@ -33,34 +40,31 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def system_row(
-    system: System,
-    records: Sequence[dict[str, Any]],
+    system: SystemInfo,
+    records: Sequence[EvalRecord],
     closed_form: bool,
     judge_price: tuple[float, float] | None,
 ) -> dict[str, Any]:
     values = list(_values(records).values())
     ci = stats.bootstrap_ci(values)
-    judge_in = sum(
-        int(r["score"]["judge_usage"]["prompt_tokens"]) for r in records if r.get("score")
-    )
-    judge_out = sum(
-        int(r["score"]["judge_usage"]["completion_tokens"]) for r in records if r.get("score")
-    )
-    costs = [r.get("cost_usd") for r in records]
+    judge_in = sum(r.score.judge_usage.prompt_tokens for r in records if r.score)
+    judge_out = sum(r.score.judge_usage.completion_tokens for r in records if r.score)
+    costs = [r.cost_usd for r in records]
     cost = None if any(c is None for c in costs) else float(sum(c for c in costs if c))
-    latencies = [float(r["latency_s"]) for r in records if r.get("latency_s") is not None]
-    ttfts = [float(r["ttft_s"]) for r in records if r.get("ttft_s") is not None]
-    spans = [(r["started_at"], r["finished_at"]) for r in records if r.get("finished_at")]
+    latencies = [float(r.latency_s) for r in records if r.latency_s is not None]
+    ttfts = [float(r.ttft_s) for r in records if r.ttft_s is not None]
+    spans = [(r.started_at or 0.0, r.finished_at) for r in records if r.finished_at]
+    known = [r.truncated for r in records if r.truncated is not None]
     row: dict[str, Any] = {
         "name": system.name,
         "kind": system.kind,
         "hash": system.hash,
         "items": len(records),
         "scored": len(values),
-        "errors": sum(1 for r in records if r.get("error")),
+        "errors": sum(1 for r in records if r.error),
         "score": ci.to_json(),
-        "tokens_in": sum(int(r["usage"]["prompt_tokens"]) for r in records),
-        "tokens_out": sum(int(r["usage"]["completion_tokens"]) for r in records),
+        "tokens_in": sum(r.usage.prompt_tokens for r in records),
+        "tokens_out": sum(r.usage.completion_tokens for r in records),
         "cost_usd": cost,
         "judge_tokens_in": judge_in,
         "judge_tokens_out": judge_out,
@@ -72,27 +76,31 @@ def system_row(
         # First start to last finish of this system's items in the runs that produced them.
         "span_s": float(max(b for _, b in spans) - min(a for a, _ in spans)) if spans else None,
         "ttft_s_mean": _mean(ttfts),
-        "answer_chars_mean": _mean([float(r["answer_chars"]) for r in records]),
-        "answer_words_mean": _mean([float(r["answer_words"]) for r in records]),
-        "calls": sum(int(r.get("calls") or 0) for r in records),
-        "cache_hits": sum(int(r.get("cache_hits") or 0) for r in records),
+        "answer_chars_mean": _mean([float(r.answer_chars) for r in records]),
+        "answer_words_mean": _mean([float(r.answer_words) for r in records]),
+        "calls": sum(r.calls for r in records),
+        "cache_hits": sum(r.cache_hits for r in records),
+        # Final answers cut at their token budget; None when no record says (older records).
+        "truncated": sum(known) if known else None,
     }
     if closed_form:
         row["accuracy"] = ci.mean if values else None
-    details = [r["score"]["detail"] for r in records if r.get("score")]
+    details = [r.score.detail for r in records if r.score]
     if details and all("baseline_len" in d for d in details) and values:
-        scored = [r for r in records if r.get("score") and r["score"].get("value") is not None]
+        scored = [r.score for r in records if r.score and r.score.value is not None]
         row |= stats.win_rates(
-            [float(r["score"]["value"]) for r in scored],
-            [int(r["score"]["detail"]["output_len"]) for r in scored],
-            [int(r["score"]["detail"]["baseline_len"]) for r in scored],
+            [float(s.value or 0.0) for s in scored],
+            [int(s.detail["output_len"]) for s in scored],
+            [int(s.detail["baseline_len"]) for s in scored],
         )
     return row
 
 
 def compare(
-    a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], closed_form: bool
+    a: Sequence[EvalRecord], b: Sequence[EvalRecord], closed_form: bool
 ) -> stats.Comparison | None:
+    """``a`` against ``b`` on the items both scored: exact McNemar on right/wrong scores,
+    the paired bootstrap on judged ones."""
     va, vb = _values(a), _values(b)
     common = sorted(set(va) & set(vb))
     if not common:
@@ -102,26 +110,24 @@ def compare(
     return stats.paired_bootstrap([va[k] for k in common], [vb[k] for k in common])
 
 
-def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[str, Any]:
-    with_layers = [r for r in records if r.get("layers")]
+def moa_analyses(records: Sequence[EvalRecord], closed_form: bool) -> dict[str, Any]:
+    with_layers = [r for r in records if r.layers]
     if not with_layers:
         return {}
     out: dict[str, Any] = {"layer_curve": analyses.layer_curve(with_layers)}
     # Members by label: a sample the straggler policy cut, or one that failed, is missing from
     # that item only (the first record need not have every member).
-    fullest = max(with_layers, key=lambda r: len(r["layers"][0]))  # the stack's member order
-    labels = list(
-        dict.fromkeys(m["label"] for r in [fullest, *with_layers] for m in r["layers"][0])
-    )
+    fullest = max(with_layers, key=lambda r: len(r.layers[0]))  # the stack's member order
+    labels = list(dict.fromkeys(m.label for r in [fullest, *with_layers] for m in r.layers[0]))
     if closed_form:
         grid = []
         for r in with_layers:
-            by_label = {m["label"]: m.get("correct") for m in r["layers"][0]}
+            by_label = {m.label: m.correct for m in r.layers[0]}
             grid.append([by_label.get(label) for label in labels])
         # Minority/majority among the proposals the aggregator actually had.
-        scored = [i for i, r in enumerate(with_layers) if r["score"].get("correct") is not None]
+        scored = [i for i, r in enumerate(with_layers) if r.score and r.score.correct is not None]
         rows = [[c for c in grid[i] if c is not None] for i in scored]
-        finals = [bool(with_layers[i]["score"]["correct"]) for i in scored]
+        finals = [bool(with_layers[i].right) for i in scored]
         out["error_correlation"] = {
             "labels": labels,
             "matrix": analyses.error_correlation(grid, len(labels)),
@@ -129,10 +135,10 @@ def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[s
         out["minority_majority"] = analyses.minority_majority(rows, finals)
     triples = []
     for r in with_layers:
-        last = [m for m in r["layers"][-1] if m.get("output") and m.get("value") is not None]
-        if len(last) >= 2 and r.get("final"):
+        last = [m for m in r.layers[-1] if m.output and m.value is not None]
+        if len(last) >= 2 and r.final:
             triples.append(
-                (r["final"], [m["output"] for m in last], [float(m["value"]) for m in last])
+                (r.final, [m.output or "" for m in last], [float(m.value or 0.0) for m in last])
             )
     if triples:
         out["similarity_quality"] = analyses.similarity_quality(triples)
@@ -140,7 +146,7 @@ def moa_analyses(records: Sequence[dict[str, Any]], closed_form: bool) -> dict[s
 
 
 def summarize(
-    systems: Sequence[System],
+    systems: Sequence[SystemInfo],
     records: Records,
     *,
     dataset: str,
@@ -159,6 +165,7 @@ def summarize(
         c = compare(records.get(s.name, []), records.get(ref, []), closed_form)
         if c is not None:
             comparisons.append({"system": s.name, "reference": ref, **c.to_json()})
+            comparisons[-1]["reading"] = side(c)
     per_system = {
         s.name: moa_analyses(records.get(s.name, []), closed_form)
         for s in systems
@@ -178,6 +185,49 @@ def summarize(
         "analyses": {k: v for k, v in per_system.items() if v},
         "collaborativeness": collab,
     }
+
+
+def write_outputs(
+    out_dir: Path,
+    manifest: Manifest,
+    records: Records,
+    prompts: Mapping[str, str],
+    *,
+    dataset_name: str,
+    specs: Sequence[str],
+    items: int,
+    wall_s: float | None,
+    plots: bool,
+) -> dict[str, Any]:
+    """``report.md``, ``model_outputs/`` and plots from ``records``; the summary (the caller
+    adds what only it knows and writes ``summary.json``)."""
+    summary = summarize(
+        manifest.systems,
+        records,
+        dataset=dataset_name,
+        scorer=manifest.scorer,
+        closed_form=manifest.closed_form,
+        scale=manifest.scale,
+        reference=manifest.reference,
+        judge_price=manifest.judge_price,
+    )
+    summary["run"] = {"systems": list(specs), "items": items, "wall_s": round(wall_s or 0.0, 1)}
+    # A --report-only pass answered nothing: its seconds would read as the results' cost.
+    (out_dir / "report.md").write_text(markdown(summary, wall_s=wall_s), encoding="utf-8")
+    exports = out_dir / "model_outputs"
+    exports.mkdir(exist_ok=True)
+    for info in manifest.systems:  # alpaca_eval's input format, for its official CLI
+        rows = [
+            {"instruction": prompts[r.item_id], "output": r.final, "generator": info.name}
+            for r in records.get(info.name, [])
+        ]
+        slug = info.name.replace("/", "_").replace(":", "_")
+        (exports / f"{slug}.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    if plots:
+        from moakit.eval import plots as plotting
+
+        plotting.write_plots(summary, records, out_dir / "plots")
+    return summary
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -213,6 +263,14 @@ def markdown(summary: dict[str, Any], *, wall_s: float | None = None) -> str:
             f"{_fmt(r['latency_s_mean'], 1)} | {_fmt(r['ttft_s_mean'], 1)} | "
             f"{_fmt(r['answer_words_mean'], 0)} | {r['cache_hits']}/{r['calls']} |"
         )
+    cut = [r for r in summary["systems"] if r.get("truncated")]
+    if cut:
+        lines += [
+            "",
+            "Final answers truncated at their token budget (finish reason `length`): "
+            + "; ".join(f"{_cell(r['name'])} {r['truncated']} of {r['items']}" for r in cut)
+            + ".",
+        ]
     if any("win_rate" in r for r in summary["systems"]):
         lines += ["", "| system | win rate % | LC win rate % |", "|---|---|---|"]
         for r in summary["systems"]:
@@ -226,15 +284,21 @@ def markdown(summary: dict[str, Any], *, wall_s: float | None = None) -> str:
             "",
             f"## Paired comparisons against `{summary['reference']}`",
             "",
-            "| system | test | diff [95% CI] | p | n | only system right / only reference |",
-            "|---|---|---|---|---|---|",
+            "| system | test | diff [95% CI] | p | n | only system right / only reference "
+            "| reading |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in summary["comparisons"]:
             lines.append(
                 f"| {_cell(c['system'])} | {c['test']} | {_fmt(c['diff'])} "
                 f"[{_fmt(c['low'])}, {_fmt(c['high'])}] | {_fmt(c['p_value'])} | "
-                f"{c['n']} | {c['a_only']}/{c['b_only']} |"
+                f"{c['n']} | {c['a_only']}/{c['b_only']} | {c.get('reading', '–')} |"
             )
+        lines += [
+            "",
+            "Reading: a direction is claimed only when the 95% CI excludes 0 and p < 0.05; "
+            "when only the CI does, the gap is a lean, not a finding.",
+        ]
     for name, a in summary["analyses"].items():
         lines += ["", f"## MoA analyses: `{_cell(name)}`", ""]
         curve = a.get("layer_curve", [])

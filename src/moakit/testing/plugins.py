@@ -30,4 +30,14 @@ def _impl(hook: str, entries: dict[str, Any]) -> Any:
     return impl
 
 
-__all__ = ["plugin"]
+
+
+def register_provider(name: str, factory: Any) -> str:
+    """Register a one-provider plugin for the rest of the process (a test module's fake
+    backend): ``factory(spec, pool) -> Model``. Returns the plugin's name."""
+    from moakit.plugins import register
+
+    return register(plugin(f"provider-{name}", register_providers={name: factory}), f"test:{name}")
+
+
+__all__ = ["plugin", "register_provider"]

@@ -5,36 +5,68 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+from moakit.answers import extract_final_number, numbers_equal
+from moakit.config import DEFAULT_PROVIDER, MemberSpec
 from moakit.errors import ConfigError
 from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
-from moakit.eval.scorers.gsm8k import GSM8KScorer, extract_final_number, numbers_equal
-from moakit.models.base import Model
+from moakit.eval.scorers.gsm8k import GSM8KScorer
+from moakit.models.base import ChatRequest, Chunk, Model
 
 JUDGED = ("mt-bench", "alpaca-eval", "flask", "judge")
 BUILTIN = ("gsm8k", "number", "humaneval", "exact", "contains", *JUDGED)
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".")
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.strip("*_`\"' ").rstrip(".").strip("*_`\"' ")
+
+
+# "#### X", "\boxed{X}", "The (final) answer is X", "Answer: X": the last one stated wins.
+_STATED = re.compile(
+    r"####\s*(?P<hashes>[^\n]+)"
+    r"|\\boxed\{(?P<boxed>[^{}\n]+)\}"
+    r"|(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*(?P<said>[^\n]+)",
+    re.IGNORECASE,
+)
+
+
+def stated_answer(text: str) -> str | None:
+    """The answer a reply states in so many words, normalized; None if it states none."""
+    found = list(_STATED.finditer(text))
+    if not found:
+        return None
+    last = found[-1]
+    return _norm(last.group("hashes") or last.group("boxed") or last.group("said") or "")
 
 
 class ExactScorer(Scorer):
-    """Case- and whitespace-insensitive exact match of the whole answer with ``item.answer``."""
+    """Case- and whitespace-insensitive exact match with ``item.answer``: of the answer the
+    reply states ("Answer: X", "The answer is X", "#### X", ``\\boxed{X}``), else of the
+    whole reply."""
 
     name = "exact"
     closed_form = True
 
     def extract(self, text: str, item: Item) -> str | None:
-        return _norm(text)
+        return stated_answer(text) or _norm(text)
 
     async def score(self, item: Item, answers: Sequence[str]) -> Score:
-        got = _norm(answers[-1])
-        correct = item.answer is not None and got == _norm(item.answer)
-        return Score(value=float(correct), correct=correct, extracted=got)
+        whole, stated = _norm(answers[-1]), stated_answer(answers[-1])
+        gold = None if item.answer is None else _norm(item.answer)
+        correct = gold is not None and gold in (whole, stated)
+        return Score(
+            value=float(correct),
+            correct=correct,
+            extracted=stated or whole,
+            detail={"stated": stated is not None},
+        )
+
+    def unparsed(self, score: Score) -> bool:
+        return not score.correct and not score.detail.get("stated")
 
 
 class ContainsScorer(ExactScorer):
@@ -46,8 +78,13 @@ class ContainsScorer(ExactScorer):
         correct = item.answer is not None and _norm(item.answer) in _norm(answers[-1])
         return Score(value=float(correct), correct=correct)
 
+    def unparsed(self, score: Score) -> bool:
+        return False
+
 
 class NumberScorer(GSM8KScorer):
+    """GSM8K's rule for any dataset whose answers are numbers."""
+
     name = "number"
 
 
@@ -115,6 +152,31 @@ def build_scorer(
     )
 
 
+class _NeverCalled(Model):
+    """Stands in for the judge where a scorer is built only to read its traits."""
+
+    name = "unused-judge"
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        raise AssertionError("a scorer built for its traits is never asked to score")
+
+
+def scorer_traits(name: str, judge: bool, baseline: Mapping[str, str] | None) -> Scorer:
+    """The scorer ``name``, built only to read its traits (closed form, scale, what it counts
+    as unparsed). ``judge``: one is configured; a judged scorer without one is a
+    ``ConfigError``, raised before anything runs."""
+    return build_scorer(name, judge=_NeverCalled() if judge else None, baseline=baseline)
+
+
+def scorer_identity(name: str, judge: MemberSpec | None) -> str:
+    """What decides a score: the scorer, and for judged scorers the judge model. A record
+    scored under another identity is scored again (from its stored answers) on the next run."""
+    if name not in JUDGED or judge is None:
+        return name
+    where = f"@{judge.base_url}" if judge.base_url else ""
+    return f"{name} judged by {judge.provider or DEFAULT_PROVIDER}:{judge.model}{where}"
+
+
 def _entry_point(spec: str) -> Scorer:
     module_name, _, attr = spec.partition(":")
     try:
@@ -137,4 +199,6 @@ __all__ = [
     "build_scorer",
     "extract_final_number",
     "numbers_equal",
+    "scorer_identity",
+    "scorer_traits",
 ]

@@ -4,37 +4,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from moakit.eval.datasets import Item
 from moakit.models.base import Usage
 
 
-@dataclass
-class Score:
+class Score(BaseModel):
     """``value`` is the item's score on the scorer's scale (0/1 for closed-form tasks, 1–10 for
     MT-Bench, 0–1 win share for pairwise, 1–5 for FLASK). ``correct`` is set by closed-form
     scorers only. A judge's own usage is kept apart so its cost is reported, not hidden."""
 
-    value: float | None
+    model_config = ConfigDict(extra="ignore")
+
+    value: float | None = None
     correct: bool | None = None
     extracted: str | None = None
     error: str | None = None
-    judge_usage: Usage = field(default_factory=Usage)
+    judge_usage: Usage = Field(default_factory=Usage)
     judge_calls: int = 0
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "correct": self.correct,
-            "extracted": self.extracted,
-            "error": self.error,
-            "judge_usage": self.judge_usage.model_dump(),
-            "judge_calls": self.judge_calls,
-            "detail": self.detail,
-        }
+        return self.model_dump(mode="json")
 
 
 class Scorer(ABC):
@@ -47,6 +41,12 @@ class Scorer(ABC):
     def extract(self, text: str, item: Item) -> str | None:
         """The comparable final answer in ``text`` (closed-form scorers only)."""
         return None
+
+    def unparsed(self, score: Score) -> bool:
+        """The reply held nothing this scorer could read as an answer (no number for a number
+        scorer, no stated answer for ``exact``): a run where nearly every reply is unparsed
+        says so, since the scorer, not the systems, is then the likely problem."""
+        return False
 
     @abstractmethod
     async def score(self, item: Item, answers: Sequence[str]) -> Score:

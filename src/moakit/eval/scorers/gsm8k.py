@@ -1,82 +1,15 @@
-"""GSM8K: exact match on the final number.
-
-Extraction order (first that finds something wins): the last ``#### N`` (GSM8K's own format), the
-last ``\\boxed{N}``, the last "answer is N" / "Answer: N", else the last number in the text.
-Numbers are normalized before comparison: thousands commas, ``$``, ``%``, unit words, a unicode
-minus, trailing zeros and a sentence's final period all go, so ``$1,234.50.`` equals ``1234.5``.
-"""
+"""GSM8K: exact match on the final number (``moakit.answers`` reads it, the same code the
+runtime ``vote`` defense uses)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 
+from moakit.answers import extract_final_number, normalize_number, numbers_equal
 from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
 
-# Thousands groups only when they really are groups of three ("1,234" but not "1, 2").
-_NUMBER = r"[-−]?\s?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-−]?\.\d+"
-_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})(?:/\d+)?")
-_HASHES_RE = re.compile(rf"####\s*\$?\s*({_NUMBER})")
-_BOXED_RE = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
-_ANSWER_IS_RE = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(?:\*\*)?\s*([^\n]*)", re.IGNORECASE
-)
-
-
-def normalize_number(raw: str) -> str | None:
-    """Canonical decimal string of ``raw`` (``"-1,234.50"`` -> ``"-1234.5"``), or None."""
-    text = raw.strip().replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
-    text = text.rstrip(".%")
-    if "/" in text:  # a simple fraction, e.g. 3/4
-        num, _, den = text.partition("/")
-        try:
-            value = Decimal(num) / Decimal(den)
-        except (InvalidOperation, ZeroDivisionError):
-            return None
-    else:
-        try:
-            value = Decimal(text)
-        except InvalidOperation:
-            return None
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
-
-
-def _last_number(text: str) -> str | None:
-    found = _NUMBER_RE.findall(text)
-    return normalize_number(found[-1]) if found else None
-
-
-def extract_final_number(text: str) -> str | None:
-    hashes = _HASHES_RE.findall(text)
-    if hashes:
-        return normalize_number(hashes[-1])
-    boxed = _BOXED_RE.findall(text)
-    if boxed:
-        inner = boxed[-1].replace("\\$", "").replace("\\%", "").replace("\\!", "")
-        inner = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", inner)
-        frac = re.fullmatch(r"\s*(-?)\\d?frac\{(\d+)\}\{(\d+)\}\s*", inner)
-        if frac:
-            return normalize_number(f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}")
-        number = _last_number(inner)
-        if number is not None:
-            return number
-    stated = _ANSWER_IS_RE.findall(text)
-    for tail in reversed(stated):
-        found = _NUMBER_RE.findall(tail)
-        if found:
-            return normalize_number(found[0])
-    return _last_number(text)
-
-
-def numbers_equal(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return False
-    na, nb = normalize_number(a), normalize_number(b)
-    return na is not None and na == nb
+__all__ = ["GSM8KScorer", "extract_final_number", "normalize_number", "numbers_equal"]
 
 
 class GSM8KScorer(Scorer):
@@ -90,3 +23,6 @@ class GSM8KScorer(Scorer):
         extracted = extract_final_number(answers[-1]) if answers else None
         correct = numbers_equal(extracted, item.answer)
         return Score(value=float(correct), correct=correct, extracted=extracted)
+
+    def unparsed(self, score: Score) -> bool:
+        return score.extracted is None

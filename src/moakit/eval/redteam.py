@@ -1,4 +1,6 @@
 """Red-team harness: adversarial members by config, and the defenses switched on by name.
+Tooling for ``moa eval`` and the robustness benchmark: the defenses it measures live in
+``moakit.defenses`` (runtime), which never imports this module.
 
 ``with_adversary(config, Adversary(...))`` returns a copy of a stack in which one member (any
 layer, any slot) is adversarial:
@@ -27,7 +29,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moakit.config import ResolvedMember, StackConfig, parse_config
 from moakit.errors import ConfigError
@@ -96,14 +98,26 @@ class Adversary(BaseModel):
                 field="adversary",
             )
         kind, layer, slot, ignore = match.groups()
-        return cls.model_validate(
-            {
-                "kind": kind,
-                "layer": int(layer or 1),
-                "slot": int(slot or 0),
-                "ignore_references": bool(ignore),
-            }
-        )
+        if layer is not None and int(layer) < 1:
+            raise ConfigError(
+                f"adversary {text!r}: layers are numbered from 1 (got layer {layer})",
+                field="adversary.layer",
+            )
+        try:
+            return cls.model_validate(
+                {
+                    "kind": kind,
+                    "layer": int(layer or 1),
+                    "slot": int(slot or 0),
+                    "ignore_references": bool(ignore),
+                }
+            )
+        except ValidationError as exc:  # no case is known to reach here; say it plainly
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(
+                f"adversary {text!r}: {where}: {first['msg']}", field=f"adversary.{where}"
+            ) from None
 
     def label(self, config: StackConfig) -> str:
         """The adversarial member's label in ``config`` (checks that it exists)."""
@@ -119,6 +133,10 @@ class Adversary(BaseModel):
 
 def slot_label(config: StackConfig, layer: int, slot: int, *, what: str) -> str:
     """The label of member ``slot`` (0-based, samples expanded) of ``layer`` (1-based)."""
+    if layer < 1:
+        raise ConfigError(
+            f"{what}: layers are numbered from 1 (got layer {layer})", field=f"{what}.layer"
+        )
     if layer > len(config.layers):
         raise ConfigError(
             f"{what}: layer {layer} but the stack has {len(config.layers)}", field=f"{what}.layer"

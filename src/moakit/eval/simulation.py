@@ -1,7 +1,9 @@
 """Scripted members for measuring defenses without real models (a SIMULATION, never a claim
 about any real model): proposers right with probability ``p``, members that turn adversarial
 when their system prompt is the red-team harness's, and an aggregator with a simple, stated
-rule. Used by tests/test_robustness*.py and bench/robustness.py.
+rule. Used by tests/test_robustness*.py and bench/robustness.py. Tooling, so it lives in
+``moakit.eval`` beside the red-team harness it answers to (it also uses the test doubles of
+``moakit.testing``, which import nothing of eval's); no runtime package imports it.
 
 The aggregator reads its references the way a naive model would: in the paper's block every
 line ``N. `` starts a reference (a forged number forges one); in a fenced block only the frame
@@ -19,10 +21,10 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 
+from moakit.answers import extract_final_number
 from moakit.defenses.fence import DATA_NOTICE
-from moakit.defenses.redteam import DECEPTIVE_PROMPT, injection_payload
 from moakit.defenses.trust import UNTRUSTED_PREFIX
-from moakit.eval.scorers.gsm8k import extract_final_number
+from moakit.eval.redteam import DECEPTIVE_PROMPT, injection_payload
 from moakit.models.base import ChatRequest
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.testing.models import FunctionModel

@@ -1,0 +1,79 @@
+"""Closed-form answers in free text: the final number of a worked answer.
+
+A neutral runtime module: the ``vote`` defense (which picks the most common answer at run
+time) and the eval's GSM8K/number scorers both read answers with it, so neither imports the
+other. Extraction order (first that finds something wins): the last ``#### N`` (GSM8K's own
+format), the last ``\\boxed{N}``, the last "answer is N" / "Answer: N", else the last number in
+the text. Numbers are normalized before comparison: thousands commas, ``$``, ``%``, unit words,
+a unicode minus, trailing zeros and a sentence's final period all go, so ``$1,234.50.`` equals
+``1234.5``.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+# Thousands groups only when they really are groups of three ("1,234" but not "1, 2").
+_NUMBER = r"[-−]?\s?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-−]?\.\d+"
+_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})(?:/\d+)?")
+_HASHES_RE = re.compile(rf"####\s*\$?\s*({_NUMBER})")
+_BOXED_RE = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_IS_RE = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(?:\*\*)?\s*([^\n]*)", re.IGNORECASE
+)
+
+
+def normalize_number(raw: str) -> str | None:
+    """Canonical decimal string of ``raw`` (``"-1,234.50"`` -> ``"-1234.5"``), or None."""
+    text = raw.strip().replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
+    text = text.rstrip(".%")
+    if "/" in text:  # a simple fraction, e.g. 3/4
+        num, _, den = text.partition("/")
+        try:
+            value = Decimal(num) / Decimal(den)
+        except (InvalidOperation, ZeroDivisionError):
+            return None
+    else:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            return None
+    if value == value.to_integral_value():
+        return str(value.quantize(Decimal(1)))
+    return format(value.normalize(), "f")
+
+
+def _last_number(text: str) -> str | None:
+    found = _NUMBER_RE.findall(text)
+    return normalize_number(found[-1]) if found else None
+
+
+def extract_final_number(text: str) -> str | None:
+    """The final number ``text`` states (see the module docstring for the order), normalized."""
+    hashes = _HASHES_RE.findall(text)
+    if hashes:
+        return normalize_number(hashes[-1])
+    boxed = _BOXED_RE.findall(text)
+    if boxed:
+        inner = boxed[-1].replace("\\$", "").replace("\\%", "").replace("\\!", "")
+        inner = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", inner)
+        frac = re.fullmatch(r"\s*(-?)\\d?frac\{(\d+)\}\{(\d+)\}\s*", inner)
+        if frac:
+            return normalize_number(f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}")
+        number = _last_number(inner)
+        if number is not None:
+            return number
+    stated = _ANSWER_IS_RE.findall(text)
+    for tail in reversed(stated):
+        found = _NUMBER_RE.findall(tail)
+        if found:
+            return normalize_number(found[0])
+    return _last_number(text)
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    na, nb = normalize_number(a), normalize_number(b)
+    return na is not None and na == nb
