@@ -414,3 +414,40 @@ def test_progress_lines_with_an_eta_and_inside_a_slow_item_when_not_a_terminal(
     assert any(re.search(r"layer 1: [0-2]/1", line) for line in lines) or any(
         "aggregat" in line for line in lines
     ), lines
+
+
+STATED: list[str] = []
+
+
+def _stated(request: ChatRequest) -> str:
+    STATED.append("call")
+    return "The capital of France, on the Seine.\nAnswer: Paris."
+
+
+register_provider("saystated", lambda spec, pool: FunctionModel(_stated))
+
+
+def test_records_scored_by_an_older_exact_rule_are_scored_again(tmp_path: Path) -> None:
+    """``exact`` now reads a stated answer first: a directory scored by the old rule (records
+    with no scorer label, a summary naming ``exact``) is rescored, calling nothing."""
+    CALLS.clear()
+    stack = _stack(tmp_path, _answering("saystated"))
+    data = _dataset(tmp_path, ["Paris"] * 3)
+    out = tmp_path / "out"
+    base = ["--dataset", str(data), "--out", str(out), "--system", f"single:{stack}"]
+    assert _eval(*base, "--scorer", "exact")[0] == 0
+    calls = len(STATED)
+    # Make it look like an older version wrote it: no labels, no manifest, an "exact" summary.
+    path = next((out / "records").glob("*.jsonl"))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        del row["scorer"]
+        row["score"] |= {"value": 0.0, "correct": False}  # what the whole-reply rule said
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (out / "run.json").unlink()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scorer"] == "exact"
+    assert _eval(*base, "--scorer", "exact")[0] == 0
+    assert len(STATED) == calls  # rescored from the stored answers
+    rescored = json.loads((out / "summary.json").read_text())["systems"][0]
+    assert rescored["score"]["mean"] == 1.0  # the replies state "Answer: Paris."

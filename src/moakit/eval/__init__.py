@@ -10,10 +10,10 @@ Layout: ``session`` (one evaluation: plans work units, writes records, reports),
 (the work unit, one item for one system, and what answers and scores it), ``executor`` (where
 units run: the seam for a cluster executor), ``records`` (typed records and their files),
 ``results`` (a results directory's manifest), ``datasets`` (loaders; the benchmark files ship
-in ``data/``), ``scorers``, ``systems`` (what is compared), ``calls`` (how a system answers),
-``cache`` (the response cache), ``stats``, ``readings`` (how a comparison is read),
-``analyses``, ``report`` / ``plots`` (output), ``redteam`` and ``simulation`` (the robustness
-tooling). Importing this package loads none of them until a name below is used.
+in ``data/``), ``scorers``, ``systems`` / ``kinds`` (what is compared), ``calls`` (how a
+system answers), ``cache`` (the response cache), ``stats``, ``readings`` (how a comparison is
+read), ``analyses``, ``report`` / ``plots`` (output), ``redteam`` and ``simulation`` (the
+robustness tooling). Importing this package loads none of them until a name below is used.
 """
 
 from __future__ import annotations

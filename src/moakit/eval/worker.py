@@ -121,16 +121,17 @@ class Worker:
 
     async def evaluate(self, unit: EvalUnit, on_activity: UnitActivity | None = None) -> EvalRecord:
         """The unit's record. Never raises for a failed call or judge: the record says so."""
-        if unit.rescore is not None:
+        if unit.rescore is not None:  # its answering time stays the one it had
             return await self.score(unit.item, _unscored(unit.rescore))
-        if unit.system.kind == "majority":
-            return await self.majority(unit)
-        activity = (lambda text: on_activity(unit, text)) if on_activity else None
         started = time.time()
-        record = await self.answer(unit.system, unit.item, activity)
-        if activity is not None:
-            activity("scoring")
-        record = await self.score(unit.item, record)
+        if unit.system.kind == "majority":
+            record = await self.majority(unit)
+        else:
+            activity = (lambda text: on_activity(unit, text)) if on_activity else None
+            record = await self.answer(unit.system, unit.item, activity)
+            if activity is not None:
+                activity("scoring")
+            record = await self.score(unit.item, record)
         return record.model_copy(
             update={"started_at": round(started, 3), "finished_at": round(time.time(), 3)}
         )

@@ -168,13 +168,23 @@ def scorer_traits(name: str, judge: bool, baseline: Mapping[str, str] | None) ->
     return build_scorer(name, judge=_NeverCalled() if judge else None, baseline=baseline)
 
 
+# Built-in scorers whose rule changed since records were first written under their name: the
+# identity carries the revision, so records scored by the old rule are scored again.
+# exact v2: the answer a reply states ("Answer: X", "#### X") before the whole reply; exact and
+# contains v2 also ignore the bold/quote marks around an answer.
+REVISIONS = {"exact": 2, "contains": 2}
+
+
 def scorer_identity(name: str, judge: MemberSpec | None) -> str:
-    """What decides a score: the scorer, and for judged scorers the judge model. A record
-    scored under another identity is scored again (from its stored answers) on the next run."""
+    """What decides a score: the scorer (and its revision), and for judged scorers the judge
+    model. A record scored under another identity is scored again (from its stored answers,
+    calling no system) on the next run."""
+    revision = REVISIONS.get(name, 1)
+    base = name if revision == 1 else f"{name} v{revision}"
     if name not in JUDGED or judge is None:
-        return name
+        return base
     where = f"@{judge.base_url}" if judge.base_url else ""
-    return f"{name} judged by {judge.provider or DEFAULT_PROVIDER}:{judge.model}{where}"
+    return f"{base} judged by {judge.provider or DEFAULT_PROVIDER}:{judge.model}{where}"
 
 
 def _entry_point(spec: str) -> Scorer:
