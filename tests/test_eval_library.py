@@ -22,7 +22,7 @@ from moakit.eval.records import EvalRecord, RecordsFile, read_records
 from moakit.eval.scorers import ExactScorer
 from moakit.eval.session import EvalSession, EvalSettings
 from moakit.eval.stats import Comparison
-from moakit.eval.worker import UnitActivity, WorkerConfig, EvalUnit
+from moakit.eval.worker import EvalUnit, UnitActivity, WorkerConfig
 from moakit.models.base import ChatRequest
 from moakit.testing.models import FunctionModel
 from moakit.testing.plugins import register_provider

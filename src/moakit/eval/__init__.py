@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from moakit.eval.executor import Executor, LocalExecutor
     from moakit.eval.records import EvalRecord, MemberRecord
     from moakit.eval.session import EvalSession, EvalSettings
-    from moakit.eval.worker import WorkerConfig, EvalUnit
+    from moakit.eval.worker import EvalUnit, WorkerConfig
 
 _LAZY = {
     "EvalSession": "moakit.eval.session",
@@ -41,10 +41,10 @@ __all__ = [
     "EvalRecord",
     "EvalSession",
     "EvalSettings",
+    "EvalUnit",
     "Executor",
     "LocalExecutor",
     "MemberRecord",
-    "EvalUnit",
     "WorkerConfig",
 ]
 

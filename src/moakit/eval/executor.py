@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 from moakit.eval.records import EvalRecord
-from moakit.eval.worker import UnitActivity, WorkerConfig, EvalUnit
+from moakit.eval.worker import EvalUnit, UnitActivity, WorkerConfig
 
 
 class Executor(Protocol):

@@ -36,7 +36,7 @@ from moakit.eval.report import write_outputs
 from moakit.eval.results import Manifest, ResultsDir
 from moakit.eval.scorers import BUILTIN, scorer_identity, scorer_traits
 from moakit.eval.systems import DEFAULT_KINDS, System, SystemInfo
-from moakit.eval.worker import WorkerConfig, EvalUnit
+from moakit.eval.worker import EvalUnit, WorkerConfig
 
 # A warning when at least this share of at least this many replies gave the scorer nothing.
 UNPARSED_SHARE = 0.8
