@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "moakit.references",
     "moakit.defenses.plugin",
     "moakit.trace.open",
+    "moakit.eval.plugin",
 )
 
 # Hook name -> what the registry calls that kind (in errors and ``moa plugins``).
