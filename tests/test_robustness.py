@@ -9,6 +9,7 @@ checks the attack lands there, so a test cannot pass with a defense that does no
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -132,6 +133,15 @@ def test_each_lookalike_is_neutralised(text: str, kind: str) -> None:
     cleaned, found = neutralise(text)
     assert kind in found
     assert cleaned != text
+
+
+def test_neutralising_a_long_blank_run_takes_linear_time() -> None:
+    # A proposer's answer is untrusted and neutralised on the event loop: a quadratic pattern
+    # would let one long answer stall every other query of the server.
+    started = time.perf_counter()
+    cleaned, _ = neutralise("SYSTEM" + " " * 50_000 + "no colon here")
+    assert time.perf_counter() - started < 1.0
+    assert cleaned.startswith("SYSTEM")
 
 
 async def test_paper_block_stays_the_default_and_byte_exact() -> None:
