@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,9 @@ import click
 
 from moakit.config import StackConfig, list_presets, read_config_file
 from moakit.errors import ConfigError
+
+# moakit.server.http.HEADER_TIMEOUT_S (not imported here: `moa` starts without the server).
+HEADER_TIMEOUT_S = 10.0
 
 
 @click.command("serve")
@@ -79,7 +84,36 @@ from moakit.errors import ConfigError
     "--evals-dir",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     default=None,
-    help="Directory of `moa eval` results the UI's eval viewer shows.",
+    help="Directory of `moa eval` results the UI's eval viewer shows (also with --no-trace).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name clients may reach the server by, besides localhost, the bind address "
+    "and IP addresses (repeatable; '*' accepts any Host header).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="An origin (https://app.example.com) whose pages may call the API from a browser "
+    "(repeatable; '*' allows every origin). Others are refused.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve without API keys on a non-loopback address (anyone who can reach it can run "
+    "queries and read traces). Not needed on 127.0.0.1.",
+)
+@click.option(
+    "--header-timeout",
+    default=HEADER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a connection may take to send a request's headers before it is closed.",
 )
 def serve_cmd(
     host: str,
@@ -94,48 +128,89 @@ def serve_cmd(
     trace: bool,
     trace_db: Path | None,
     evals_dir: Path | None,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
+    no_auth: bool,
+    header_timeout: float,
 ) -> None:
-    """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint.
+    """Serve MoA stacks as an OpenAI-compatible /v1/chat/completions endpoint, and the web UI
+    at /ui.
 
     Clients authenticate with a key from the MOA_API_KEYS environment variable (comma-separated)
-    when it is set.
+    when it is set. Without keys the server only binds a loopback address unless --no-auth.
     """
     import uvicorn
 
     from moakit.server import create_app
+    from moakit.server.app import client_keys
+    from moakit.server.guard import default_allowed_hosts
+    from moakit.server.http import uvicorn_config
     from moakit.server.settings import ServerSettings, read_server_settings
-    from moakit.trace import default_store, tracing_enabled
+    from moakit.trace import TraceStore, default_store, tracing_enabled
 
     stacks: dict[str, StackConfig] | None = None
     settings = ServerSettings()
-    try:
-        if config_path is not None:
-            stacks = dict(list_presets())
-            cfg = read_config_file(config_path)
-            stacks[cfg.name] = cfg
-        if server_config is not None:
-            settings = read_server_settings(server_config)
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    if config_path is not None:
+        stacks = dict(list_presets())
+        cfg = read_config_file(config_path)
+        stacks[cfg.name] = cfg
+    if server_config is not None:
+        settings = read_server_settings(server_config)
+    keys = client_keys(None)
+    if not keys and not no_auth and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys: anyone who can reach it could run "
+            "queries and read every stored trace. Set MOA_API_KEYS=key1,key2 (clients send "
+            "'Authorization: Bearer key1'), or pass --no-auth to serve it open on purpose",
+            field="host",
+        )
+    store: TraceStore | None = None
+    if trace and tracing_enabled():
+        store = default_store(trace_db)  # a file that is not a trace store: a ConfigError
     app = create_app(
         stacks,
+        api_keys=keys,
         max_concurrent=max_concurrent,
         max_body_bytes=max_body_bytes,
         preload=preload,
         settings=settings,
         allow_request_stacks=allow_request_stacks,
-        trace_store=default_store(trace_db) if trace and tracing_enabled() else None,
+        trace_store=store,
         evals_dir=evals_dir,
+        allowed_hosts=[*default_allowed_hosts(host), *allowed_hosts],
+        cors_origins=list(cors_origins),
+    )
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    click.echo(
+        f"moa serve: web UI at http://{shown}:{port}/ui, API at http://{shown}:{port}/v1", err=True
     )
     # moakit.server writes its own structured access line per request (id, model, status,
     # latency, tokens), so uvicorn's plain access log is off rather than doubled.
-    uvicorn.run(
+    config = uvicorn_config(
         app,
+        header_timeout_s=header_timeout,
         host=host,
         port=port,
         log_config=_log_config(log_level.upper()),
         access_log=False,
     )
+    uvicorn.Server(config).run()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -159,7 +159,7 @@ def _number(request: Request, name: str, default: float | None) -> float | None:
 
 
 def ui_routes(
-    store: TraceStore,
+    store: TraceStore | None,
     *,
     get_stack: Callable[[str], Stack],
     stack_names: Callable[[], list[str]],
@@ -167,12 +167,13 @@ def ui_routes(
     admit: Admit | None = None,
 ) -> list[BaseRoute]:
     """``/ui`` (page), ``/ui/static/*``, ``/ui/api/traces[/{id}]``, ``/ui/api/stacks`` and
-    ``POST /ui/api/run`` (the run's events as SSE, recorded in ``store``).
+    ``POST /ui/api/run`` (the run's events as SSE, recorded in ``store``). Without a ``store``
+    (tracing off) runs are not recorded and the trace routes say so with a 404.
 
     ``get_stack(name)`` returns a live stack the routes use but do not close (raise ``KeyError``
     or a ``MoaError`` for an unknown or unusable name). ``admit`` puts playground runs under the
     server's query limit, like every other query."""
-    recorder = TraceRecorder(store, source="ui")
+    recorder = TraceRecorder(store, source="ui") if store is not None else None
 
     async def page(request: Request) -> Response:
         html = await run_in_threadpool(_static_text, "index.html")
@@ -185,6 +186,8 @@ def ui_routes(
     async def traces(request: Request) -> Response:
         if (denied := authorized(check_auth, request)) is not None:
             return denied
+        if store is None:
+            return _tracing_off()
         try:
             status = request.query_params.get("status") or None
             if status is not None and status not in QUERY_STATUSES:
@@ -229,6 +232,8 @@ def ui_routes(
     async def trace_detail(request: Request) -> Response:
         if (denied := authorized(check_auth, request)) is not None:
             return denied
+        if store is None:
+            return _tracing_off()
         query_id = request.path_params["id"]
         full = await run_in_threadpool(store.resolve, query_id)
         record = await run_in_threadpool(store.get, full) if full else None
@@ -291,7 +296,12 @@ def ui_routes(
         async def stream() -> AsyncIterator[str]:
             yield _sse({"type": "run", "run_id": run_id, "stack": name})
             try:
-                async for event in traced_events(stack, messages, recorder, run_id=run_id):
+                events = (
+                    traced_events(stack, messages, recorder, run_id=run_id)
+                    if recorder is not None
+                    else stack.events(messages, run_id=run_id)
+                )
+                async for event in events:
                     yield _sse(event_json(event))
                 outcome["completed"] = True
             except QueryFailed as exc:
@@ -320,6 +330,12 @@ def ui_routes(
         Route("/ui/api/stacks", stacks, methods=["GET"]),
         Route("/ui/api/run", run, methods=["POST"]),
     ]
+
+
+def _tracing_off() -> Response:
+    return api_error(
+        404, "tracing is off on this server: no traces are recorded", None, "tracing_off"
+    )
 
 
 def _no_slot(completed: bool) -> None:
