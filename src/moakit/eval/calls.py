@@ -22,9 +22,10 @@ from moakit.eval.cache import (
 from moakit.events import RunFinished, TextDelta
 from moakit.models.base import ChatRequest, Message, Model, collect
 from moakit.models.registry import ResourcePool, build_model
-from moakit.models.wrappers import ConcurrencyLimitedModel
+from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel
 from moakit.prompts import with_system_prompt
 from moakit.result import MemberOutput, Result
+from moakit.secrets import secret_values
 
 
 class ModelFactory:
@@ -52,7 +53,10 @@ class ModelFactory:
         identity = model_identity(spec)
         key = json.dumps([identity, cached], sort_keys=True)
         if key not in self._models:
-            inner = build_model(spec, self.pool)
+            inner: Model = build_model(spec, self.pool)
+            secrets = secret_values([spec.api_key_env] if spec.api_key_env else [])
+            if secrets:  # innermost: the response cache and the records see scrubbed text only
+                inner = ScrubbingModel(inner, secrets)
             endpoint = endpoint_key(spec)
             slots = self.limits.get(endpoint)
             if slots is None and spec.provider != "local":
