@@ -35,7 +35,7 @@ from moakit.events import (
 )
 from moakit.models.base import Message
 from moakit.result import Result
-from moakit.trace import TraceRecorder, default_recorder, traced_run
+from moakit.trace import TraceRecorder, TraceStoreError, default_recorder, traced_run
 
 stack_options = [
     click.option("--preset", "-p", default=None, help="Preset name (default: local)."),
@@ -145,6 +145,18 @@ class TerminalView:
         self._held.clear()
 
 
+def recorder_or_warning(stack: Stack, progress: Console) -> TraceRecorder | None:
+    """The default recorder; when the trace store cannot be used (a corrupt or foreign file),
+    a warning and no recording: a broken audit trail never stops an answer."""
+    try:
+        return default_recorder(stack, source="cli")
+    except TraceStoreError as exc:
+        progress.print(
+            Text.assemble(("warning: ", "yellow"), one_line(str(exc)), "; not recording this query")
+        )
+        return None
+
+
 async def answer(
     stack: Stack, messages: list[Message], view: TerminalView, recorder: TraceRecorder | None
 ) -> Result:
@@ -177,7 +189,7 @@ def ask_cmd(
         async with Stack(config) as stack:
             # Every CLI query is recorded (MOAKIT_TRACE=0 turns it off): `moa trace list`.
             # The store's writer commits what is queued before the process exits.
-            recorder = default_recorder(stack, source="cli")
+            recorder = recorder_or_warning(stack, view.progress)
             return await answer(stack, [{"role": "user", "content": question}], view, recorder)
 
     try:
@@ -202,7 +214,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
     async def go() -> None:
         history: list[Message] = []
         async with Stack(config) as stack:
-            recorder = default_recorder(stack, source="cli")
+            recorder = recorder_or_warning(stack, progress)
             while True:
                 try:
                     line = await asyncio.to_thread(input, "you> ")

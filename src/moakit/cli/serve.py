@@ -146,7 +146,7 @@ def serve_cmd(
     from moakit.server.guard import default_allowed_hosts
     from moakit.server.http import uvicorn_config
     from moakit.server.settings import ServerSettings, read_server_settings
-    from moakit.trace import TraceStore, default_store, tracing_enabled
+    from moakit.trace import TraceStore, TraceStoreError, default_store, tracing_enabled
 
     stacks: dict[str, StackConfig] | None = None
     settings = ServerSettings()
@@ -166,7 +166,13 @@ def serve_cmd(
         )
     store: TraceStore | None = None
     if trace and tracing_enabled():
-        store = default_store(trace_db)  # a file that is not a trace store: a ConfigError
+        try:
+            store = default_store(trace_db)
+        except TraceStoreError as exc:
+            raise TraceStoreError(
+                f"{exc}. Move or repair the file, point --trace-db elsewhere, or serve with "
+                "--no-trace"
+            ) from None
     app = create_app(
         stacks,
         api_keys=keys,

@@ -21,7 +21,7 @@ from moakit.trace.records import (
     content_hash,
 )
 from moakit.trace.redact import Redactor, secret_values
-from moakit.trace.store import StoreStats, TraceStore, default_trace_path
+from moakit.trace.store import StoreStats, TraceStore, TraceStoreError, default_trace_path
 
 __all__ = [
     "AttemptRecord",
@@ -34,6 +34,7 @@ __all__ = [
     "TraceRecorder",
     "TraceSink",
     "TraceStore",
+    "TraceStoreError",
     "config_hash",
     "content_hash",
     "default_recorder",

@@ -28,6 +28,7 @@ from typing import Any
 
 import platformdirs
 
+from moakit.errors import ConfigError
 from moakit.trace.migrations import migrate
 from moakit.trace.records import (
     AttemptRecord,
@@ -51,6 +52,41 @@ def default_trace_path() -> Path:
     if home:
         return Path(home) / "traces.db"
     return Path(platformdirs.user_data_dir("moakit", appauthor=False)) / "traces.db"
+
+
+class TraceStoreError(ConfigError):
+    """The trace store's file cannot be used (not a store, corrupt, unreadable); names it."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse, naming the file, anything at ``path`` that is not a trace store moakit may open
+    and migrate: a directory, a file that is not SQLite, another program's SQLite database."""
+    if path.is_dir():
+        raise TraceStoreError(f"{path} is a directory, not a trace store file")
+    if not path.exists() or path.stat().st_size == 0:
+        return  # a new store
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise TraceStoreError(f"cannot read the trace store {path}: {exc.strerror}") from None
+    if header != _SQLITE_HEADER:
+        raise TraceStoreError(f"{path} is not a moakit trace store (not a SQLite database)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise TraceStoreError(f"cannot use {path} as the trace store: {exc}") from None
+    if tables and "_moakit_migrations" not in tables:
+        raise TraceStoreError(
+            f"{path} is a SQLite database but not a moakit trace store; it was left untouched"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,14 +117,18 @@ class TraceStore:
     ) -> None:
         self.path = Path(path) if path is not None else default_trace_path()
         self.store_prompts = store_prompts
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        db = self._connect()
+        check_store_file(self.path)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            migrate(db)
-        finally:
-            db.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._connect()
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                migrate(db)
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise TraceStoreError(f"cannot use {self.path} as the trace store: {exc}") from None
         self._writer = Writer(self._connect, store_prompts=store_prompts, redactor=redactor)
         # Queued records of a normally exiting process get written (a kill loses only the
         # last few milliseconds' queue, and the query stays marked incomplete).
@@ -207,6 +247,16 @@ class TraceStore:
             "SELECT * FROM calls WHERE query_id = ? ORDER BY layer, idx", (query_id,)
         ).fetchall()
         return TraceRecord(query=query, calls=[_call(c) for c in calls])
+
+    def count_older_than(self, older_than_s: float) -> int:
+        """How many queries ``prune(older_than_s)`` would delete now."""
+        cutoff = time.time() - older_than_s
+        row = (
+            self._reader()
+            .execute("SELECT COUNT(*) FROM queries WHERE start_time < ?", (cutoff,))
+            .fetchone()
+        )
+        return int(row[0])
 
     def prune(self, older_than_s: float, *, vacuum: bool = False) -> int:
         """Delete queries (and their calls) started more than ``older_than_s`` ago."""

@@ -11,6 +11,7 @@ bad input is a 4xx naming the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from moakit.engine import Stack
 from moakit.errors import MoaError, QueryFailed
+from moakit.jsonlimits import TooDeep, loads_bounded
 from moakit.trace.adapter import new_run_id, traced_events
 from moakit.trace.recorder import TraceRecorder
 from moakit.trace.records import QUERY_STATUSES
@@ -153,9 +155,23 @@ def _number(request: Request, name: str, default: float | None) -> float | None:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise _BadRequest(400, f"{name} must be a number", name, "invalid_value") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan", "inf", "1e400": never a time to compare with
+        raise _BadRequest(400, f"{name} must be a finite number", name, "invalid_value")
+    return value
+
+
+def _count(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise _BadRequest(
+            400, f"{name} must be a whole number from 1 to {maximum}", name, "invalid_value"
+        )
+    return int(raw)
 
 
 def ui_routes(
@@ -197,13 +213,12 @@ def ui_routes(
                     "status",
                     "invalid_value",
                 )
-            limit = int(_number(request, "limit", 50) or 50)
             rows = await run_in_threadpool(
                 store.list_queries,
                 stack=request.query_params.get("stack") or None,
                 status=status,
                 since=_number(request, "since", None),
-                limit=max(1, min(limit, MAX_LIST)),
+                limit=_count(request, "limit", 50, MAX_LIST),
             )
         except _BadRequest as exc:
             return api_error(exc.status, exc.message, exc.param, exc.code)
@@ -259,8 +274,11 @@ def ui_routes(
         try:
             raw = await _read_body(request)
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = loads_bounded(raw)
+            except TooDeep as exc:
+                # The same 400 as /v1: the parser's recursion is bounded, never a 500.
+                raise _BadRequest(400, f"body is {exc}", None, "invalid_json") from None
+            except ValueError:
                 raise _BadRequest(400, "body must be JSON", None, "invalid_json") from None
             if not isinstance(body, dict):
                 raise _BadRequest(400, "body must be a JSON object", None, "invalid_json")
