@@ -125,9 +125,9 @@ def refs_stack(models: dict[str, Model], **extra: Any) -> Stack:
     return Stack(config, models=models)
 
 
-async def test_default_references_are_the_papers_block() -> None:
+async def test_the_paper_formatter_writes_the_papers_block() -> None:
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
-    async with refs_stack(models) as stack:
+    async with refs_stack(models, references={"formatter": "paper"}) as stack:
         await stack.run(CONV)
     system = models["agg"].requests[0].messages[0]["content"]
     assert system == AGGREGATE_AND_SYNTHESIZE + "\n1. a: q\n2. b: q"
@@ -146,7 +146,8 @@ async def test_configured_transforms_run_in_order_on_reference_records() -> None
     register_transform("test-drop-b", drop_b)
     register_transform("test-shout", shout)
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
-    async with refs_stack(models, references={"transforms": ["test-drop-b", "test-shout"]}) as st:
+    refs = {"transforms": ["test-drop-b", "test-shout"], "formatter": "paper"}
+    async with refs_stack(models, references=refs) as st:
         await st.run(CONV)
     assert [(r.label, r.model, r.layer, r.index, r.truncated) for r in seen] == [
         ("a", "a", 1, 0, False),

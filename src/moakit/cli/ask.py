@@ -124,6 +124,12 @@ class TerminalView:
         elif isinstance(event, RunFinished):
             self._end_answer(always=True)
             r = event.result
+            if r.truncated:
+                self.line(
+                    ("answer truncated", "yellow"),
+                    ": the aggregator stopped at its max_tokens limit (raise max_tokens on the "
+                    "aggregator to get the rest)",
+                )
             u = r.usage
             self.line(
                 (
@@ -134,6 +140,10 @@ class TerminalView:
             )
         elif isinstance(event, RunFailed):
             self._end_answer(always=False)
+
+    def stopped(self) -> None:
+        """The run was cancelled (Ctrl-C in ``moa chat``): end the answer line it left open."""
+        self._end_answer(always=False)
 
     def _end_answer(self, *, always: bool) -> None:
         if self.out is not None and (always or self.wrote_text):
@@ -201,37 +211,3 @@ def ask_cmd(
         raise
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
-
-
-@click.command("chat")
-@with_stack_options
-def chat_cmd(preset: str | None, config_path: Path | None) -> None:
-    """Multi-turn chat: every layer sees the whole conversation. Ctrl-D or /exit quits."""
-    config = resolve_stack(preset, config_path)
-    progress = progress_console()
-    view = TerminalView(progress, sys.stdout)
-
-    async def go() -> None:
-        history: list[Message] = []
-        async with Stack(config) as stack:
-            recorder = recorder_or_warning(stack, progress)
-            while True:
-                try:
-                    line = await asyncio.to_thread(input, "you> ")
-                except EOFError:
-                    return
-                if line.strip() in ("/exit", "/quit"):
-                    return
-                if not line.strip():
-                    continue
-                history.append({"role": "user", "content": line})
-                try:
-                    result = await answer(stack, history, view, recorder)
-                except QueryFailed as exc:
-                    # This turn failed; the conversation goes on without it.
-                    progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))
-                    history.pop()
-                    continue
-                history.append({"role": "assistant", "content": result.final})
-
-    asyncio.run(go())
