@@ -20,7 +20,7 @@ from moakit.models.base import ChatRequest, Chunk, Model
 from moakit.server import create_app
 from moakit.testing.models import FunctionModel
 from moakit.trace import TraceStore
-from test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+from test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from ui_app import ServerThread, write_eval_results
 
 PHONE = {"width": 400, "height": 700}
@@ -131,6 +131,8 @@ def test_first_screen_on_a_phone(server: tuple[str, TraceStore]) -> None:
             expect(page.locator("#final-answer")).to_be_in_viewport()
             assert page.evaluate("() => window.scrollY") > 0
             fits(page, "playground after a run")
+            (ARTIFACTS / "ui").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "ui" / "phone-playground.png"), full_page=True)
 
             # Stop: the run ends now, and the server cancelled it.
             page.fill("#question", "slow, please")
@@ -157,6 +159,7 @@ def test_first_screen_on_a_phone(server: tuple[str, TraceStore]) -> None:
             page.locator("#eval-list li a").first.click()
             expect(page.locator("#eval-summary tbody tr").first).to_be_visible()
             fits(page, "eval detail")
+            page.screenshot(path=str(ARTIFACTS / "ui" / "phone-eval.png"), full_page=True)
         finally:
             browser.close()
     assert errors == []
