@@ -112,7 +112,9 @@ class ScrubbingModel(WrapperModel):
                     last = chunk.finish_reason is not None
                     cut = len(text) if last else self._held_from(text)
                     text, held = text[:cut], text[cut:]
-                    if text or last or chunk.usage is not None:
+                    if text == chunk.text:
+                        yield chunk  # nothing held or replaced: the chunk as it came
+                    elif text or last or chunk.usage is not None:
                         yield Chunk(text=text, finish_reason=chunk.finish_reason, usage=chunk.usage)
         except Exception as exc:
             self._clean_error(exc)
