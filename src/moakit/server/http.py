@@ -20,9 +20,21 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 HEADER_TIMEOUT_S = 10.0
 
 
+class HeaderTimeoutConfig(uvicorn.Config):
+    """uvicorn's config plus the header timeout (a module-level class: with several worker
+    processes uvicorn hands the config to each of them)."""
+
+    def __init__(self, app: Any, *, header_timeout_s: float = HEADER_TIMEOUT_S, **kw: Any) -> None:
+        super().__init__(app, http=HeaderTimeoutProtocol, **kw)
+        self.header_timeout_s = header_timeout_s
+
+
 class HeaderTimeoutProtocol(H11Protocol):
-    header_timeout_s = HEADER_TIMEOUT_S
     _header_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def header_timeout_s(self) -> float:
+        return float(getattr(self.config, "header_timeout_s", HEADER_TIMEOUT_S))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -74,12 +86,8 @@ _TIMEOUT_RESPONSE = (
 )
 
 
-def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": seconds})
-
-
 def uvicorn_config(
     app: Any, *, header_timeout_s: float = HEADER_TIMEOUT_S, **options: Any
 ) -> uvicorn.Config:
     """uvicorn's config for ``app`` with the header timeout (h11: the protocol it extends)."""
-    return uvicorn.Config(app, http=with_header_timeout(header_timeout_s), **options)
+    return HeaderTimeoutConfig(app, header_timeout_s=header_timeout_s, **options)
