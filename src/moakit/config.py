@@ -43,6 +43,9 @@ class MemberDefaults(StrictModel):
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
     max_concurrency: int | None = Field(default=None, ge=1)
+    # Set once for a stack whose members share an endpoint's prices.
+    price_in_per_mtok: float | None = Field(default=None, ge=0)
+    price_out_per_mtok: float | None = Field(default=None, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -118,6 +121,12 @@ class ResolvedMember(MemberSpec):
 # Ollama, llama.cpp server) given by ``base_url`` usually wants none.
 DEFAULT_KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEFAULT_PROVIDER = "openai"
+# The embedded models moakit ships weights for (``moakit.models.local.KNOWN_MODELS``).
+EMBEDDED_MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma3-270m")
+
+
+def looks_embedded(model: str) -> bool:
+    return model in EMBEDDED_MODELS or model.lower().endswith(".gguf")
 
 
 def key_env_for(spec: MemberSpec, provider: str | None = None) -> str | None:
@@ -179,6 +188,29 @@ class StackConfig(StrictModel):
     vote: VoteConfig = Field(default_factory=VoteConfig)
 
     @model_validator(mode="after")
+    def _embedded_needs_local(self) -> StackConfig:
+        # An embedded model left on the default provider would be sent to OpenAI (and ask for
+        # OPENAI_API_KEY): almost surely a forgotten `provider = "local"`.
+        if self.defaults.provider is not None:
+            return self
+        members = [
+            (f"layers.{i}.members.{j}", m)
+            for i, layer in enumerate(self.layers)
+            for j, m in enumerate(layer.members)
+        ]
+        members.append(("aggregator", self.aggregator))
+        members += [
+            (f"aggregator.fallbacks.{k}", f) for k, f in enumerate(self.aggregator.fallbacks)
+        ]
+        for where, m in members:
+            if m.provider is None and looks_embedded(m.model):
+                raise ValueError(
+                    f'{where}: {m.model!r} is an embedded model: add provider = "local" to '
+                    'the member (or to [defaults]); members use provider "openai" unless told'
+                )
+        return self
+
+    @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:
         for i, layer in enumerate(self.layers):
             size = sum(m.n for m in layer.members)
@@ -236,7 +268,7 @@ class StackConfig(StrictModel):
         for name in ("provider", "base_url", "api_key_env", "max_tokens", "timeout_s"):
             if data[name] is None:
                 data[name] = getattr(d, name)
-        for name in ("retries", "max_concurrency"):
+        for name in ("retries", "max_concurrency", "price_in_per_mtok", "price_out_per_mtok"):
             if data[name] is None:
                 data[name] = getattr(d, name)
         data["options"] = {**d.options, **spec.options}

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from moakit.cli.ask import ask_cmd, chat_cmd
+from moakit.cli.ask import ask_cmd
 from moakit.cli.batch import batch_cmd
+from moakit.cli.chat import chat_cmd
 from moakit.cli.eval import eval_group
 from moakit.cli.fake_backend import fake_backend_cmd
 from moakit.cli.literal import one_line

@@ -35,7 +35,10 @@ _LOOKALIKES: tuple[tuple[str, re.Pattern[str], str], ...] = (
         "role header",
         re.compile(
             r"^([ \t>#*]*)(system|operator|developer|admin(?:istrator)?|assistant|user|"
-            r"instruction|response)(\s*(?:message|prompt|instruction|note|override)?\s*):",
+            # One unambiguous way to match the gap before ':' (two adjacent \s* would make a
+            # long run of blanks quadratic: a proposer could stall the event loop with one).
+            r"instruction|response)"
+            r"([ \t]*(?:(?:message|prompt|instruction|note|override)[ \t]*)?):",
             re.IGNORECASE | re.MULTILINE,
         ),
         r'\1(quoted "\2\3"):',

@@ -24,9 +24,10 @@ from moakit.events import (
 )
 from moakit.models.base import ChatRequest, Chunk, Message, Model
 from moakit.models.registry import ResourcePool, build_model
-from moakit.models.wrappers import ConcurrencyLimitedModel, WrapperModel
+from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel, WrapperModel
 from moakit.prompts import with_system_prompt
 from moakit.result import Result
+from moakit.secrets import secret_values
 
 # What a call is doing, in a few words, for progress inside a slow item.
 OnActivity = Callable[[str], None]
@@ -57,7 +58,10 @@ class ModelFactory:
         identity = model_identity(spec)
         key = json.dumps([identity, cached], sort_keys=True)
         if key not in self._models:
-            inner = build_model(spec, self.pool)
+            inner: Model = build_model(spec, self.pool)
+            secrets = secret_values([spec.api_key_env] if spec.api_key_env else [])
+            if secrets:  # innermost: the response cache and the records see scrubbed text only
+                inner = ScrubbingModel(inner, secrets)
             endpoint = endpoint_key(spec)
             slots = self.limits.get(endpoint)
             if slots is None and spec.provider != "local":
