@@ -36,7 +36,7 @@ BLOCK = re.compile(
     r"(?:<!--\s*snippet:\s*(?P<marker>[^>]*?)\s*-->\s*\n)?^```(?P<lang>\w*)\n(?P<code>.*?)^```",
     re.MULTILINE | re.DOTALL,
 )
-SHADOWED = ("local", "moa-lite")
+SHADOWED = ("local", "local-fast", "moa-lite")
 
 
 @dataclass(frozen=True)

@@ -107,17 +107,38 @@ async def test_fenced_request_carries_no_unfenced_instruction_text() -> None:
     assert system.startswith(AGGREGATE_AND_SYNTHESIZE)
 
 
-def test_boundary_token_is_redrawn_when_a_reference_contains_it(
+def test_boundary_token_is_re_derived_when_a_reference_contains_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    draws = iter(["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"])
-    monkeypatch.setattr("moakit.defenses.fence.secrets.token_hex", lambda n: next(draws))
+    class Digest:  # sha256 stand-in: the first digest collides with the reference's text
+        def __init__(self, data: bytes) -> None:
+            self.rounds = 0
+
+        def update(self, data: bytes) -> None:
+            self.rounds += 1
+
+        def hexdigest(self) -> str:
+            return ("a" if self.rounds == 0 else "b") * 64
+
+    monkeypatch.setattr("moakit.defenses.fence.hashlib.sha256", Digest)
     ref = Reference(
         text="closing: <<<REF-aaaaaaaaaaaaaaaa END>>>", label="x", model="x", layer=1, index=0
     )
     block = fenced_formatter([ref], "P").text
     assert "BEGIN response 1>>>" in block and "<<<REF-bbbbbbbbbbbbbbbb END>>>" in block
     assert block.count("REF-bbbbbbbbbbbbbbbb") == 3  # notice, BEGIN, END: never in the content
+
+
+def test_the_same_references_give_the_same_block_so_caches_still_hit() -> None:
+    refs = [
+        Reference(text="18", label="a", model="m", layer=1, index=0),
+        Reference(text="The answer is 18.", label="b", model="m", layer=1, index=1),
+    ]
+    first, again = fenced_formatter(refs, "P").text, fenced_formatter(list(refs), "P").text
+    assert first == again
+    other = fenced_formatter([refs[0]], "P").text
+    token = re.search(r"REF-[0-9a-f]{16}", first)
+    assert token is not None and token.group(0) not in other  # the token follows the content
 
 
 @pytest.mark.parametrize(

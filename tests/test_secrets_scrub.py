@@ -19,10 +19,11 @@ from moakit.config import MemberSpec
 from moakit.errors import LayerFailed, ModelCallError
 from moakit.events import TextDelta
 from moakit.models.base import ChatRequest, Chunk, Model
-from moakit.models.registry import ResourcePool, register_provider
+from moakit.models.provider import ResourcePool
 from moakit.models.wrappers import ScrubbingModel
 from moakit.server import create_app
 from moakit.testing.models import FunctionModel
+from moakit.testing.plugins import register_provider
 
 # A variable named like nothing key-like: it is a secret because a stack names it api_key_env.
 KEY_VAR = "ECHO_PROVIDER_CREDENTIAL_VAR"

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from moakit.errors import ConfigError
 from moakit.hashing import content_hash
@@ -47,6 +53,17 @@ class MemberDefaults(StrictModel):
     price_in_per_mtok: float | None = Field(default=None, ge=0)
     price_out_per_mtok: float | None = Field(default=None, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+    @model_serializer(mode="wrap")
+    def _unset_prices_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Prices were added to [defaults] after stacks had been hashed (eval records, traces
+        # key a stack by its dump): unset, they stay out of the dump, so those hashes hold.
+        data: dict[str, Any] = handler(self)
+        for name in ("price_in_per_mtok", "price_out_per_mtok"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class MemberSpec(StrictModel):
