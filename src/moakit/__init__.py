@@ -9,36 +9,93 @@ The async core is ``Stack``; ``run``/``arun`` are conveniences around it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from moakit.config import (
-    AggregatorSpec,
-    LayerSpec,
-    MemberSpec,
-    ResolvedMember,
-    StackConfig,
-    load_preset,
-    parse_config,
-    read_config_file,
-    resolve_stack,
-)
-from moakit.engine import Stack
-from moakit.errors import (
-    AggregatorFailed,
-    ConfigError,
-    DeadlineExceeded,
-    LayerFailed,
-    MissingKeyError,
-    MoaError,
-    ModelCallError,
-    QueryFailed,
-    StackFailed,
-)
-from moakit.models.base import ChatRequest, Message, Model, Usage
-from moakit.result import MemberOutput, Result
-from moakit.trace import TraceRecorder, TraceStore, default_store, traced_run
+# The public names live in submodules that pull in pydantic, the engine and the trace store.
+# They are imported on first use (PEP 562), so that `import moakit.cli.main` for `moa --help`,
+# or any one submodule, does not pay for all of them. Type checkers see the real imports.
+if TYPE_CHECKING:
+    from moakit.config import (
+        AggregatorSpec,
+        LayerSpec,
+        MemberSpec,
+        ResolvedMember,
+        StackConfig,
+        load_preset,
+        parse_config,
+        read_config_file,
+        resolve_stack,
+    )
+    from moakit.engine import Stack
+    from moakit.errors import (
+        AggregatorFailed,
+        ConfigError,
+        DeadlineExceeded,
+        LayerFailed,
+        MissingKeyError,
+        MoaError,
+        ModelCallError,
+        QueryFailed,
+        StackFailed,
+    )
+    from moakit.models.base import ChatRequest, Message, Model, Usage
+    from moakit.result import MemberOutput, Result
+    from moakit.trace import TraceRecorder as TraceRecorder
+    from moakit.trace import TraceStore
+    from moakit.trace import default_store as default_store
+    from moakit.trace import traced_run as traced_run
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AggregatorSpec",
+            "LayerSpec",
+            "MemberSpec",
+            "ResolvedMember",
+            "StackConfig",
+            "load_preset",
+            "parse_config",
+            "read_config_file",
+            "resolve_stack",
+        ),
+        "moakit.config",
+    ),
+    "Stack": "moakit.engine",
+    **dict.fromkeys(
+        (
+            "AggregatorFailed",
+            "ConfigError",
+            "DeadlineExceeded",
+            "LayerFailed",
+            "MissingKeyError",
+            "MoaError",
+            "ModelCallError",
+            "QueryFailed",
+            "StackFailed",
+        ),
+        "moakit.errors",
+    ),
+    **dict.fromkeys(("ChatRequest", "Message", "Model", "Usage"), "moakit.models.base"),
+    **dict.fromkeys(("MemberOutput", "Result"), "moakit.result"),
+    **dict.fromkeys(("TraceRecorder", "TraceStore", "default_store", "traced_run"), "moakit.trace"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moakit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -60,6 +117,10 @@ async def arun(
 
     ``trace=True`` records the run in the default trace store (``moa trace list`` shows it);
     a ``TraceStore`` records it there. The library records nothing unless asked."""
+    from moakit.config import StackConfig, resolve_stack
+    from moakit.engine import Stack
+    from moakit.trace import TraceRecorder, default_store, traced_run
+
     stack_config = config if isinstance(config, StackConfig) else resolve_stack(preset, config)
     async with Stack(stack_config) as stack:
         if trace is False:
@@ -81,6 +142,8 @@ def run(
     trace: bool | TraceStore = False,
 ) -> Result:
     """Sync wrapper over ``arun`` for scripts. Inside a running event loop, await ``arun``."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
