@@ -207,3 +207,60 @@ async def test_concurrent_queries_share_one_batch() -> None:
     # Decoded side by side: fewer steps than the two answers' tokens one after the other.
     solo_steps = a.usage.completion_tokens + b.usage.completion_tokens
     assert scheduler.stats.decode_steps - steps < solo_steps
+
+
+# ~600 tokens of references in the system message, as a layer-2 member sees them.
+LONG_CONVERSATION = [
+    {
+        "role": "system",
+        "content": "Use these answers from other assistants.\n"
+        + "\n".join(
+            f"{i}. Red, orange and yellow are colours of the rainbow; so are green, blue, "
+            f"indigo and violet, in that order, from the outside of the arc to the inside. "
+            f"Answer {i} adds that light bends by a different angle for each colour."
+            for i in range(1, 12)
+        ),
+    },
+    {"role": "user", "content": "List three colours of the rainbow."},
+]
+
+
+async def test_a_long_shared_prefix_is_decoded_once_and_answers_equal_cold_solo_runs() -> None:
+    m = model()
+    requests = [
+        ChatRequest(LONG_CONVERSATION, temperature=0.0, max_tokens=24),
+        ChatRequest(LONG_CONVERSATION, temperature=0.9, seed=5, max_tokens=24),
+        ChatRequest(LONG_CONVERSATION, temperature=1.1, seed=9, max_tokens=24, top_p=0.8),
+    ]
+    scheduler = shared_runtime(m.key).scheduler
+    stats = scheduler.stats
+
+    def counts() -> tuple[int, int, int]:
+        return stats.prompt_tokens_evaluated, stats.prompt_tokens_shared, stats.prompt_tokens_reused
+
+    # Decoded apart: each alone from an empty cache, its whole prompt decoded by itself.
+    alone = []
+    for request in requests:
+        await asyncio.to_thread(scheduler.clear_kept)
+        before = counts()
+        alone.append(await m.complete(request))
+        assert counts()[0] - before[0] == alone[-1].usage.prompt_tokens
+    n_prompt = alone[0].usage.prompt_tokens
+    assert 512 < n_prompt < 800, n_prompt  # more than one prefill chunk (n_batch = 512)
+
+    # Together from an empty cache: the prompt is decoded once, the others copy its KV.
+    await asyncio.to_thread(scheduler.clear_kept)
+    before = counts()
+    together = await asyncio.gather(*(m.complete(r) for r in requests))
+    evaluated, shared, reused = (a - b for a, b in zip(counts(), before, strict=True))
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.usage for c in together] == [c.usage for c in alone]
+    assert evaluated == n_prompt + 2  # each other sequence decodes only its last prompt token
+    assert shared + reused == 2 * (n_prompt - 1)
+
+    # A later layer starting the same way reuses the kept streams: nothing decoded again.
+    before = counts()
+    again = await asyncio.gather(*(m.complete(r) for r in requests))
+    evaluated, shared, reused = (a - b for a, b in zip(counts(), before, strict=True))
+    assert [c.text for c in again] == [c.text for c in alone]
+    assert evaluated == 3 and shared + reused == 3 * (n_prompt - 1)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class SchedulerStats:
     prompt_tokens_reused: int = 0  # found in a kept stream of an ended sequence
     tokens_generated: int = 0
     max_live: int = 0  # most sequences live at once
+    decode_seconds: float = 0.0  # inside llama_decode (the rest is sampling and bookkeeping)
 
 
 class BatchScheduler:
@@ -94,6 +96,7 @@ class BatchScheduler:
         self._live: list[LiveSequence] = []
         self._free_ids = list(range(budget.n_seq_max))
         self._kept: deque[_KeptStream] = deque()  # oldest first
+        self._clear_requests: list[threading.Event] = []  # clear_kept() callers waiting
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-batch", daemon=True)
@@ -119,6 +122,17 @@ class BatchScheduler:
             self._queue.append(request)
             self._cond.notify()
 
+    def clear_kept(self) -> None:
+        """Empty every kept stream, so that the next requests decode their prompts in full (a
+        cold start, as in a new process). Returns once done; live sequences are untouched."""
+        done = threading.Event()
+        with self._cond:
+            if self._closing:
+                return
+            self._clear_requests.append(done)
+            self._cond.notify()
+        done.wait()
+
     @property
     def live(self) -> int:
         """Sequences in the context now (not counting the queue)."""
@@ -136,10 +150,16 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._queue and not self._live:
+                while (
+                    not self._closing
+                    and not self._queue
+                    and not self._live
+                    and not self._clear_requests
+                ):
                     self._cond.wait()
                 if self._closing:
                     break
+                self._clear_kept_streams()
                 self._admit()
             try:
                 self._step()
@@ -151,6 +171,22 @@ class BatchScheduler:
             self._end(seq, Failed(ModelCallError("the embedded model is shutting down")))
         for request in self._queue:
             request.emit(Failed(ModelCallError("the embedded model is shutting down")))
+        with self._cond:
+            for done in self._clear_requests:
+                done.set()
+
+    def _clear_kept_streams(self) -> None:
+        """Serve ``clear_kept`` calls (lock held, between two decode steps)."""
+        if not self._clear_requests:
+            return
+        while self._kept:
+            kept = self._kept.popleft()
+            self._llama.llama_memory_seq_rm(self._ctx.memory, kept.seq_id, -1, -1)
+            self._free_ids.append(kept.seq_id)
+        self._free_ids.sort()
+        for done in self._clear_requests:
+            done.set()
+        self._clear_requests.clear()
 
     def _admit(self) -> None:
         """Move queued requests into the context while ids and KV cells allow (lock held)."""
@@ -240,26 +276,26 @@ class BatchScheduler:
         batch.n_tokens = 0
         outputs: list[tuple[LiveSequence, int]] = []
         room = self.budget.n_batch
-        for seq in self._live:  # generating sequences first: one token each keeps them flowing
-            if seq.next_token is not None and room > 0:
-                outputs.append((seq, self._add(seq.next_token, seq.n_past, seq.seq_id, True)))
+        # Sequences that sample next go first, one token each: that keeps them flowing.
+        for seq in self._live:
+            token = seq.single_token()
+            if token is not None and seq.wait_for is None and room > 0:
+                outputs.append((seq, self._add(token, seq.n_past, seq.seq_id, True)))
                 room -= 1
         prefill: list[tuple[LiveSequence, int]] = []
         for seq in self._live:
             if not seq.prefilling or seq.wait_for is not None or room == 0:
                 continue
-            take = min(room, seq.n_prompt - seq.n_past)
+            take = min(room, seq.prefill_end - seq.n_past)
             for i in range(take):
-                pos = seq.n_past + i
-                last = pos == seq.n_prompt - 1
-                index = self._add(seq.tokens[pos], pos, seq.seq_id, last)
-                if last:
-                    outputs.append((seq, index))
+                self._add(seq.tokens[seq.n_past + i], seq.n_past + i, seq.seq_id, False)
             prefill.append((seq, take))
             room -= take
         if batch.n_tokens == 0:
             return
+        started = time.perf_counter()
         status = self._llama.llama_decode(self._ctx.ctx, batch)
+        self.stats.decode_seconds += time.perf_counter() - started
         self.stats.decode_steps += 1
         if status != 0:
             members = {seq for seq, _ in outputs} | {seq for seq, _ in prefill}
@@ -278,7 +314,10 @@ class BatchScheduler:
         for seq, _ in outputs:
             if seq.next_token is not None:
                 seq.tokens.append(seq.next_token)  # what the stream holds, for a later reuse
-                seq.n_past += 1
+            else:  # its last prompt token
+                seq.evaluated += 1
+                self.stats.prompt_tokens_evaluated += 1
+            seq.n_past += 1
         for seq, index in outputs:
             if seq in self._live:
                 self._sample(seq, index)
