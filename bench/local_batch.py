@@ -17,7 +17,8 @@ step of 3 sequences costs against a step of 1 on this machine (llama.cpp's CPU k
 floor under every batched / one ratio for answers longer than their prompt.
 
 Each row prints wall time, prompt tokens the model decoded, tokens generated, decode steps and
-ms per step. The prompt asks for a long answer so that most samples run to ``--max-tokens``.
+ms per decode step (time inside ``llama_decode``). The prompt asks for a long answer so that most
+samples run to ``--max-tokens``.
 Targets (issue 25): batched <= 1.5 x one (short prompt), <= 1.3 x one (~1k-token shared prefix).
 ``--repeat N`` runs it all N times and ends with the spread (min / median / max) of each ratio.
 
@@ -71,13 +72,13 @@ class Row:
 
     @property
     def ms_per_step(self) -> float:
-        return 1000 * self.wall_s / max(1, self.steps)
+        return 1000 * self.decode_s / max(1, self.steps)  # inside llama_decode
 
     def line(self, name: str, unit: float) -> str:
         return (
             f"  {name:<15}{self.wall_s:7.2f} s {self.wall_s / unit:5.2f}x one   "
             f"prompt decoded {self.prompt_evaluated:5d}   generated {self.generated:4d}   "
-            f"{self.steps:4d} steps {self.ms_per_step:6.1f} ms/step"
+            f"{self.steps:4d} steps {self.ms_per_step:6.1f} ms/decode"
         )
 
 

@@ -115,3 +115,17 @@ def test_unknown_commands_still_fail_as_click_fails_them() -> None:
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command 'no-such-command'" in result.output
+
+
+def test_the_library_names_resolve_on_first_use() -> None:
+    import moakit
+    from moakit.engine import Stack
+    from moakit.trace import TraceStore
+
+    assert moakit.Stack is Stack and moakit.TraceStore is TraceStore
+    assert moakit.engine.Stack is Stack  # a submodule stays reachable as an attribute
+    namespace: dict[str, object] = {}
+    exec("from moakit import *", namespace)
+    assert set(moakit.__all__) <= set(namespace) and set(moakit.__all__) <= set(dir(moakit))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        _ = moakit.not_a_name

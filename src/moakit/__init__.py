@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from moakit.models.base import ChatRequest, Message, Model, Usage
     from moakit.result import MemberOutput, Result
     from moakit.trace import TraceRecorder as TraceRecorder
-    from moakit.trace import TraceStore
+    from moakit.trace import TraceStore as TraceStore
     from moakit.trace import default_store as default_store
     from moakit.trace import traced_run as traced_run
 
@@ -86,11 +86,19 @@ _LAZY: dict[str, str] = {
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'moakit' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    if module is not None:
+        value = getattr(import_module(module), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("_"):
+        # `import moakit; moakit.engine.register_strategy(...)` worked while `import moakit`
+        # imported the engine: a submodule is still reachable as an attribute.
+        try:
+            return import_module(f"moakit.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"moakit.{name}":
+                raise
+    raise AttributeError(f"module 'moakit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
