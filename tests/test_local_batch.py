@@ -264,3 +264,47 @@ async def test_a_long_shared_prefix_is_decoded_once_and_answers_equal_cold_solo_
     evaluated, shared, reused = (a - b for a, b in zip(counts(), before, strict=True))
     assert [c.text for c in again] == [c.text for c in alone]
     assert evaluated == 3 and shared + reused == 3 * (n_prompt - 1)
+
+
+async def test_the_default_model_answers_as_alone_with_four_sequences_and_a_late_prompt() -> None:
+    # Qwen2.5's Q4_K weights are repacked for a tiled GEMM over groups of 4 rows, which rounds
+    # unlike the matrix-vector product a lone sequence gets: four sequences generating at once,
+    # or tokens sharing a decode with another request's prompt, must not change an answer.
+    m = LocalModel("qwen2.5-coder-0.5b", {"n_ctx": 1024, "n_seq_max": 4})
+    layer = [
+        ChatRequest(CONVERSATION, temperature=0.0, max_tokens=32),
+        ChatRequest(CONVERSATION, temperature=0.8, seed=1, max_tokens=32),
+        ChatRequest(CONVERSATION, temperature=0.9, seed=2, max_tokens=32),
+    ]
+    late = ChatRequest(
+        [{"role": "user", "content": "Name four planets and one fact about each. " * 8}],
+        temperature=1.0,
+        seed=3,
+        max_tokens=32,
+    )
+    scheduler = shared_runtime(m.key).scheduler
+    alone = []
+    for request in [*layer, late]:
+        await asyncio.to_thread(scheduler.clear_kept)
+        alone.append((await m.complete(request)).text)
+
+    await asyncio.to_thread(scheduler.clear_kept)
+    generating = asyncio.Event()
+
+    async def first_member() -> str:
+        parts = []
+        async for chunk in m.stream(layer[0]):
+            if chunk.text:
+                generating.set()
+                parts.append(chunk.text)
+        return "".join(parts)
+
+    async def late_request() -> str:
+        await generating.wait()  # its prompt is decoded while the layer generates
+        return (await m.complete(late)).text
+
+    together = await asyncio.gather(
+        first_member(), *(m.complete(r) for r in layer[1:]), late_request()
+    )
+    assert [t if isinstance(t, str) else t.text for t in together] == alone
+    assert scheduler.stats.max_live == 4
