@@ -3,8 +3,9 @@
 One scheduler thread per loaded model file owns its context. Between two decode steps it admits
 queued sequences (from any number of concurrent queries). A step decodes one chunk of pending
 prompt (up to ``n_batch`` tokens), then the next token of every generating sequence, batched
-(up to ``MAX_SAMPLED_ROWS`` per ``llama_decode``: see ``_step``), and samples each sequence with
-its own sampler chain.
+(up to ``MAX_SAMPLED_ROWS`` per ``llama_decode``), and samples each sequence with its own
+sampler chain. How rows are grouped into calls keeps every answer bit-for-bit the answer the same
+request gets alone and cold (``rows.py`` says why and how).
 
 Memory: the context has ``n_seq_max`` KV streams of ``n_ctx`` cells each (llama.cpp's
 non-unified KV cache), so at most ``n_seq_max × n_ctx`` cells exist, allocated once at load.
@@ -42,20 +43,23 @@ from typing import Any
 from moakit.errors import ModelCallError
 from moakit.models.local.sampling import build_chain
 from moakit.models.local.scheduler.budget import KeptStream, KVBudget, SchedulerStats
+from moakit.models.local.scheduler.rows import (
+    MAX_SAMPLED_ROWS,
+    ROW_GROUP,
+    prompt_chunk,
+    reusable_prefix,
+)
 from moakit.models.local.scheduler.sequence import (
     Delta,
     Failed,
     LiveSequence,
     SequenceRequest,
-    common_prefix,
 )
 
 log = logging.getLogger(__name__)
 
 # A copy moves a whole KV stream (tens of MB); below this many tokens decoding is cheaper.
 MIN_SHARED_PREFIX = 32
-# Sampled rows per llama_decode: below 4, every kernel treats each row as a one-row step would.
-MAX_SAMPLED_ROWS = 3
 
 
 class BatchScheduler:
@@ -65,6 +69,8 @@ class BatchScheduler:
         self._llama: Any = llama_cpp
         self._model = model  # llama_cpp._internals.LlamaModel
         self._ctx = ctx  # llama_cpp._internals.LlamaContext (n_seq_max, kv_unified)
+        if budget.n_batch % ROW_GROUP:
+            raise ValueError(f"n_batch must be a multiple of {ROW_GROUP}")
         self.budget = budget
         self.stats = SchedulerStats()
         self._batch = llama_cpp.llama_batch_init(budget.n_batch, 0, 1)
@@ -196,10 +202,9 @@ class BatchScheduler:
                 self._end(seq, seq.finished("length"))
 
     def _best_kept(self, prompt: Sequence[int]) -> tuple[KeptStream | None, int]:
-        # At most len(prompt) - 1: the last prompt token is decoded again for its logits.
         best, best_len = None, 0
         for kept in self._kept:
-            n = min(common_prefix(prompt, kept.tokens), len(prompt) - 1)
+            n = reusable_prefix(prompt, kept.tokens, kept.n_prompt, self.budget.n_batch)
             if n > best_len:
                 best, best_len = kept, n
         return best, best_len
@@ -211,7 +216,8 @@ class BatchScheduler:
         for other in self._live:
             if other is exclude or (exclude is not None and other.wait_for is exclude):
                 continue
-            n = min(common_prefix(prompt, other.tokens[: other.n_prompt]), len(prompt) - 1)
+            cached = other.tokens[: other.n_prompt]
+            n = reusable_prefix(prompt, cached, other.n_prompt, self.budget.n_batch)
             if n > best_len:
                 best, best_len = other, n
         if best_len < MIN_SHARED_PREFIX:
@@ -244,15 +250,9 @@ class BatchScheduler:
         seq.wait_for, seq.wait_len = None, 0
 
     def _step(self) -> None:
-        """One step: at most one prompt chunk, then one token for every sequence that samples.
-
-        Rows are grouped so that each is computed as it would be in a run alone: a prompt chunk
-        alone in its ``llama_decode`` (as a solo run decodes it), and the tokens whose logits are
-        sampled at most ``MAX_SAMPLED_ROWS`` per call. ggml's CPU kernels choose by the number of
-        rows (a matrix-vector product below 4, tiled GEMM over groups of 4 rows for the repacked
-        Q4_K weights, tinyBLAS from 2 rows for others), and the kernels round differently; with
-        these groups every sampled row gets the kernel a one-sequence step gives it.
-        """
+        """One step: at most one prompt chunk, alone in its ``llama_decode`` (as a cold run
+        decodes it), then one token for every sequence that samples, ``MAX_SAMPLED_ROWS`` a call
+        (see ``rows.py``)."""
         for seq in list(self._live):
             if seq.request.cancelled.is_set():
                 self._end(seq, None)
@@ -261,7 +261,7 @@ class BatchScheduler:
         # The oldest prefilling sequence first: one chunk per step keeps the others flowing.
         for seq in self._live:
             if seq.prefilling and seq.wait_for is None:
-                take = min(self.budget.n_batch, seq.prefill_end - seq.n_past)
+                take = prompt_chunk(seq.n_past, seq.prefill_end, self.budget.n_batch)
                 positions = range(seq.n_past, seq.n_past + take)
                 rows = [(seq, seq.tokens[pos], pos, False) for pos in positions]
                 if self._decode(rows):
@@ -367,7 +367,7 @@ class BatchScheduler:
             self._llama.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
             self._free_ids.append(seq.seq_id)
         else:
-            self._kept.append(KeptStream(seq.seq_id, seq.tokens[: seq.n_past]))
+            self._kept.append(KeptStream(seq.seq_id, seq.tokens[: seq.n_past], seq.n_prompt))
         for other in self._live:
             if other.wait_for is seq:  # its prefix will never arrive from this one
                 other.wait_for, other.wait_len = None, 0

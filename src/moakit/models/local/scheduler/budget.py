@@ -18,6 +18,7 @@ class KeptStream:
 
     seq_id: int
     tokens: list[int]
+    n_prompt: int  # tokens[:n_prompt] were decoded as a prompt, the rest one by one
 
 
 @dataclass

@@ -66,12 +66,10 @@ class LiveSequence:
         self.wait_for: LiveSequence | None = None
         self.wait_len = 0
 
-    # The last prompt token, whose logits give the first answer token, is always decoded in a
-    # step of its own (with other sequences' next tokens), never at the end of a prefill chunk.
-    # ggml picks its kernels by the number of tokens a sequence has in the step (a matrix-vector
-    # product for one, tiled GEMM for more), and they round differently; so the token is decoded
-    # the same way whether the prompt was decoded here, copied from another sequence or found in
-    # a kept stream, and the answer is the same bit for bit.
+    # The last prompt token, whose logits give the first answer token, is always decoded as a
+    # single row (with other sequences' next tokens), never at the end of a prompt chunk: so
+    # it goes through the same kernels whether the prompt was decoded here, copied from another
+    # sequence or found in a kept stream (see rows.py).
     @property
     def prefill_end(self) -> int:
         return self.n_prompt - 1
