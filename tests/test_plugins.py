@@ -209,3 +209,20 @@ async def test_a_plugin_adds_a_dataset_and_a_scorer_to_moa_eval(tmp_path: Path) 
         assert (await scorer.score(items[0], ["HI"])).correct is True
     with pytest.raises(ConfigError, match="unknown dataset 'tiny'"):
         load_dataset("tiny", data_dir=tmp_path)
+
+
+def test_a_plugin_adds_a_moa_command_listed_in_help() -> None:
+    proc = moa("hello", "world")
+    assert (proc.returncode, proc.stdout) == (0, "hello, world\n"), proc.stderr
+    assert "Greet NAME (a command a plugin adds)." in moa("--help").stdout
+    # A command of moakit's own loads no plugin to run.
+    code = (
+        "import sys\n"
+        "from moakit.cli.main import cli\n"
+        "try:\n"
+        "    cli.main(['presets', '--help'], standalone_mode=False)\n"
+        "finally:\n"
+        "    assert 'moakit_hello' not in sys.modules, 'a plugin was loaded'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

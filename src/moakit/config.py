@@ -15,7 +15,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import yaml
 from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
@@ -365,6 +364,17 @@ def user_dir() -> Path:
     return Path(env) if env else Path.home() / ".config" / "moakit"
 
 
+def _load_yaml(text: str) -> Any:
+    """PyYAML is imported only for a YAML file (most configs are TOML; it costs start-up time).
+    Its parse errors come back as ``ValueError``, like ``tomllib``'s."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def read_config_file(path: str | Path) -> StackConfig:
     path = Path(path)
     try:
@@ -372,8 +382,8 @@ def read_config_file(path: str | Path) -> StackConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", field="path") from None
     try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        data = _load_yaml(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table/mapping at the top level")
