@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from moakit.errors import ModelCallError
 from moakit.models.base import ChatRequest, Completion
 from moakit.models.local import LocalModel
 from moakit.models.local.runtime import shared_runtime
+from moakit.prompts import inject_references
 
 pytestmark = pytest.mark.embedded
 
@@ -27,14 +29,6 @@ CONVERSATION = [
 
 def model(**options: Any) -> LocalModel:
     return LocalModel(MODEL, {**OPTIONS, **options})
-
-
-def reusable(n_prompt: int) -> int:
-    """Prompt tokens a sequence takes from another's KV: all but the last, cut to whole groups
-    of 4 rows, never leaving a lone row to decode (see ``ROW_GROUP`` in scheduler/batch.py; the
-    exception at a multiple of n_batch = 512 does not arise in these tests)."""
-    n = (n_prompt - 1) // 4 * 4
-    return n - 4 if n_prompt - 1 - n == 1 else n
 
 
 def greedy(max_tokens: int = 24, **kw: Any) -> ChatRequest:
@@ -56,11 +50,10 @@ async def test_batched_outputs_equal_the_same_requests_run_alone() -> None:
     assert [c.usage for c in together] == [c.usage for c in alone]
     assert alone[0].text.strip()
     # The common prompt was not decoded again: the first took over the stream the last lone run
-    # left, the other two copied it from the first (all but its last token, cut to a multiple
-    # of 4 tokens, each time).
-    n_reusable = reusable(alone[0].usage.prompt_tokens)
-    assert stats.prompt_tokens_reused - reused_before == n_reusable
-    assert stats.prompt_tokens_shared - shared_before == 2 * n_reusable
+    # left, the other two copied it from the first (all but its last token, each time).
+    n_prompt = alone[0].usage.prompt_tokens
+    assert stats.prompt_tokens_reused - reused_before == n_prompt - 1
+    assert stats.prompt_tokens_shared - shared_before == 2 * (n_prompt - 1)
 
 
 async def test_prompt_and_counts_match_create_chat_completion() -> None:
@@ -264,18 +257,15 @@ async def test_a_long_shared_prefix_is_decoded_once_and_answers_equal_cold_solo_
     evaluated, shared, reused = (a - b for a, b in zip(counts(), before, strict=True))
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.usage for c in together] == [c.usage for c in alone]
-    # Each other sequence decodes only what follows the copied prefix (its last prompt token,
-    # and up to 3 more to start at a multiple of 4).
-    assert evaluated == n_prompt + 2 * (n_prompt - reusable(n_prompt))
-    assert shared + reused == 2 * reusable(n_prompt)
+    assert evaluated == n_prompt + 2  # each other sequence decodes only its last prompt token
+    assert shared + reused == 2 * (n_prompt - 1)
 
     # A later layer starting the same way reuses the kept streams: nothing decoded again.
     before = counts()
     again = await asyncio.gather(*(m.complete(r) for r in requests))
     evaluated, shared, reused = (a - b for a, b in zip(counts(), before, strict=True))
     assert [c.text for c in again] == [c.text for c in alone]
-    assert evaluated == 3 * (n_prompt - reusable(n_prompt))
-    assert shared + reused == 3 * reusable(n_prompt)
+    assert evaluated == 3 and shared + reused == 3 * (n_prompt - 1)
 
 
 async def test_the_default_model_answers_as_alone_with_four_sequences_and_a_late_prompt() -> None:
@@ -322,32 +312,47 @@ async def test_the_default_model_answers_as_alone_with_four_sequences_and_a_late
     assert scheduler.stats.max_live == 4
 
 
-@pytest.mark.parametrize(
-    ("padding", "question", "seed"),
-    [
-        (" ok", "Name three colours!", 12),
-        (" ok ok", "List 3 colours please.", 13),
-        (" ok", "Which colours? Name three.", 20),
-    ],
+REFERENCE = (
+    "Mixture-of-Agents layers several language models: each proposer answers the question, and "
+    "an aggregator reads every answer before writing its own. The answers differ in what they get "
+    "right, so reading them together lets a model correct one with another, fill gaps, and "
+    "notice claims that only one proposer makes. Ensembles in classic machine learning work for "
+    "the same reason: errors that are not correlated cancel when predictions are combined. "
 )
-async def test_a_prompt_that_starts_like_a_kept_one_answers_as_cold(
-    padding: str, question: str, seed: int
-) -> None:
-    # The common prefix of these prompts is not a multiple of 4 tokens: reused as it is, the
-    # rest of the prompt would go through Qwen's 4-row GEMM in other groups than in a cold run.
+
+
+async def test_a_prompt_that_starts_like_a_kept_one_answers_as_cold() -> None:
+    # On Qwen2.5 the rows of a decode call change how a prompt position rounds, so a prompt that
+    # resumes from a kept stream must decode the rest in the calls a cold run makes: the whole
+    # prompt but its last token for the same prompt, else from a chunk boundary (n_batch = 512).
+    # (A layer-2 prompt of bench/local_batch.py: resuming it 2 tokens before its end, at a
+    # multiple of 4, changed this answer.)
     m = LocalModel("qwen2.5-coder-0.5b", {"n_ctx": 1024, "n_seq_max": 4})
-    base = "Here is some context about rainbows and light. " * 6 + padding
-    earlier = ChatRequest([{"role": "user", "content": base + "Say hi."}], seed=7, max_tokens=4)
-    later = ChatRequest(
-        [{"role": "user", "content": base + question}], temperature=1.0, seed=seed, max_tokens=40
+    references = [f"(answer {i}) " + REFERENCE * 3 for i in range(1, 4)]
+
+    def ask(question: str) -> ChatRequest:
+        messages = inject_references([{"role": "user", "content": question}], references)
+        return ChatRequest(messages, temperature=0.7, seed=1, max_tokens=24)
+
+    first = ask(
+        "Write a long, detailed essay on why mixtures of language models beat a single model."
     )
+    later = ask("In one paragraph: when does a mixture of models lose to its best member?")
     scheduler = shared_runtime(m.key).scheduler
+    stats = scheduler.stats
+    cold = []
+    for request in (first, later):
+        await asyncio.to_thread(scheduler.clear_kept)
+        cold.append(await m.complete(request))
+    n_prompt = cold[0].usage.prompt_tokens
+    assert 512 < n_prompt < 1000, n_prompt
+
     await asyncio.to_thread(scheduler.clear_kept)
-    cold = await m.complete(later)
-    await asyncio.to_thread(scheduler.clear_kept)
-    await m.complete(earlier)
-    reused_before = scheduler.stats.prompt_tokens_reused
-    warm = await m.complete(later)
-    reused = scheduler.stats.prompt_tokens_reused - reused_before
-    assert reused >= 64  # the earlier prompt's stream was taken over
-    assert warm.text == cold.text
+    await m.complete(replace(first, max_tokens=1))  # leaves its stream kept
+    reused = stats.prompt_tokens_reused
+    again = await m.complete(first)
+    assert stats.prompt_tokens_reused - reused == n_prompt - 1  # the same prompt: all of it
+    reused = stats.prompt_tokens_reused
+    resumed = await m.complete(later)
+    assert stats.prompt_tokens_reused - reused == 512  # another prompt: its first chunk
+    assert [again.text, resumed.text] == [c.text for c in cold]

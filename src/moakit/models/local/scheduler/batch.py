@@ -45,7 +45,6 @@ from moakit.models.local.sampling import build_chain
 from moakit.models.local.scheduler.budget import KeptStream, KVBudget, SchedulerStats
 from moakit.models.local.scheduler.rows import (
     MAX_SAMPLED_ROWS,
-    ROW_GROUP,
     prompt_chunk,
     reusable_prefix,
 )
@@ -69,8 +68,6 @@ class BatchScheduler:
         self._llama: Any = llama_cpp
         self._model = model  # llama_cpp._internals.LlamaModel
         self._ctx = ctx  # llama_cpp._internals.LlamaContext (n_seq_max, kv_unified)
-        if budget.n_batch % ROW_GROUP:
-            raise ValueError(f"n_batch must be a multiple of {ROW_GROUP}")
         self.budget = budget
         self.stats = SchedulerStats()
         self._batch = llama_cpp.llama_batch_init(budget.n_batch, 0, 1)
