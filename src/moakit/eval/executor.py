@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
+from moakit.eval.cache import ResponseCache
 from moakit.eval.records import EvalRecord
 from moakit.eval.worker import EvalUnit, UnitActivity, WorkerConfig
 
@@ -77,7 +78,7 @@ class LocalExecutor:
             "hits": cache.hits,
             "misses": cache.misses,
             "failures": cache.failures,
-            "stored": len(cache),
+            "stored": len(cache) if isinstance(cache, ResponseCache) else 0,
         }
 
     async def aclose(self) -> None:

@@ -71,6 +71,11 @@ class EvalSettings:
     score_layers: bool | None = None
     plots: bool = True
     report_only: bool = False
+    # Where units run: "local" (this process) or "ray" (Ray actors, moakit[ray]): ``workers``
+    # actors on the cluster at ``ray_address`` (None: RAY_ADDRESS, else a local one).
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int = 2
 
 
 class EvalSession:
@@ -79,12 +84,12 @@ class EvalSession:
         settings: EvalSettings,
         *,
         progress: Progress | None = None,
-        executor: ExecutorFactory = LocalExecutor,
+        executor: ExecutorFactory | None = None,
     ) -> None:
         self.settings = settings
         self.progress = progress or LogProgress()
         self.results = ResultsDir(settings.out_dir, self._warn)
-        self._executor_factory = executor
+        self._executor_factory = executor or _executor_for(settings)
         self._warned: set[str] = set()
         self._cache_stats: dict[str, int] | None = None
         self.systems: list[System] = []
@@ -378,6 +383,28 @@ def _auto_parallel(system: System) -> int:
         ]
         specs += system.config.aggregators()
     return 1 if specs and all(s.provider == "local" for s in specs) else 4
+
+
+def _executor_for(settings: EvalSettings) -> ExecutorFactory:
+    if settings.executor == "local":
+        return LocalExecutor
+    if settings.executor != "ray":
+        raise ConfigError(
+            f"executor {settings.executor!r}: expected local or ray", field="executor"
+        )
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1", field="workers")
+    try:
+        from moakit.eval.ray_executor import RayEvalExecutor
+    except ImportError:
+        raise ConfigError(
+            "--executor ray needs Ray: pip install 'moakit[ray]'", field="executor"
+        ) from None
+
+    def build(config: WorkerConfig) -> Executor:
+        return RayEvalExecutor(config, workers=settings.workers, address=settings.ray_address)
+
+    return build
 
 
 def _judge_price(judge: MemberSpec | None) -> tuple[float, float] | None:

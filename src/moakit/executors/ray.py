@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 @ray.remote
 class _LimiterActor:
-    def __init__(self, limits: Mapping[str, int]) -> None:
-        self.limits = LocalLimits(limits)
+    def __init__(self, limits: Mapping[str, int], default: int | None) -> None:
+        self.limits = LocalLimits(limits, default)
 
     async def acquire(self, endpoint: str, holder: str) -> None:
         await self.limits.acquire(endpoint, holder)
@@ -165,7 +165,8 @@ class WorkersLost(RuntimeError):
 
 class RayExecutor(Executor):
     """``workers`` actors, each running up to ``concurrency`` payloads at once and reserving
-    ``num_cpus`` CPUs. ``limits``: calls in flight per endpoint for the whole cluster;
+    ``num_cpus`` CPUs. ``limits``: calls in flight per endpoint for the whole cluster
+    (``default_limit`` for an endpoint not named there; None: not limited);
     ``cache``: a response-cache file on the node that runs the cache actor (the driver's, on
     a local cluster). ``max_attempts``: tries per payload across worker losses.
     ``runtime_env``: Ray's, for a cluster whose nodes lack moakit (``{"pip": ["moakit"]}``)."""
@@ -180,6 +181,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         num_cpus: float = 1.0,
         limits: Mapping[str, int] | None = None,
+        default_limit: int | None = None,
         cache: str | Path | None = None,
         max_attempts: int = 3,
         runtime_env: Mapping[str, Any] | None = None,
@@ -191,6 +193,7 @@ class RayExecutor(Executor):
         self.address = address
         self.num_cpus = num_cpus
         self.limits = dict(limits or {})
+        self.default_limit = default_limit
         self.cache_path = str(Path(cache).resolve()) if cache is not None else None
         self.max_attempts = max_attempts
         self.runtime_env = dict(runtime_env) if runtime_env else None
@@ -227,7 +230,7 @@ class RayExecutor(Executor):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         limiter = _LimiterActor.options(  # type: ignore[attr-defined]
             num_cpus=0, scheduling_strategy=here
-        ).remote(self.limits)
+        ).remote(self.limits, self.default_limit)
         self.limiter = limiter
         cache = (
             _CacheActor.options(  # type: ignore[attr-defined]
