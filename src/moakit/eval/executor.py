@@ -5,9 +5,10 @@ and hands back one ``EvalRecord`` per unit, in the order they finish. The sessio
 units, writes every record it gets back (the only writer of a results directory) and reports
 progress; the executor only runs units. ``LocalExecutor`` runs them on this event loop with at
 most ``parallel`` in flight, one ``Worker`` (one response cache, one set of loaded models)
-shared by every system of the session. A cluster executor (e.g. Ray, for ``moa batch``)
-implements the same three methods, builds a ``Worker`` from the picklable ``WorkerConfig`` on
-each node, and ships units and records (both plain, picklable data) back and forth.
+shared by every system of the session. A cluster executor implements the same three methods,
+builds a ``Worker`` from the picklable ``WorkerConfig`` on each node, and ships units and
+records (both plain, picklable data) back and forth: ``ray_executor.RayEvalExecutor``
+(``--executor ray``) is one.
 """
 
 from __future__ import annotations
