@@ -211,6 +211,65 @@ def test_a_worker_killed_mid_run_loses_no_item(tmp_path: Path) -> None:
     assert differences(ran, records(tmp_path / "local", "cache_hits")) == []
 
 
+class WatchWorkers(LogProgress):
+    """Which worker processes each system ran on; can cancel the session after N records."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.executor: RayEvalExecutor | None = None
+        self.pids: dict[str, set[int]] = {}
+        self.cancel_after = cancel_after
+        self.task: asyncio.Task[None] | None = None
+
+    def advance(self, system: str, done: int, total: int) -> None:
+        assert self.executor is not None
+        self.pids.setdefault(system, set()).update(self.executor.ray.worker_pids.values())
+        if self.cancel_after is not None and done >= self.cancel_after and self.task:
+            self.task.cancel()
+
+    def factory(self, config: WorkerConfig) -> Executor:
+        self.executor = RayEvalExecutor(config, workers=2)
+        return self.executor
+
+
+def test_the_workers_last_the_whole_session(backend: FakeBackend, tmp_path: Path) -> None:
+    stack = stack_file(tmp_path / "fake.toml", backend.base_url)
+    data = dataset(tmp_path / "qs.jsonl", [f"question {i}" for i in range(6)])
+    watch = WatchWorkers()
+    specs = [f"single:{stack}", f"moa:{stack}", f"majority:{stack}"]
+    session = EvalSession(
+        settings(tmp_path / "out", data, specs), progress=watch, executor=watch.factory
+    )
+    asyncio.run(session.run())
+    # Two actors, started once: every system ran on the same two processes.
+    assert len(watch.pids["single:fake"]) == 2
+    assert watch.pids["single:fake"] == watch.pids["moa:fake"] == watch.pids["majority:fake"]
+    assert watch.executor is not None and watch.executor.ray.workers_lost == 0
+
+
+def test_a_cancelled_session_keeps_its_records_and_the_next_run_finishes(
+    tmp_path: Path,
+) -> None:
+    with FakeBackend(default=Behavior(latency=Latency(ttft_s=0.1))) as fb:
+        stack = stack_file(tmp_path / "fake.toml", fb.base_url)
+        data = dataset(tmp_path / "qs.jsonl", [f"question {i}" for i in range(10)])
+        specs = [f"moa:{stack}"]
+        watch = WatchWorkers(cancel_after=3)
+
+        async def cancelled() -> None:
+            session = EvalSession(
+                settings(tmp_path / "out", data, specs), progress=watch, executor=watch.factory
+            )
+            watch.task = asyncio.current_task()
+            with pytest.raises(asyncio.CancelledError):
+                await session.run()
+
+        asyncio.run(cancelled())
+        kept = records(tmp_path / "out")["moa:fake"]
+        assert 3 <= len(kept) < 10
+        asyncio.run(EvalSession(settings(tmp_path / "out", data, specs, executor="ray")).run())
+    assert len(records(tmp_path / "out")["moa:fake"]) == 10
+
+
 def test_an_unknown_executor_is_refused_naming_the_field(tmp_path: Path) -> None:
     data = dataset(tmp_path / "qs.jsonl", ["x"])
     with pytest.raises(Exception, match="executor 'spark': expected local or ray") as caught:

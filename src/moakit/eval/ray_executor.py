@@ -10,22 +10,24 @@ else ``--default-endpoint-limit``) and one response cache, held by one actor on 
 node. That cache *is* the eval's cache file (``OUT/cache.sqlite`` or ``--cache``): the same
 table and the same request keys, so a local run, a Ray run and ``moa batch`` share answers.
 
-Per system: the session runs its systems one after another (a later one reuses what an earlier
-one cached; a vote needs its source's records), and each system's units are one
-``RayExecutor.map``, with ``parallel`` items in flight per actor. So actors start afresh for
-each system: a stack is built once per actor per system, not per item. A lost actor's units are
-retried on a fresh one (up to ``max_attempts`` tries each), then recorded as errors, which the
-next run runs again: no unit is lost.
+The session runs its systems one after another (a later one reuses what an earlier one cached;
+a vote needs its source's records); all of them go through one ``RayExecutor.map`` fed from a
+queue, so the actors start once per session and keep their stacks and loaded models from one
+system to the next, with ``parallel`` items of the running system in flight per actor. A lost
+actor's units are retried on a fresh one (up to ``max_attempts`` tries each), then recorded as
+errors, which the next run runs again: no unit is lost.
 
 Not on Ray: progress inside an item (``on_activity``; only whole items are reported).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from moakit.eval.cache import stored_count
 from moakit.eval.records import EvalRecord
@@ -79,9 +81,13 @@ class EvalWorkerFactory:
 
 
 class RayEvalExecutor:
-    """``workers`` Ray actors, ``parallel`` items of a system in flight on each. ``address``:
-    the cluster to join (None: ``RAY_ADDRESS``, else a local one is started); ``executor``: a
-    ``RayExecutor`` of your own (its limits and cache are then set from ``config``)."""
+    """``workers`` Ray actors for the whole session, ``parallel`` items of a system in flight
+    on each. ``address``: the cluster to join (None: ``RAY_ADDRESS``, else a local one is
+    started); ``executor``: a ``RayExecutor`` of your own (its limits and cache are then set
+    from ``config``).
+
+    One ``RayExecutor.map`` serves every system: it starts on the first ``run`` and is fed
+    from a queue, so the actors (and the stacks and models they loaded) last the session."""
 
     def __init__(
         self,
@@ -104,6 +110,31 @@ class RayEvalExecutor:
             str(config.cache_path.resolve()) if config.cache_path is not None else None
         )
         self._counts: dict[str, CacheCounts] = {}
+        self._inbox: asyncio.Queue[tuple[str, EvalUnit]] = asyncio.Queue()
+        # Unit key -> the outbox of the run that wants its outcome; a key no run wants any
+        # more (a run closed early) is skipped if not started, dropped if it comes back.
+        self._routes: dict[str, asyncio.Queue[Outcome[EvalUnit, EvalDone] | BaseException]] = {}
+        self._serial = itertools.count()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def _payloads(self) -> AsyncIterator[tuple[str, EvalUnit]]:
+        while True:
+            key, unit = await self._inbox.get()
+            if key in self._routes:
+                yield key, unit
+
+    async def _forward(self) -> None:
+        outcomes = self.ray.map(EvalWorkerFactory(self.config), self._payloads())
+        try:
+            async for outcome in outcomes:
+                route = self._routes.pop(outcome.key, None)
+                if route is not None:
+                    route.put_nowait(outcome)
+        except Exception as exc:  # every Ray worker lost: each waiting run raises it
+            for route in {id(r): r for r in self._routes.values()}.values():
+                route.put_nowait(exc)
+            self._routes.clear()
+            raise
 
     async def run(
         self,
@@ -112,16 +143,22 @@ class RayEvalExecutor:
         parallel: int,
         on_activity: UnitActivity | None = None,
     ) -> AsyncGenerator[EvalRecord, None]:
+        if self._pump is not None and self._pump.done():
+            raise RuntimeError("this Ray executor has stopped") from self._pump.exception()
+        # Read by the map's dispatch for every payload: this system's items per actor.
         self.ray.concurrency = max(1, parallel)
-        payloads = [(str(i), unit) for i, unit in enumerate(units)]
-        # An async generator (``RayExecutor.map`` is one): closed here, so an early stop of
-        # this run (a deadline) stops the actors at once.
-        outcomes = cast(
-            AsyncGenerator[Outcome[EvalUnit, EvalDone], None],
-            self.ray.map(EvalWorkerFactory(self.config), payloads),
-        )
+        outbox: asyncio.Queue[Outcome[EvalUnit, EvalDone] | BaseException] = asyncio.Queue()
+        keys = [str(next(self._serial)) for _ in units]
+        for key, unit in zip(keys, units, strict=True):
+            self._routes[key] = outbox
+            self._inbox.put_nowait((key, unit))
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._forward())
         try:
-            async for outcome in outcomes:
+            for _ in units:
+                outcome = await outbox.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
                 done = outcome.result
                 if done is None:  # the unit raised, or lost its actor too often
                     yield _failed(outcome.payload, outcome.error or "the unit failed")
@@ -131,7 +168,8 @@ class RayEvalExecutor:
                     self._counts[done.counts.worker] = done.counts
                 yield done.record
         finally:
-            await outcomes.aclose()
+            for key in keys:
+                self._routes.pop(key, None)
 
     def cache_stats(self) -> dict[str, int]:
         counts = self._counts.values()
@@ -144,6 +182,11 @@ class RayEvalExecutor:
         }
 
     async def aclose(self) -> None:
+        """Stops the actors (their units in flight are dropped) and the cluster it started."""
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
         await self.ray.aclose()
 
 

@@ -152,6 +152,14 @@ class _WorkerActor:
             await self.unit.aclose()
 
 
+# The least number of payloads an actor admits at once (see ``start_worker``).
+ACTOR_SLOTS = 16
+
+
+async def _next(source: AsyncIterator[tuple[str, P]]) -> tuple[str, P]:
+    return await anext(source)
+
+
 @dataclass
 class _Pending:
     key: str
@@ -250,7 +258,12 @@ class RayExecutor(Executor):
         async def start_worker() -> None:
             name = f"worker-{next(serial)}"
             actor = _WorkerActor.options(  # type: ignore[attr-defined]
-                num_cpus=self.num_cpus, max_concurrency=self.concurrency + 2, max_restarts=0
+                num_cpus=self.num_cpus,
+                # The driver sends an actor at most ``concurrency`` payloads at once (its load
+                # count); the actor's own cap only has to be no lower, also for a caller that
+                # raises ``concurrency`` between the units of one long-lived map (moa eval).
+                max_concurrency=max(self.concurrency, ACTOR_SLOTS) + 2,
+                max_restarts=0,
             ).remote(factory, services, name)
             try:
                 self.worker_pids[name] = await actor.ready.remote()
@@ -264,6 +277,9 @@ class RayExecutor(Executor):
         retry: collections.deque[_Pending] = collections.deque()
         running: dict[asyncio.Future[Any], tuple[_Pending, str, Any]] = {}
         exhausted = False
+        # The next payload, awaited beside the running ones: a source that waits for more work
+        # (a long-lived map fed from a queue) must not hold back the outcomes in flight.
+        pull: asyncio.Task[tuple[str, Any]] | None = None
         try:
             started = time.perf_counter()
             await asyncio.gather(*(start_worker() for _ in range(self.workers)))
@@ -276,8 +292,14 @@ class RayExecutor(Executor):
                     if retry:
                         item = retry.popleft()
                     else:
+                        if pull is None:
+                            pull = asyncio.create_task(_next(source))
+                            await asyncio.sleep(0)  # a ready source answers at once
+                        if not pull.done():
+                            break
+                        ready, pull = pull, None
                         try:
-                            key, payload = await anext(source)
+                            key, payload = ready.result()
                         except StopAsyncIteration:
                             exhausted = True
                             break
@@ -287,12 +309,16 @@ class RayExecutor(Executor):
                     running[asyncio.ensure_future(ref)] = (item, name, ref)
                     load[name] += 1
                 if not running:
-                    if retry and not actors:
+                    if not actors and (retry or pull is not None):
                         raise WorkersLost("every Ray worker died")
-                    return
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    if pull is None:
+                        return
+                waiting: set[asyncio.Future[Any]] = {*running, *([pull] if pull else [])}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 lost: set[str] = set()
                 for fut in done:
+                    if fut is pull:
+                        continue  # taken by the dispatch above
                     item, name, _ref = running.pop(fut)
                     if name in load:
                         load[name] -= 1
@@ -342,6 +368,9 @@ class RayExecutor(Executor):
                         replacements -= 1
                         await start_worker()
         finally:
+            if pull is not None:
+                pull.cancel()
+                await asyncio.gather(pull, return_exceptions=True)
             for _item, _name, ref in running.values():
                 ray.cancel(ref)
             closing = [actor.aclose.remote() for actor in actors.values()]
