@@ -53,6 +53,8 @@ def base_config() -> StackConfig:
             "name": "sim-5x1",
             "layers": [[{"model": f"p{i}", "label": f"p{i}"} for i in range(MEMBERS)]],
             "aggregator": {"model": "agg"},
+            # The undefended baseline reads the paper's block (stacks fence by default now).
+            "references": {"formatter": "paper"},
         }
     )
 
@@ -257,7 +259,7 @@ CONFIG = [
     'extractor = "gsm8k"                 # the final number (a plugin registers others)',
     "",
     "[references]",
-    'formatter = "fenced"                # references framed as data (default: "paper")',
+    'formatter = "fenced"                # references framed as data (the default; "paper" off)',
     'transforms = ["trust", "cluster"]   # run in order on every layer\'s references',
     'trust = { mode = "drop", quorum = 2 } # or mode = "label"',
     "cluster = { min_references = 3, min_majority = 0.6, max_centroid_similarity = 0.9 }",

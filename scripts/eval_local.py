@@ -22,6 +22,7 @@ overrides), so this runs on a fresh clone.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -31,6 +32,11 @@ from eval_driver import CACHE, DATA, ROOT, checkpoint_cache, load_jsonl, machine
 from moakit.eval.session import EvalSettings
 
 RESULTS = ROOT / "results" / "eval-local"
+# The `local` and `local-staircase` presets as this page measured them (references in the
+# paper's numbered block, which the presets no longer use by default): user presets of the
+# same name shadow the shipped ones, so the systems keep their names and their hashes, and the
+# run resumes where it stopped.
+os.environ["MOAKIT_HOME"] = str(ROOT / "scripts" / "eval-local-stacks")
 DOC = ROOT / "docs" / "eval-local.md"
 RUNS = RESULTS / "runs.jsonl"
 

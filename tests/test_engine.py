@@ -20,6 +20,8 @@ def config(layers: list[list[str]], aggregator: str = "agg", **extra: Any) -> An
         {
             "layers": [[{"model": m} for m in layer] for layer in layers],
             "aggregator": {"model": aggregator},
+            # The paper's block, byte-exact, so tests can read the prompts (fenced is default).
+            "references": {"formatter": "paper"},
             **extra,
         }
     )

@@ -73,6 +73,9 @@ name = "fake3"
 [defaults]
 provider = "evalfake"
 max_tokens = 16
+# The paper's block: the fake aggregator reads numbered references (fencing is the default).
+[references]
+formatter = "paper"
 [[layers]]
 members = [{ model = "m", n = 3, seed = 1 }]
 [aggregator]

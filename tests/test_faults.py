@@ -27,6 +27,7 @@ def stack(base_url: str, bad: str = "") -> Stack:
                 "retry": {"initial_s": 0.01, "max_s": 0.05},
                 "layers": [[{"model": m} for m in L1], [{"model": m} for m in L2]],
                 "aggregator": {"model": "agg", "retries": 0, "fallbacks": [{"model": "backup"}]},
+                "references": {"formatter": "paper"},  # REF_LINE reads the numbered block
             }
         )
     )

@@ -31,7 +31,8 @@ async def test_endpoint_receives_exact_messages() -> None:
     p1 = expected_content("p1", conv, 12)
     p2 = expected_content("p2", bodies["p2"]["messages"], 12)
     system = bodies["agg"]["messages"][0]["content"]
-    assert system.endswith(f"\n1. {p1}\n2. {p2}")
+    # Both answers, in member order, each fenced as data (the default reference format).
+    assert f"response 1>>>\n> {p1}\n" in system and f"response 2>>>\n> {p2}\n" in system
     assert bodies["agg"]["messages"][1:] == conv
     # Stack.run() streams nothing to anyone: every call is one plain request.
     assert "stream" not in bodies["agg"] and bodies["agg"]["temperature"] == 0.4

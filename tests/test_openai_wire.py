@@ -201,3 +201,16 @@ async def test_the_engine_does_not_retry_what_the_server_says_not_to(
     finally:
         await server.close()
     assert len(hits) == 2  # each proposer tried once: no retry of a "do not retry"
+
+
+def test_the_environments_proxy_is_read_once_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from yarl import URL
+
+    from moakit.models.openai_provider import OpenAIProvider
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert OpenAIProvider("http://models.internal/v1").proxy == URL("http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "models.internal")
+    assert OpenAIProvider("http://models.internal/v1").proxy is None

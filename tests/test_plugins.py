@@ -183,3 +183,46 @@ def test_a_trace_store_plugin_opens_its_own_scheme(tmp_path: Path) -> None:
         open_trace_store("memo://team-a")
     # The built-in PostgreSQL store comes through the same hook.
     assert {"postgresql", "postgres"} <= set(registry().trace_stores.names())
+
+
+async def test_a_plugin_adds_a_dataset_and_a_scorer_to_moa_eval(tmp_path: Path) -> None:
+    from moakit.eval.datasets import Item, load_dataset
+    from moakit.eval.plugin import DatasetSource, ScorerSource
+    from moakit.eval.scorers import build_scorer
+    from moakit.eval.scorers.base import Score, Scorer
+
+    class Shouted(Scorer):
+        name = "shouted"
+
+        async def score(self, item: Item, answers: list[str]) -> Score:  # type: ignore[override]
+            return Score(value=float(answers[-1].isupper()), correct=answers[-1].isupper())
+
+    items = [Item(id="a", turns=("say hi",), answer="HI")]
+    extra = plugin(
+        register_datasets={"tiny": DatasetSource(lambda root: items, "shouted")},
+        register_scorers={"shouted": ScorerSource(lambda judge, baseline: Shouted())},
+    )
+    with registered(extra):
+        dataset = load_dataset("tiny", data_dir=tmp_path)
+        assert (dataset.name, dataset.scorer, dataset.items) == ("tiny", "shouted", items)
+        scorer = build_scorer(dataset.scorer)
+        assert (await scorer.score(items[0], ["HI"])).correct is True
+    with pytest.raises(ConfigError, match="unknown dataset 'tiny'"):
+        load_dataset("tiny", data_dir=tmp_path)
+
+
+def test_a_plugin_adds_a_moa_command_listed_in_help() -> None:
+    proc = moa("hello", "world")
+    assert (proc.returncode, proc.stdout) == (0, "hello, world\n"), proc.stderr
+    assert "Greet NAME (a command a plugin adds)." in moa("--help").stdout
+    # A command of moakit's own loads no plugin to run.
+    code = (
+        "import sys\n"
+        "from moakit.cli.main import cli\n"
+        "try:\n"
+        "    cli.main(['presets', '--help'], standalone_mode=False)\n"
+        "finally:\n"
+        "    assert 'moakit_hello' not in sys.modules, 'a plugin was loaded'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

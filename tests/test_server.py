@@ -23,6 +23,8 @@ from moakit.server import create_app
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault, Latency
 from server_harness import USER, client, fake_stack, serve
 
+JSON_TYPE = {"content-type": "application/json"}
+
 
 @pytest.fixture
 def backend() -> Iterator[FakeBackend]:
@@ -154,11 +156,11 @@ async def test_input_errors_never_500() -> None:
         {"fake": fake_stack("http://127.0.0.1:9/v1")}, api_keys=[], max_body_bytes=2000
     )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
 
         async def post(body: Any, **kw: Any) -> httpx.Response:
             if isinstance(body, bytes | str):
-                return await c.post("/v1/chat/completions", content=body, **kw)
+                return await c.post("/v1/chat/completions", content=body, headers=JSON_TYPE, **kw)
             return await c.post("/v1/chat/completions", json=body, **kw)
 
         r = await post({"model": "nope", "messages": USER})
@@ -195,7 +197,9 @@ async def test_missing_key_is_400(monkeypatch: pytest.MonkeyPatch) -> None:
     member = {"model": "m", "base_url": url, "api_key_env": "MOA_SERVER_TEST_KEY"}
     cfg = parse_config({"layers": [[member]], "aggregator": member})
     app = create_app({"fake": cfg}, api_keys=[])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+    ) as c:
         r = await c.post("/v1/chat/completions", json={"model": "fake", "messages": USER})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "missing_api_key"

@@ -31,6 +31,9 @@ def backend() -> Iterator[FakeBackend]:
         yield fb
 
 
+JSON = {"content-type": "application/json"}
+
+
 def post_raw(base: str, body: bytes) -> httpx.Response:
     return httpx.post(
         f"{base}/chat/completions",
@@ -245,7 +248,7 @@ def test_fuzzed_requests_always_get_json_2xx_or_4xx_quickly(
         @given(body=bodies)
         def one(body: dict[str, Any]) -> None:
             t0 = time.monotonic()
-            r = http.post(f"{base}{path}", content=json.dumps(body).encode())
+            r = http.post(f"{base}{path}", content=json.dumps(body).encode(), headers=JSON)
             assert time.monotonic() - t0 < 5, body
             _check(r)
 

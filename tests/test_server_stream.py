@@ -114,7 +114,11 @@ def test_access_lines_for_400_before_the_model_and_for_500s(
 
     broken.events = explode  # type: ignore[method-assign]
     with serve(create_app({"broken": broken}, api_keys=[])) as base:
-        bad = httpx.post(f"{base}/chat/completions", content=b"{nope")
+        bad = httpx.post(
+            f"{base}/chat/completions",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
         boom = httpx.post(f"{base}/chat/completions", json={"model": "broken", "messages": USER})
         streamed = httpx.post(
             f"{base}/chat/completions",

@@ -93,6 +93,8 @@ def staircase(
             },
             "strategy": "staircase",
             "staircase": {"chunk_tokens": chunk, "schedule": schedule},
+            # The paper's block, so a test can read which chunks each step saw.
+            "references": {"formatter": "paper"},
             **extra,
         }
     )

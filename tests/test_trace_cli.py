@@ -48,7 +48,7 @@ async def test_list_show_export(db: Path) -> None:
     listing = invoke("trace", "list", "--db", str(db))
     assert "cafe01234567" in listing and "trace-test" in listing and "complete" in listing
     assert invoke("trace", "list", "--db", str(db), "--status", "failed").strip() == (
-        "no traces recorded yet"
+        "no traces match --status failed (1 recorded in all)"
     )
     assert "cafe" in invoke("trace", "list", "--db", str(db), "--stack", "trace-test")
     assert "cafe" not in invoke("trace", "list", "--db", str(db), "--stack", "other")

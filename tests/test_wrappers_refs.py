@@ -128,9 +128,9 @@ def refs_stack(models: dict[str, Model], **extra: Any) -> Stack:
     return Stack(config, models=models)
 
 
-async def test_default_references_are_the_papers_block() -> None:
+async def test_the_paper_formatter_writes_the_papers_block() -> None:
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
-    async with refs_stack(models) as stack:
+    async with refs_stack(models, references={"formatter": "paper"}) as stack:
         await stack.run(CONV)
     system = models["agg"].requests[0].messages[0]["content"]
     assert system == AGGREGATE_AND_SYNTHESIZE + "\n1. a: q\n2. b: q"
@@ -149,7 +149,7 @@ async def test_configured_transforms_run_in_order_on_reference_records() -> None
     transforms = {"test-drop-b": lambda _config: drop_b, "test-shout": lambda _config: shout}
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
     with registered(plugin(register_reference_transforms=transforms)):
-        refs = {"transforms": ["test-drop-b", "test-shout"]}
+        refs = {"transforms": ["test-drop-b", "test-shout"], "formatter": "paper"}
         async with refs_stack(models, references=refs) as st:
             await st.run(CONV)
     assert [(r.label, r.model, r.layer, r.index, r.truncated) for r in seen] == [

@@ -9,38 +9,109 @@ The async core is ``Stack``; ``run``/``arun`` are conveniences around it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from moakit.config import (
-    AggregatorSpec,
-    LayerSpec,
-    MemberSpec,
-    ResolvedMember,
-    StackConfig,
-    load_preset,
-    parse_config,
-    read_config_file,
-    resolve_stack,
-)
-from moakit.engine import Stack
-from moakit.errors import (
-    AggregatorFailed,
-    ConfigError,
-    DeadlineExceeded,
-    LayerFailed,
-    MissingKeyError,
-    MoaError,
-    ModelCallError,
-    QueryFailed,
-    StackFailed,
-)
-from moakit.hookspecs import Register, hookimpl
-from moakit.models.base import ChatRequest, Message, Model, Usage
-from moakit.result import MemberOutput, Result
-from moakit.trace import BaseTraceStore, TraceRecorder, default_store, traced_run
-from moakit.version import __version__ as __version__
+# The public names live in submodules that pull in pydantic, the engine and the trace store.
+# They are imported on first use (PEP 562), so that `import moakit.cli.main` for `moa --help`,
+# or any one submodule, does not pay for all of them. Type checkers see the real imports.
+if TYPE_CHECKING:
+    from moakit.config import (
+        AggregatorSpec,
+        LayerSpec,
+        MemberSpec,
+        ResolvedMember,
+        StackConfig,
+        load_preset,
+        parse_config,
+        read_config_file,
+        resolve_stack,
+    )
+    from moakit.engine import Stack
+    from moakit.errors import (
+        AggregatorFailed,
+        ConfigError,
+        DeadlineExceeded,
+        LayerFailed,
+        MissingKeyError,
+        MoaError,
+        ModelCallError,
+        QueryFailed,
+        StackFailed,
+    )
+    from moakit.hookspecs import Register, hookimpl
+    from moakit.models.base import ChatRequest, Message, Model, Usage
+    from moakit.result import MemberOutput, Result
+    from moakit.trace import BaseTraceStore as BaseTraceStore
+    from moakit.trace import TraceRecorder as TraceRecorder
+    from moakit.trace import TraceStore as TraceStore
+    from moakit.trace import default_store as default_store
+    from moakit.trace import traced_run as traced_run
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AggregatorSpec",
+            "LayerSpec",
+            "MemberSpec",
+            "ResolvedMember",
+            "StackConfig",
+            "load_preset",
+            "parse_config",
+            "read_config_file",
+            "resolve_stack",
+        ),
+        "moakit.config",
+    ),
+    "Stack": "moakit.engine",
+    **dict.fromkeys(
+        (
+            "AggregatorFailed",
+            "ConfigError",
+            "DeadlineExceeded",
+            "LayerFailed",
+            "MissingKeyError",
+            "MoaError",
+            "ModelCallError",
+            "QueryFailed",
+            "StackFailed",
+        ),
+        "moakit.errors",
+    ),
+    **dict.fromkeys(("ChatRequest", "Message", "Model", "Usage"), "moakit.models.base"),
+    **dict.fromkeys(("MemberOutput", "Result"), "moakit.result"),
+    **dict.fromkeys(
+        ("BaseTraceStore", "TraceRecorder", "TraceStore", "default_store", "traced_run"),
+        "moakit.trace",
+    ),
+    **dict.fromkeys(("Register", "hookimpl"), "moakit.hookspecs"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(import_module(module), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("_"):
+        # `import moakit; moakit.engine.register_strategy(...)` worked while `import moakit`
+        # imported the engine: a submodule is still reachable as an attribute.
+        try:
+            return import_module(f"moakit.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"moakit.{name}":
+                raise
+    raise AttributeError(f"module 'moakit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+from moakit.version import __version__ as __version__  # noqa: E402 (after the lazy table)
 
 
 def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
@@ -61,6 +132,10 @@ async def arun(
     ``trace=True`` records the run in the default trace store (``moa trace list`` shows it);
     a trace store (``open_trace_store(path_or_url)``) records it there. The library records
     nothing unless asked."""
+    from moakit.config import StackConfig, resolve_stack
+    from moakit.engine import Stack
+    from moakit.trace import TraceRecorder, default_store, traced_run
+
     stack_config = config if isinstance(config, StackConfig) else resolve_stack(preset, config)
     async with Stack(stack_config) as stack:
         if trace is False:
@@ -82,6 +157,8 @@ def run(
     trace: bool | BaseTraceStore = False,
 ) -> Result:
     """Sync wrapper over ``arun`` for scripts. Inside a running event loop, await ``arun``."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

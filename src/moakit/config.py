@@ -15,8 +15,13 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from moakit.errors import ConfigError
 from moakit.hashing import content_hash
@@ -43,7 +48,21 @@ class MemberDefaults(StrictModel):
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
     max_concurrency: int | None = Field(default=None, ge=1)
+    # Set once for a stack whose members share an endpoint's prices.
+    price_in_per_mtok: float | None = Field(default=None, ge=0)
+    price_out_per_mtok: float | None = Field(default=None, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+    @model_serializer(mode="wrap")
+    def _unset_prices_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Prices were added to [defaults] after stacks had been hashed (eval records, traces
+        # key a stack by its dump): unset, they stay out of the dump, so those hashes hold.
+        data: dict[str, Any] = handler(self)
+        for name in ("price_in_per_mtok", "price_out_per_mtok"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class MemberSpec(StrictModel):
@@ -118,6 +137,12 @@ class ResolvedMember(MemberSpec):
 # Ollama, llama.cpp server) given by ``base_url`` usually wants none.
 DEFAULT_KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DEFAULT_PROVIDER = "openai"
+# The embedded models moakit ships weights for (``moakit.models.local.KNOWN_MODELS``).
+EMBEDDED_MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma3-270m")
+
+
+def looks_embedded(model: str) -> bool:
+    return model in EMBEDDED_MODELS or model.lower().endswith(".gguf")
 
 
 def key_env_for(spec: MemberSpec, provider: str | None = None) -> str | None:
@@ -179,6 +204,29 @@ class StackConfig(StrictModel):
     vote: VoteConfig = Field(default_factory=VoteConfig)
 
     @model_validator(mode="after")
+    def _embedded_needs_local(self) -> StackConfig:
+        # An embedded model left on the default provider would be sent to OpenAI (and ask for
+        # OPENAI_API_KEY): almost surely a forgotten `provider = "local"`.
+        if self.defaults.provider is not None:
+            return self
+        members = [
+            (f"layers.{i}.members.{j}", m)
+            for i, layer in enumerate(self.layers)
+            for j, m in enumerate(layer.members)
+        ]
+        members.append(("aggregator", self.aggregator))
+        members += [
+            (f"aggregator.fallbacks.{k}", f) for k, f in enumerate(self.aggregator.fallbacks)
+        ]
+        for where, m in members:
+            if m.provider is None and looks_embedded(m.model):
+                raise ValueError(
+                    f'{where}: {m.model!r} is an embedded model: add provider = "local" to '
+                    'the member (or to [defaults]); members use provider "openai" unless told'
+                )
+        return self
+
+    @model_validator(mode="after")
     def _quorum_reachable(self) -> StackConfig:
         for i, layer in enumerate(self.layers):
             size = sum(m.n for m in layer.members)
@@ -236,7 +284,7 @@ class StackConfig(StrictModel):
         for name in ("provider", "base_url", "api_key_env", "max_tokens", "timeout_s"):
             if data[name] is None:
                 data[name] = getattr(d, name)
-        for name in ("retries", "max_concurrency"):
+        for name in ("retries", "max_concurrency", "price_in_per_mtok", "price_out_per_mtok"):
             if data[name] is None:
                 data[name] = getattr(d, name)
         data["options"] = {**d.options, **spec.options}
@@ -316,6 +364,17 @@ def user_dir() -> Path:
     return Path(env) if env else Path.home() / ".config" / "moakit"
 
 
+def _load_yaml(text: str) -> Any:
+    """PyYAML is imported only for a YAML file (most configs are TOML; it costs start-up time).
+    Its parse errors come back as ``ValueError``, like ``tomllib``'s."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def read_config_file(path: str | Path) -> StackConfig:
     path = Path(path)
     try:
@@ -323,8 +382,8 @@ def read_config_file(path: str | Path) -> StackConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", field="path") from None
     try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        data = _load_yaml(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table/mapping at the top level")

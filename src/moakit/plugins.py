@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "moakit.references",
     "moakit.defenses.plugin",
     "moakit.trace.open",
+    "moakit.eval.plugin",
 )
 
 # Hook name -> what the registry calls that kind (in errors and ``moa plugins``).
@@ -189,6 +190,16 @@ def registered(plugin: object, name: str | None = None) -> Iterator[str]:
         unregister(name=key)
 
 
+def add_plugin_commands(cli: Any) -> None:
+    """Let every installed plugin add ``moa`` commands to ``cli``. Only the installed
+    (entry-point) plugins are asked: moakit's own add none, so ``moa --help`` imports no
+    built-in plugin module (the engine, the eval) to list them."""
+    manager = pluggy.PluginManager("moakit")
+    manager.add_hookspecs(hookspecs)
+    manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    manager.hook.register_commands(cli=cli)
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -236,6 +247,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "Registry",
+    "add_plugin_commands",
     "plugin_manager",
     "plugins",
     "register",

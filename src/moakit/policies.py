@@ -81,11 +81,13 @@ class TrustConfig(StrictModel):
 class ReferencesConfig(StrictModel):
     """How one layer's answers become the next layer's references: ``transforms`` run in order
     (names registered in ``moakit.references``; none by default), then ``formatter`` writes the
-    block appended to the system prompt (``paper``: the reference implementation's, byte-exact;
-    ``fenced``: each reference framed as data, see ``moakit.defenses.fence``)."""
+    block appended to the system prompt. ``fenced`` (the default): each reference framed as data,
+    look-alikes of the block's own structure neutralised (``moakit.defenses.fence``), so a
+    member's answer cannot end the list or speak as the system. ``paper``: the reference
+    implementation's byte-exact block, which the paper presets keep for reproduction."""
 
     transforms: list[str] = Field(default_factory=list)
-    formatter: str = "paper"
+    formatter: str = "fenced"
     cluster: ClusterFilterConfig = Field(default_factory=ClusterFilterConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
 

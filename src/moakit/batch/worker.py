@@ -113,7 +113,7 @@ class BatchWorker:
             except QueryFailed as exc:
                 result = exc.result
                 raise query_error(exc) from None
-            check_output(result.final, item.request.response_format)
+            await check_output(result.final, item.request.response_format)
             body = completion_body(run_id, created, item.model, result, details=item.details)
             body["system_fingerprint"] = fingerprint(stack.config_hash)
             line = response_line(item.custom_id, 200, body, run_id)

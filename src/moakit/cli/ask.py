@@ -35,7 +35,7 @@ from moakit.events import (
 )
 from moakit.models.base import Message
 from moakit.result import Result
-from moakit.trace import TraceRecorder, default_recorder, traced_run
+from moakit.trace import TraceRecorder, TraceStoreError, default_recorder, traced_run
 
 stack_options = [
     click.option("--preset", "-p", default=None, help="Preset name (default: local)."),
@@ -124,6 +124,12 @@ class TerminalView:
         elif isinstance(event, RunFinished):
             self._end_answer(always=True)
             r = event.result
+            if r.truncated:
+                self.line(
+                    ("answer truncated", "yellow"),
+                    ": the aggregator stopped at its max_tokens limit (raise max_tokens on the "
+                    "aggregator to get the rest)",
+                )
             u = r.usage
             self.line(
                 (
@@ -135,6 +141,10 @@ class TerminalView:
         elif isinstance(event, RunFailed):
             self._end_answer(always=False)
 
+    def stopped(self) -> None:
+        """The run was cancelled (Ctrl-C in ``moa chat``): end the answer line it left open."""
+        self._end_answer(always=False)
+
     def _end_answer(self, *, always: bool) -> None:
         if self.out is not None and (always or self.wrote_text):
             self.out.write("\n")
@@ -143,6 +153,18 @@ class TerminalView:
         for text in self._held:
             self.progress.print(text)
         self._held.clear()
+
+
+def recorder_or_warning(stack: Stack, progress: Console) -> TraceRecorder | None:
+    """The default recorder; when the trace store cannot be used (a corrupt or foreign file),
+    a warning and no recording: a broken audit trail never stops an answer."""
+    try:
+        return default_recorder(stack, source="cli")
+    except TraceStoreError as exc:
+        progress.print(
+            Text.assemble(("warning: ", "yellow"), one_line(str(exc)), "; not recording this query")
+        )
+        return None
 
 
 async def answer(
@@ -177,7 +199,7 @@ def ask_cmd(
         async with Stack(config) as stack:
             # Every CLI query is recorded (MOAKIT_TRACE=0 turns it off): `moa trace list`.
             # The store's writer commits what is queued before the process exits.
-            recorder = default_recorder(stack, source="cli")
+            recorder = recorder_or_warning(stack, view.progress)
             return await answer(stack, [{"role": "user", "content": question}], view, recorder)
 
     try:
@@ -189,37 +211,3 @@ def ask_cmd(
         raise
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
-
-
-@click.command("chat")
-@with_stack_options
-def chat_cmd(preset: str | None, config_path: Path | None) -> None:
-    """Multi-turn chat: every layer sees the whole conversation. Ctrl-D or /exit quits."""
-    config = resolve_stack(preset, config_path)
-    progress = progress_console()
-    view = TerminalView(progress, sys.stdout)
-
-    async def go() -> None:
-        history: list[Message] = []
-        async with Stack(config) as stack:
-            recorder = default_recorder(stack, source="cli")
-            while True:
-                try:
-                    line = await asyncio.to_thread(input, "you> ")
-                except EOFError:
-                    return
-                if line.strip() in ("/exit", "/quit"):
-                    return
-                if not line.strip():
-                    continue
-                history.append({"role": "user", "content": line})
-                try:
-                    result = await answer(stack, history, view, recorder)
-                except QueryFailed as exc:
-                    # This turn failed; the conversation goes on without it.
-                    progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))
-                    history.pop()
-                    continue
-                history.append({"role": "assistant", "content": result.final})
-
-    asyncio.run(go())

@@ -15,7 +15,6 @@ import click
 
 from moakit.config import MemberSpec
 from moakit.errors import ConfigError
-from moakit.eval.datasets import DATASET_NAMES
 
 
 def _price_pair(text: str, what: str) -> tuple[float, float]:
@@ -75,7 +74,8 @@ def eval_group() -> None:
     "--dataset",
     "-d",
     default=None,
-    help=f"{', '.join(DATASET_NAMES)}, or a .jsonl file with 'prompt' (+ 'answer'). "
+    help="gsm8k, humaneval, mt-bench, alpaca-eval, flask-hard, a plugin's dataset (moa plugins), "
+    "or a .jsonl file with 'prompt' (+ 'answer'). "
     "Required, except with --report-only.",
 )
 @click.option(

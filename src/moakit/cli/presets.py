@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from moakit.cli.literal import one_line
 from moakit.config import ResolvedMember, StackConfig, load_preset, preset_names, read_config_file
 
 
@@ -32,7 +33,8 @@ def presets_group(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is None:
         for name in preset_names():
             config = load_preset(name)
-            click.echo(f"{name:16} {_summary(config)}  {config.description}")
+            # User presets are files anyone could have written: shown, never obeyed.
+            click.echo(one_line(f"{name:16} {_summary(config)}  {config.description}"))
 
 
 @presets_group.command("show")
@@ -65,7 +67,7 @@ def config_group() -> None:
 def config_check(path: Path) -> None:
     """Validate a stack file; report missing API-key variables (names only)."""
     config = read_config_file(path)
-    click.echo(f"ok: {config.name}: {_summary(config)}")
+    click.echo(one_line(f"ok: {config.name}: {_summary(config)}"))
     for env in _needed_keys(config):
         state = "set" if os.environ.get(env) else "NOT SET"
         click.echo(f"  needs ${env}: {state}")

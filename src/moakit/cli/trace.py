@@ -1,8 +1,10 @@
 """``moa trace``: list, show, export and prune recorded queries.
 
-Model outputs, questions and upstream errors are untrusted: they are printed as ``rich.text.Text``
-objects, which Rich never parses for markup, so ``[bold]`` or ``[/INST]`` in an answer is shown
-as those characters.
+Model outputs, questions, labels and upstream errors are untrusted: they are printed as
+``rich.text.Text`` objects, which Rich never parses for markup, so ``[bold]`` or ``[/INST]`` in an
+answer is shown as those characters; and their control characters (ANSI escapes that recolour,
+retitle the window or clear the screen) are written as visible escapes, as ``moa ask`` does. JSON
+output escapes them too (the same data, safe on a terminal).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -18,10 +21,13 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from moakit.cli.literal import json_literal, literal, one_line
 from moakit.trace.base import BaseTraceStore
-from moakit.trace.open import open_trace_store
+from moakit.trace.open import is_postgres_url, open_trace_store
 from moakit.trace.records import QUERY_STATUSES, CallRecord, TraceRecord
+from moakit.trace.store import default_trace_path
 
+MAX_LIST = 100_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
@@ -76,6 +82,17 @@ def _record(store: BaseTraceStore, query_id: str) -> TraceRecord:
     return record
 
 
+def _open(db_path: str | None) -> BaseTraceStore:
+    """The store to read, or a one-line error naming it. Reading never creates a SQLite file
+    (a PostgreSQL URL names a server, which is opened as it is)."""
+    if db_path is not None and is_postgres_url(db_path):
+        return open_trace_store(db_path)
+    path = Path(db_path) if db_path is not None else default_trace_path()
+    if not path.exists():
+        raise click.ClickException(f"no trace store at {path} (nothing has been recorded there)")
+    return open_trace_store(str(path))  # not a trace store: TraceStoreError, one line
+
+
 @click.group("trace")
 def trace_group() -> None:
     """Recorded queries: who said what, what it cost, how long each step took."""
@@ -86,7 +103,9 @@ def trace_group() -> None:
 @click.option("--stack", default=None, help="Only this stack.")
 @click.option("--status", type=click.Choice(QUERY_STATUSES), default=None, help="Only this status.")
 @click.option("--since", default=None, help="Started within a duration (1h, 7d) or since a date.")
-@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1, max=MAX_LIST)
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_cmd(
     db_path: str | None,
@@ -97,7 +116,8 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """Recent queries, newest first."""
-    with open_trace_store(db_path) as store:
+    with _open(db_path) as store:
+        total = store.stats().queries
         rows = store.list_queries(
             stack=stack,
             status=status,
@@ -106,7 +126,7 @@ def list_cmd(
         )
     if as_json:
         for q in rows:
-            click.echo(json.dumps(TraceRecord(q).to_json()["query"], ensure_ascii=False))
+            click.echo(json_literal(TraceRecord(q).to_json()["query"]))
         return
     table = Table(box=None, pad_edge=False)
     for name in ("id", "time", "stack", "status", "latency", "tokens", "cost"):
@@ -114,17 +134,22 @@ def list_cmd(
     for q in rows:
         style = {"complete": "green", "failed": "red", "cancelled": "yellow"}.get(q.status, "")
         table.add_row(
-            Text(q.id[:12]),
+            Text(one_line(q.id[:12])),
             Text(_when(q.start_time)),
-            Text(q.stack_name),
-            Text(q.status, style=style),
+            Text(one_line(q.stack_name)),
+            Text(one_line(q.status), style=style),
             Text("-" if q.latency_s is None else f"{q.latency_s:.2f}s"),
             Text(str(q.total_tokens)),
             Text(_cost(q.cost_usd)),
         )
     console = _console()
+    given = (("stack", stack), ("status", status), ("since", since))
+    filters = [f"--{name} {value}" for name, value in given if value]
     if rows:
         console.print(table)
+    elif total and filters:
+        shown = one_line(" ".join(filters))
+        console.print(Text(f"no traces match {shown} ({total} recorded in all)", style="dim"))
     else:
         console.print(Text("no traces recorded yet", style="dim"))
 
@@ -135,8 +160,8 @@ def _call_line(call: CallRecord) -> Text:
         mark, style = "⏹", "yellow"
     line = Text()
     line.append(f"{mark} ", style=style)
-    line.append(call.label, style="bold")
-    line.append(f"  {call.provider}/{call.model_name}", style="dim")
+    line.append(one_line(call.label), style="bold")
+    line.append(one_line(f"  {call.provider}/{call.model_name}"), style="dim")
     line.append(f"  {call.latency_s:.2f}s")
     if call.ttft_s is not None:
         line.append(f" (ttft {call.ttft_s:.2f}s)", style="dim")
@@ -152,16 +177,17 @@ def _body(text: str | None, full: bool, width: int = 400) -> Text:
     text = text or ""
     if not full and len(text) > width:
         text = text[:width] + f"… ({len(text) - width} more chars; --full shows all)"
-    return Text(text)
+    return Text(literal(text))
 
 
 def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
     """The tree ``moa trace show`` prints: layers -> members -> outputs."""
     q = record.query
     head = Text()
-    head.append(f"query {q.id}", style="bold")
-    head.append(f"  {q.stack_name}  ")
-    head.append(q.status, style={"complete": "green", "incomplete": "yellow"}.get(q.status, "red"))
+    head.append(f"query {one_line(q.id)}", style="bold")
+    head.append(f"  {one_line(q.stack_name)}  ")
+    status_style = {"complete": "green", "incomplete": "yellow"}.get(q.status, "red")
+    head.append(one_line(q.status), style=status_style)
     head.append(f"  {_when(q.start_time)}")
     if q.latency_s is not None:
         head.append(f"  {q.latency_s:.2f}s")
@@ -170,10 +196,10 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
     if q.input is not None:
         question = tree.add(Text("input", style="bold"))
         for message in q.input:
-            role = Text(f"{message.get('role', '?')}: ")
+            role = Text(one_line(f"{message.get('role', '?')}: "))
             question.add(role + _body(str(message.get("content")), full))
     elif q.input_hash:
-        tree.add(Text(f"input: not stored ({q.input_hash})", style="dim"))
+        tree.add(Text(one_line(f"input: not stored ({q.input_hash})"), style="dim"))
     for layer, calls in record.layers().items():
         aggregator = all(c.role == "aggregator" for c in calls)
         answered = sum(1 for c in calls if c.ok)
@@ -186,13 +212,15 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
             # One attempt's error is the call's error: list attempts only when it retried.
             for attempt in call.attempts if len(call.attempts) > 1 else []:
                 if attempt.error:
-                    member.add(Text(f"attempt {attempt.number}: {attempt.error}", style="red"))
+                    member.add(
+                        Text(one_line(f"attempt {attempt.number}: {attempt.error}"), style="red")
+                    )
             if call.status_message is not None:
-                member.add(Text(call.status_message, style="red"))
+                member.add(Text(one_line(call.status_message), style="red"))
             if call.output is not None:
                 member.add(_body(call.output, full))
     if q.status_message:
-        tree.add(Text(f"error: {q.status_message}", style="red"))
+        tree.add(Text(one_line(f"error: {q.status_message}"), style="red"))
     if q.output is not None:
         final = tree.add(Text("final answer", style="bold"))
         final.add(_body(q.output, True))
@@ -205,7 +233,7 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
 @click.option("--full", is_flag=True, help="Print every output in full.")
 def show_cmd(query_id: str, db_path: str | None, full: bool) -> None:
     """One query as a tree: layers, members, their outputs; failures in red."""
-    with open_trace_store(db_path) as store:
+    with _open(db_path) as store:
         record = _record(store, query_id)
     _console().print(render_trace(record, full=full))
 
@@ -216,19 +244,27 @@ def show_cmd(query_id: str, db_path: str | None, full: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
 def export_cmd(query_id: str, db_path: str | None, fmt: str) -> None:
     """One query and all of its calls, as JSON on stdout."""
-    with open_trace_store(db_path) as store:
+    with _open(db_path) as store:
         record = _record(store, query_id)
-    click.echo(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
+    click.echo(json_literal(record.to_json(), indent=2))
 
 
 @trace_group.command("prune")
 @db_option
 @click.option("--older-than", "older_than", required=True, help="A duration: 30d, 12h, 2w.")
 @click.option("--vacuum", is_flag=True, help="Also give the freed space back to the disk.")
-def prune_cmd(db_path: str | None, older_than: str, vacuum: bool) -> None:
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting every query.")
+def prune_cmd(db_path: str | None, older_than: str, vacuum: bool, yes: bool) -> None:
     """Delete queries started longer ago than --older-than."""
     seconds = parse_duration(older_than)
-    with open_trace_store(db_path) as store:
+    with _open(db_path) as store:
+        total = store.stats().queries
+        doomed = store.count_older_than(seconds)
+        if doomed and doomed == total and not yes:
+            click.confirm(
+                f"this deletes all {total} recorded queries in {store.location}; go on?",
+                abort=True,
+            )
         deleted = store.prune(seconds, vacuum=vacuum)
     click.echo(f"deleted {deleted} queries older than {older_than}")
 
@@ -238,7 +274,7 @@ def prune_cmd(db_path: str | None, older_than: str, vacuum: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def stats_cmd(db_path: str | None, as_json: bool) -> None:
     """How many queries and calls the store holds, and its size on disk."""
-    with open_trace_store(db_path) as store:
+    with _open(db_path) as store:
         stats = store.stats()
     if as_json:
         click.echo(json.dumps(stats.__dict__))

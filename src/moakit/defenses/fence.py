@@ -5,8 +5,11 @@ The paper's block writes each reference as ``\\n{i}. {text}``, so a reference th
 engine's own voice, and chat-template role tags inside it may be read as a turn boundary. Here
 each reference is
 
-- framed by BEGIN/END lines carrying a random boundary token drawn per block, which the text
-  cannot contain (redrawn until no reference contains it), so no reference can close its frame;
+- framed by BEGIN/END lines carrying a boundary token derived from the block's own content (a
+  hash of every reference text), which no reference can contain: to write it, a member would
+  need the hash of a text that includes that very hash. So no reference can close its frame,
+  yet the same references give the same block (a response cache still hits, a resumed eval
+  sends the same requests); should a text contain the token anyway, it is re-derived;
 - quoted line by line (``> ``), so nothing it writes starts a line of the block;
 - rid of look-alikes: fake numbering, ``SYSTEM:``/operator lines, "end of responses", role
   tags of common chat templates (ChatML, Llama 2, Zephyr, Gemma, Alpaca) are rewritten into
@@ -18,8 +21,8 @@ stack's aggregate prompt (the paper's by default) still comes first, unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
 from collections.abc import Sequence
 
 from moakit.references import Formatted, Reference
@@ -35,7 +38,10 @@ _LOOKALIKES: tuple[tuple[str, re.Pattern[str], str], ...] = (
         "role header",
         re.compile(
             r"^([ \t>#*]*)(system|operator|developer|admin(?:istrator)?|assistant|user|"
-            r"instruction|response)(\s*(?:message|prompt|instruction|note|override)?\s*):",
+            # One unambiguous way to match the gap before ':' (two adjacent \s* would make a
+            # long run of blanks quadratic: a proposer could stall the event loop with one).
+            r"instruction|response)"
+            r"([ \t]*(?:(?:message|prompt|instruction|note|override)[ \t]*)?):",
             re.IGNORECASE | re.MULTILINE,
         ),
         r'\1(quoted "\2\3"):',
@@ -71,10 +77,12 @@ def neutralise(text: str) -> tuple[str, list[str]]:
 
 
 def _boundary(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass"))
     while True:
-        token = "REF-" + secrets.token_hex(8)
+        token = "REF-" + digest.hexdigest()[:16]
         if not any(token in t for t in texts):
             return token
+        digest.update(b"\x00")
 
 
 def fenced_formatter(references: Sequence[Reference], prompt: str) -> Formatted:

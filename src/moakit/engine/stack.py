@@ -24,9 +24,10 @@ from moakit.models.base import ChatRequest, Chunk, Completion, Message, Model
 from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
 from moakit.models.registry import build_model
-from moakit.models.wrappers import ConcurrencyLimitedModel
+from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel
 from moakit.references import ReferencePipeline
 from moakit.result import Result
+from moakit.secrets import secret_values
 
 Wrap = Callable[[Model, ResolvedMember], Model]
 
@@ -51,6 +52,10 @@ class Stack(Model):
         self.layer_specs = [config.layer_members(i) for i in range(len(config.layers))]
         self.aggregator_specs = config.aggregators()
         self._limiters = self._endpoint_limiters()
+        # Configured key values (and the environment's key-like variables): scrubbed from what
+        # every member says, innermost, so nothing downstream ever sees one.
+        self._secrets = secret_values(s.api_key_env for s in self._all_specs() if s.api_key_env)
+        self._scrubbed: dict[int, Model] = {}
         # Every model is built now, so a missing key or unknown provider fails before any call.
         self.layer_models = [[self._member_model(s, wrap) for s in ss] for ss in self.layer_specs]
         self.aggregator_models = [self._member_model(s, wrap) for s in self.aggregator_specs]
@@ -102,6 +107,8 @@ class Stack(Model):
 
     def _member_model(self, spec: ResolvedMember, wrap: Wrap | None) -> Model:
         model = self.model_for(spec)
+        if self._secrets:
+            model = self._scrubbed.setdefault(id(model), ScrubbingModel(model, self._secrets))
         limiter = self._limiters.get(spec.endpoint)
         if limiter is not None:
             model = ConcurrencyLimitedModel(model, limiter)

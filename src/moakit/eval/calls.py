@@ -25,9 +25,10 @@ from moakit.events import (
 from moakit.executors.base import EndpointLimits, Gate
 from moakit.models.base import ChatRequest, Chunk, Message, Model
 from moakit.models.registry import ResourcePool, build_model
-from moakit.models.wrappers import ConcurrencyLimitedModel, WrapperModel
+from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel, WrapperModel
 from moakit.prompts import with_system_prompt
 from moakit.result import Result
+from moakit.secrets import secret_values
 
 # What a call is doing, in a few words, for progress inside a slow item.
 OnActivity = Callable[[str], None]
@@ -68,7 +69,10 @@ class ModelFactory:
         identity = model_identity(spec)
         key = json.dumps([identity, cached], sort_keys=True)
         if key not in self._models:
-            inner = build_model(spec, self.pool)
+            inner: Model = build_model(spec, self.pool)
+            secrets = secret_values([spec.api_key_env] if spec.api_key_env else [])
+            if secrets:  # innermost: the response cache and the records see scrubbed text only
+                inner = ScrubbingModel(inner, secrets)
             endpoint = endpoint_key(spec)
             if self.shared_limits is not None and endpoint != "local":
                 inner = ConcurrencyLimitedModel(inner, Gate(self.shared_limits, endpoint))

@@ -20,18 +20,9 @@ from typing import IO, Any
 
 from moakit.answers import normalize_number
 from moakit.errors import ConfigError
+from moakit.plugins import registry
 
 PACKAGED_DATA = Path(__file__).resolve().parent / "data"
-
-# Default scorer of each built-in dataset (a user dataset names its own).
-DEFAULT_SCORERS = {
-    "gsm8k": "gsm8k",
-    "humaneval": "humaneval",
-    "mt-bench": "mt-bench",
-    "alpaca-eval": "alpaca-eval",
-    "flask-hard": "flask",
-}
-DATASET_NAMES = tuple(DEFAULT_SCORERS)
 
 
 @dataclass(frozen=True)
@@ -266,33 +257,27 @@ def load_dataset(
 ) -> Dataset:
     """A built-in benchmark by name, or a user JSONL file by path (its scorer, unless given,
     is the one that suits its answers: ``default_user_scorer``)."""
-    root = data_dir or default_data_dir()
-    if name == "gsm8k":
-        items = load_gsm8k(data_file(root, "gsm8k_train.jsonl"))
-    elif name == "humaneval":
-        items = load_humaneval()
-    elif name == "mt-bench":
-        items = load_mt_bench(
-            data_file(root, "mt_bench_questions.jsonl"),
-            data_file(root, "mt_bench_reference_gpt4.jsonl"),
-        )
-    elif name == "alpaca-eval":
-        items = load_alpaca_eval(data_file(root, "alpaca_eval_instructions.jsonl"))
-    elif name == "flask-hard":
-        items = load_flask_hard(data_file(root, "flask_hard.jsonl"))
-    elif name.endswith(".jsonl"):
+    if name.endswith(".jsonl"):
         items = _slice(load_user_jsonl(Path(name)), offset, limit)
         default, reason = default_user_scorer(items)
         if scorer:
             default, reason = scorer, "--scorer"
         return Dataset(Path(name).stem, items, default, reason)
-    else:
+    plugins = registry().datasets
+    if name not in plugins:
+        known = ", ".join(plugins.names())
         raise ConfigError(
-            f"unknown dataset {name!r} (known: {', '.join(DATASET_NAMES)}, or a .jsonl file)",
-            field="dataset",
+            f"unknown dataset {name!r} (known: {known}, or a .jsonl file)", field="dataset"
         )
+    source = plugins.get(name, field="dataset")
+    items = source.load(data_dir or default_data_dir())
     reason = "--scorer" if scorer else f"{name}'s own"
-    return Dataset(name, _slice(items, offset, limit), scorer or DEFAULT_SCORERS[name], reason)
+    return Dataset(name, _slice(items, offset, limit), scorer or source.scorer, reason)
+
+
+def dataset_names() -> list[str]:
+    """Every dataset a plugin registered (the built-ins among them)."""
+    return registry().datasets.names()
 
 
 def _slice(items: list[Item], offset: int, limit: int | None) -> list[Item]:

@@ -27,14 +27,14 @@ from typing import Any
 from moakit.config import MemberSpec
 from moakit.errors import ConfigError
 from moakit.eval.cache import stored_count
-from moakit.eval.datasets import DATASET_NAMES, Dataset, load_baseline, load_dataset
+from moakit.eval.datasets import Dataset, dataset_names, load_baseline, load_dataset
 from moakit.eval.executor import Executor, ExecutorFactory, LocalExecutor
 from moakit.eval.kinds import build_systems
 from moakit.eval.progress import LogProgress, Progress
 from moakit.eval.records import EvalRecord, RecordsFile
 from moakit.eval.report import write_outputs
 from moakit.eval.results import Manifest, ResultsDir
-from moakit.eval.scorers import BUILTIN, scorer_identity, scorer_traits
+from moakit.eval.scorers import scorer_identity, scorer_names, scorer_traits
 from moakit.eval.systems import DEFAULT_KINDS, System, SystemInfo
 from moakit.eval.worker import EvalUnit, WorkerConfig
 
@@ -170,7 +170,7 @@ class EvalSession:
                 field="scorer",
             )
         name = s.dataset or held.dataset
-        if held.legacy and not s.dataset and held.dataset not in DATASET_NAMES:
+        if held.legacy and not s.dataset and held.dataset not in dataset_names():
             raise ConfigError(
                 f"--report-only: name the dataset of {s.out_dir} with --dataset", field="dataset"
             )
@@ -359,7 +359,7 @@ class EvalSession:
                 self._warn(
                     f"{missed} of {len(scores)} replies of {name} held no answer the "
                     f"{self.scorer.name} scorer could read{_HINTS.get(self.scorer.name, '')}; "
-                    f"is it the right scorer? (--scorer {', '.join(BUILTIN)}, or "
+                    f"is it the right scorer? (--scorer {', '.join(scorer_names())}, or "
                     "module:function)"
                 )
 

@@ -88,9 +88,7 @@ class OpenAIChatModel(Model):
     async def complete(self, request: ChatRequest) -> Completion:
         ep = self.provider
         try:
-            async with ep.session().post(
-                ep.url, data=self._body(request, stream=False), headers=ep.headers
-            ) as response:
+            async with ep.post(self._body(request, stream=False), ep.headers) as response:
                 await _raise_for_status(response, ep.key)
                 raw = await response.read()
         except _CONNECTION_ERRORS as exc:
@@ -103,9 +101,7 @@ class OpenAIChatModel(Model):
         usage: Usage | None = None
         headers = {**ep.headers, "Accept": "text/event-stream"}
         try:
-            async with ep.session().post(
-                ep.url, data=self._body(request, stream=True), headers=headers
-            ) as response:
+            async with ep.post(self._body(request, stream=True), headers) as response:
                 await _raise_for_status(response, ep.key)
                 if response.content_type == "application/json":
                     # Some servers and proxies ignore "stream": true and answer in one body.

@@ -6,7 +6,7 @@ concurrency limiter or a fault injector is a ``Model`` around a ``Model``, never
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -63,3 +63,70 @@ class ConcurrencyLimitedModel(WrapperModel):
     async def complete(self, request: ChatRequest) -> Completion:
         async with self.limiter:
             return await self.wrapped.complete(request)
+
+
+class ScrubbingModel(WrapperModel):
+    """Replaces every value in ``secrets`` with ``***`` in what the wrapped model says: its
+    answer (streamed or not) and its error messages. A model that echoes a configured key (a
+    prompt injection can make one) then never puts it in a result, a reference, a cache, a
+    response or a stream: the engine applies this innermost, so everything downstream sees only
+    scrubbed text.
+
+    Streaming: a key may arrive split across chunks, so the end of the text that could still be
+    the start of a key is held back until the next chunk decides (usually nothing: a tail is held
+    only when it matches a key's first characters)."""
+
+    def __init__(self, wrapped: Model, secrets: Iterable[str]) -> None:
+        super().__init__(wrapped)
+        # Longest first, so a key that contains another is replaced whole.
+        self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._firsts = frozenset(s[0] for s in self.secrets)
+        self._longest = max((len(s) for s in self.secrets), default=0)
+
+    def clean(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def _held_from(self, text: str) -> int:
+        """Where the longest tail of ``text`` that begins some key (but is not all of it) starts;
+        ``len(text)`` when none does."""
+        for i in range(max(0, len(text) - self._longest + 1), len(text)):
+            if text[i] in self._firsts:
+                tail = text[i:]
+                if any(s.startswith(tail) for s in self.secrets):
+                    return i
+        return len(text)
+
+    def _clean_error(self, exc: Exception) -> None:
+        exc.args = tuple(self.clean(a) if isinstance(a, str) else a for a in exc.args)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        held = ""
+        try:
+            async with closing_stream(self.wrapped.stream(request)) as chunks:
+                async for chunk in chunks:
+                    text = self.clean(held + chunk.text)
+                    last = chunk.finish_reason is not None
+                    cut = len(text) if last else self._held_from(text)
+                    text, held = text[:cut], text[cut:]
+                    if text == chunk.text:
+                        yield chunk  # nothing held or replaced: the chunk as it came
+                    elif text or last or chunk.usage is not None:
+                        yield Chunk(text=text, finish_reason=chunk.finish_reason, usage=chunk.usage)
+        except Exception as exc:
+            self._clean_error(exc)
+            raise
+        if held:  # a stream that ended without a finishing chunk
+            yield Chunk(text=held)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        try:
+            done = await self.wrapped.complete(request)
+        except Exception as exc:
+            self._clean_error(exc)
+            raise
+        return Completion(
+            text=self.clean(done.text), finish_reason=done.finish_reason, usage=done.usage
+        )

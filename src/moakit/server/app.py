@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from moakit.config import StackConfig
 from moakit.engine import Stack
+from moakit.errors import ConfigError
 from moakit.server import routes_misc
 from moakit.server.errors import ApiError
+from moakit.server.guard import RequestGuard
 from moakit.server.handling import Handler, route
 from moakit.server.limits import QueryLimiter
 from moakit.server.routes_chat import chat
@@ -46,6 +50,8 @@ def create_app(
     allow_request_stacks: bool | None = None,
     trace_store: BaseTraceStore | None = None,
     evals_dir: Path | None = None,
+    allowed_hosts: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> Starlette:
     """The ASGI app. ``stacks`` maps model names to stacks (default: every preset, resolved on
     use); ``api_keys`` defaults to the comma-separated ``MOA_API_KEYS``; ``preload`` loads
@@ -53,10 +59,11 @@ def create_app(
     declares the endpoints and caps for request-supplied stacks, which stay off unless
     ``allow_request_stacks`` (or the settings) turn them on. ``trace_store``: every query is
     recorded there (plus OpenTelemetry when configured) and the web UI is served at ``/ui``
-    (``evals_dir`` adds its eval-report viewer); without one, nothing is recorded."""
-    if api_keys is None:
-        env = os.environ.get("MOA_API_KEYS", "")
-        api_keys = [k.strip() for k in env.split(",") if k.strip()]
+    (``evals_dir`` adds its eval-report viewer, also without a store); without one, nothing is
+    recorded.
+    ``allowed_hosts`` (default: the localhost names; IP addresses always pass) and
+    ``cors_origins`` (other origins whose pages may call the API) are ``guard.RequestGuard``'s."""
+    api_keys = client_keys(api_keys)
     settings = settings or ServerSettings()
     if allow_request_stacks is not None:
         settings = settings.with_request_stacks(allow_request_stacks)
@@ -69,7 +76,9 @@ def create_app(
         settings=settings,
         recorder=default_recorder(source="server", store=trace_store) if trace_store else None,
     )
-    ui = ui_mount(state, trace_store, evals_dir) if trace_store is not None else []
+    # The UI comes with the trace store, or with an eval viewer alone (tracing off).
+    with_ui = trace_store is not None or evals_dir is not None
+    ui = ui_mount(state, trace_store, evals_dir) if with_ui else []
 
     def bind(prefix: str, handler: Any, *, log_access: bool = True) -> Any:
         bound: Handler = functools.partial(handler, state)
@@ -95,7 +104,22 @@ def create_app(
         if trace_store is not None:
             trace_store.close()  # its writer commits what is queued first
 
+    cors = list(cors_origins or [])
+    middleware = [
+        Middleware(RequestGuard, allowed_hosts=allowed_hosts, allowed_origins=cors),
+    ]
+    if cors:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+                expose_headers=["retry-after", "x-should-retry", "x-moakit-run-id"],
+            )
+        )
     app = Starlette(
+        middleware=middleware,
         routes=[
             Route("/v1/chat/completions", bind("chatcmpl", chat), methods=["POST"]),
             Route("/v1/responses", bind("resp", responses), methods=["POST"]),
@@ -118,3 +142,24 @@ def create_app(
     )
     app.state.moa = state
     return app
+
+
+def client_keys(given: list[str] | None) -> list[str]:
+    """The API keys clients must present: ``given``, else the comma-separated ``MOA_API_KEYS``.
+    A value that is set but holds no key (``","``, ``" "``) is refused rather than read as
+    "no auth": switching auth off must never happen by accident."""
+    source = "api_keys"
+    if given is None:
+        env = os.environ.get("MOA_API_KEYS")
+        if env is None:
+            return []
+        given, source = env.split(","), "MOA_API_KEYS"
+    keys = [k.strip() for k in given]
+    if any(not k for k in keys):
+        raise ConfigError(
+            f"{source} holds an empty key ({len(keys)} comma-separated values, "
+            f"{sum(1 for k in keys if not k)} empty): set it to one or more non-empty keys "
+            "separated by commas, or unset it to run without auth",
+            field=source,
+        )
+    return keys

@@ -4,7 +4,6 @@ number of queries in flight."""
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import statistics
 import time
@@ -14,11 +13,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from moakit.jsonlimits import MAX_DEPTH, TooDeep, loads_bounded
 from moakit.server.errors import ApiError, bad_request
-
-# Deeper than any real request (a JSON schema for nested models included), shallow enough that
-# recursive code over the body stays far from Python's recursion limit.
-MAX_DEPTH = 64
 
 
 def check_auth(api_keys: list[bytes], request: Request) -> None:
@@ -59,34 +55,16 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    too_deep = bad_request(
-        f"request body is nested more than {MAX_DEPTH} levels deep", None, "invalid_json"
-    )
     try:
-        body = json.loads(b"".join(chunks))
-    except RecursionError:
-        raise too_deep from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
-    if _depth(body) > MAX_DEPTH:
+        return loads_bounded(b"".join(chunks))
+    except TooDeep:
         # Bounded here, once: everything downstream (schema checks, re-encoding for a
         # backend) may recurse over the body.
-        raise too_deep
-    return body
-
-
-def _depth(value: Any) -> int:
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, level)
-            if level <= MAX_DEPTH:
-                stack.extend((child, level + 1) for child in item)
-    return deepest
+        raise bad_request(
+            f"request body is nested more than {MAX_DEPTH} levels deep", None, "invalid_json"
+        ) from None
+    except ValueError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
 
 
 class QueryLimiter:

@@ -77,7 +77,7 @@ class RequestTrust(StrictModel):
 
 class RequestReferences(StrictModel):
     transforms: list[Literal["cluster", "trust"]] = Field(default_factory=list, max_length=4)
-    formatter: Literal["paper", "fenced"] = "paper"
+    formatter: Literal["paper", "fenced"] = "fenced"
     cluster: RequestCluster | None = None
     trust: RequestTrust | None = None
 

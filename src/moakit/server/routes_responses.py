@@ -22,6 +22,7 @@ from moakit.server.state import ServerState
 from moakit.server.wire_responses import (
     UNSUPPORTED,
     ResponsesRequest,
+    final_status,
     output_message,
     output_text,
     response_object,
@@ -49,9 +50,10 @@ async def responses(state: ServerState, request: Request, access: Access) -> Res
         return _stream(state, query, slot, access, body, item_id)
     result = await run_to_result(state, request, query, slot)
     access.tokens = result.usage.total_tokens
-    output = [output_message(item_id, result.final, "completed")]
+    status = final_status(result)
+    output = [output_message(item_id, result.final, status)]
     return JSONResponse(
-        response_object(access.id, body, status="completed", output=output, result=result)
+        response_object(access.id, body, status=status, output=output, result=result)
     )
 
 
@@ -93,13 +95,14 @@ def _stream(
                     if not started:
                         for line in _open_item(event, item_id):
                             yield line
-                    for line in _close_item(event, item_id, item.final):
+                    status = final_status(item)
+                    for line in _close_item(event, item_id, item.final, status):
                         yield line
                     access.tokens = item.usage.total_tokens
-                    done = [output_message(item_id, item.final, "completed")]
+                    done = [output_message(item_id, item.final, status)]
                     yield event(
-                        "response.completed",
-                        response=response("completed", output=done, result=item),
+                        f"response.{status}",
+                        response=response(status, output=done, result=item),
                     )
             outcome["status"] = 200
         except QueryFailed as err:
@@ -135,7 +138,7 @@ def _open_item(event: EventFn, item_id: str) -> list[str]:
     ]
 
 
-def _close_item(event: EventFn, item_id: str, text: str) -> list[str]:
+def _close_item(event: EventFn, item_id: str, text: str, status: str) -> list[str]:
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     return [
         event("response.output_text.done", **where, text=text, logprobs=[]),
@@ -143,7 +146,7 @@ def _close_item(event: EventFn, item_id: str, text: str) -> list[str]:
         event(
             "response.output_item.done",
             output_index=0,
-            item=output_message(item_id, text, "completed"),
+            item=output_message(item_id, text, status),
         ),
     ]
 

@@ -10,14 +10,11 @@ attempt that wrote it ends the query with an error, never with another attempt's
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import jsonschema
-import referencing.exceptions
 from starlette.requests import Request
 from starlette.types import Receive
 
@@ -28,6 +25,7 @@ from moakit.models.base import ChatRequest, Model
 from moakit.result import Result
 from moakit.server.errors import ApiError, bad_request, query_error
 from moakit.server.request_stack import RequestStack, translate
+from moakit.server.schema import OutputInvalid, SchemaRefused, check_answer, check_schema
 from moakit.server.state import ServerState, build_stack
 from moakit.trace import TraceRecorder, traced_events
 
@@ -74,7 +72,7 @@ async def prepare(
     run_id: str,
     schema_param: str = CHAT_SCHEMA_PARAM,
 ) -> Query:
-    check_response_format(request.response_format, schema_param)
+    await check_response_format(request.response_format, schema_param)
     if custom is None:
         query = Query(
             model, request, state.stack(model), owned=False, run_id=run_id, recorder=state.recorder
@@ -106,35 +104,17 @@ async def prepare(
     return query
 
 
-def check_response_format(response_format: Mapping[str, Any] | None, param: str) -> None:
+async def check_response_format(response_format: Mapping[str, Any] | None, param: str) -> None:
+    """A 400 before any call for a schema the server cannot apply safely (see ``schema``)."""
     if not response_format or response_format.get("type") != "json_schema":
         return
-    schema = response_format.get("json_schema", {}).get("schema")
+    schema = (response_format.get("json_schema") or {}).get("schema")
     if schema is None:
         return
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise bad_request(f"{param} is not a valid JSON Schema: {exc.message}", param) from None
-    for ref in _refs(schema):
-        if not ref.startswith("#"):
-            # The schema is the client's; resolving it must never reach out anywhere.
-            raise bad_request(f"{param}: only local $ref ('#/...') are supported", param)
-
-
-def _refs(schema: Any) -> list[str]:
-    found: list[str] = []
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            ref = item.get("$ref")
-            if isinstance(ref, str):
-                found.append(ref)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found
+        await check_schema(schema)
+    except SchemaRefused as exc:
+        raise bad_request(f"{param}: {exc}", param) from None
 
 
 def _aggregator_models(stack: Stack) -> list[tuple[str, Model]]:
@@ -195,32 +175,20 @@ async def answer(
             elif isinstance(event, LayerFinished):
                 yield event
             elif isinstance(event, RunFinished):
-                check_output(event.result.final, query.request.response_format)
+                await check_output(event.result.final, query.request.response_format)
                 yield event.result
 
 
-def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
+async def check_output(text: str, response_format: Mapping[str, Any] | None) -> None:
     """The aggregator was asked for a format; a text that does not match it is not an answer."""
     if not response_format or response_format.get("type") not in ("json_object", "json_schema"):
         return
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise _invalid_output("the aggregator's answer is not valid JSON") from None
-    if response_format["type"] == "json_object":
-        if not isinstance(value, dict):
-            raise _invalid_output("the aggregator's answer is JSON but not an object")
-        return
-    schema = response_format.get("json_schema", {}).get("schema")
-    if schema is not None:
-        try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError as exc:
-            raise _invalid_output(
-                f"the aggregator's answer does not match the schema: {exc.message}"
-            ) from None
-        except referencing.exceptions.Unresolvable as exc:
-            raise bad_request(f"the schema has an unresolvable $ref: {exc}", None) from None
+        await check_answer(text, response_format)
+    except OutputInvalid as exc:
+        raise _invalid_output(str(exc)) from None
+    except SchemaRefused as exc:
+        raise bad_request(f"the response format's schema: {exc}", None) from None
 
 
 def _invalid_output(message: str) -> ApiError:

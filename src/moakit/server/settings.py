@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from moakit.config import format_validation_error
+from moakit.config import EMBEDDED_MODELS, format_validation_error
 from moakit.errors import ConfigError
 from moakit.policies import StrictModel
 
 # The embedded models a request stack may name by default: packaged weights only, never a path.
-DEFAULT_EMBEDDED = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma3-270m")
+DEFAULT_EMBEDDED = EMBEDDED_MODELS
 
 
 class EndpointSettings(StrictModel):

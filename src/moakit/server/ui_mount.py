@@ -11,7 +11,8 @@ from pathlib import Path
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Route
 
 from moakit.engine import Stack
 from moakit.errors import ConfigError
@@ -23,7 +24,9 @@ from moakit.ui.evals import eval_routes
 from moakit.ui.routes import Refused, ui_routes
 
 
-def ui_mount(state: ServerState, store: BaseTraceStore, evals_dir: Path | None) -> list[BaseRoute]:
+def ui_mount(
+    state: ServerState, store: BaseTraceStore | None, evals_dir: Path | None
+) -> list[BaseRoute]:
     def auth(request: Request) -> None:
         try:
             check_auth(state.api_keys, request)
@@ -50,4 +53,10 @@ def ui_mount(state: ServerState, store: BaseTraceStore, evals_dir: Path | None) 
     )
     if evals_dir is not None:
         routes += eval_routes(evals_dir, check_auth=auth)
+    # Browsers that open the server's root land on the UI.
+    routes.append(Route("/", _to_ui, methods=["GET"]))
     return routes
+
+
+async def _to_ui(request: Request) -> RedirectResponse:
+    return RedirectResponse("/ui")

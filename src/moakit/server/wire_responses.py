@@ -161,8 +161,13 @@ def output_message(item_id: str, text: str, status: str) -> dict[str, Any]:
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [output_text(text)] if status == "completed" else [],
+        "content": [output_text(text)] if status in ("completed", "incomplete") else [],
     }
+
+
+def final_status(result: Result) -> str:
+    """``incomplete`` when the answer stopped at its token limit, else ``completed``."""
+    return "incomplete" if result.truncated else "completed"
 
 
 def output_text(text: str) -> dict[str, Any]:
@@ -197,7 +202,8 @@ def response_object(
         "created_at": int(created_at or time.time()),
         "status": status,
         "error": error,
-        "incomplete_details": None,
+        # The answer stopped at the token limit: OpenAI's way of saying so.
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "instructions": body.instructions,
         "max_output_tokens": body.max_output_tokens,
         "model": body.model,

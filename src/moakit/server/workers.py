@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
 
 from moakit.config import StackConfig, list_presets, read_config_file
 from moakit.errors import ConfigError
+from moakit.trace.base import BaseTraceStore
 
 WORKER_OPTIONS_ENV = "MOAKIT_SERVE_OPTIONS"
 
@@ -33,6 +34,10 @@ class ServeOptions:
     trace: bool = True
     trace_db: str | None = None
     evals_dir: str | None = None
+    # The Host/Origin guard: the bind address, extra host names, and origins allowed to call.
+    host: str = "127.0.0.1"
+    allowed_hosts: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -57,16 +62,31 @@ class ServeOptions:
             from moakit.server.settings import read_server_settings
 
             read_server_settings(self.server_config)
-        from moakit.trace import default_store, tracing_enabled
+        store = self.open_store()
+        if store is not None:
+            store.close()
 
-        if self.trace and tracing_enabled():
-            default_store(self.trace_db).close()
+    def open_store(self) -> BaseTraceStore | None:
+        """The trace store, or ``None`` with tracing off. One that cannot be opened (another
+        program's file, a corrupt database) stops the server, naming what to do."""
+        from moakit.trace import TraceStoreError, default_store, tracing_enabled
+
+        if not (self.trace and tracing_enabled()):
+            return None
+        try:
+            return default_store(self.trace_db)
+        except TraceStoreError as exc:
+            raise TraceStoreError(
+                f"{exc}. Move or repair the file, point --trace-db elsewhere, or serve with "
+                "--no-trace"
+            ) from None
 
 
 def build_app(options: ServeOptions) -> Starlette:
     from moakit.server import create_app
+    from moakit.server.app import client_keys
+    from moakit.server.guard import default_allowed_hosts
     from moakit.server.settings import ServerSettings, read_server_settings
-    from moakit.trace import default_store, tracing_enabled
 
     settings = (
         read_server_settings(options.server_config)
@@ -75,15 +95,16 @@ def build_app(options: ServeOptions) -> Starlette:
     )
     return create_app(
         options.stacks(),
+        api_keys=client_keys(None),
         max_concurrent=options.max_concurrent,
         max_body_bytes=options.max_body_bytes,
         preload=options.preload,
         settings=settings,
         allow_request_stacks=options.allow_request_stacks,
-        trace_store=default_store(options.trace_db)
-        if options.trace and tracing_enabled()
-        else None,
+        trace_store=options.open_store(),
         evals_dir=Path(options.evals_dir) if options.evals_dir else None,
+        allowed_hosts=[*default_allowed_hosts(options.host), *options.allowed_hosts],
+        cors_origins=list(options.cors_origins),
     )
 
 

@@ -35,9 +35,12 @@ def _impl(hook: str, entries: dict[str, Any]) -> Any:
 def register_provider(name: str, factory: Any) -> str:
     """Register a one-provider plugin for the rest of the process (a test module's fake
     backend): ``factory(spec, pool) -> Model``. Returns the plugin's name."""
-    from moakit.plugins import register
+    from moakit.plugins import plugin_manager, register, unregister
 
-    return register(plugin(f"provider-{name}", register_providers={name: factory}), f"test:{name}")
+    key = f"test:{name}"
+    if plugin_manager().has_plugin(key):  # registered again (a fixture): the new one wins
+        unregister(name=key)
+    return register(plugin(f"provider-{name}", register_providers={name: factory}), key)
 
 
 __all__ = ["plugin", "register_provider"]

@@ -24,7 +24,7 @@ from moakit.trace.records import (
     TraceRecord,
 )
 from moakit.trace.redact import Redactor, secret_values
-from moakit.trace.store import SQLiteTraceStore, TraceStore, default_trace_path
+from moakit.trace.store import SQLiteTraceStore, TraceStore, TraceStoreError, default_trace_path
 
 __all__ = [
     "AttemptRecord",
@@ -39,6 +39,7 @@ __all__ = [
     "TraceRecorder",
     "TraceSink",
     "TraceStore",
+    "TraceStoreError",
     "config_hash",
     "content_hash",
     "default_recorder",

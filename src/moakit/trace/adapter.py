@@ -28,7 +28,7 @@ def new_run_id() -> str:
 
 async def traced_events(
     stack: Stack,
-    request: ChatRequest | Sequence[Message],
+    request: ChatRequest | Sequence[Message] | str,
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,
@@ -36,8 +36,11 @@ async def traced_events(
     streaming: bool = True,
     member_deltas: bool = True,
 ) -> AsyncGenerator[Event, None]:
-    """``stack.events(request, ...)``, recorded. ``run_id`` defaults to a new uuid4 hex."""
-    if not isinstance(request, ChatRequest):
+    """``stack.events(request, ...)``, recorded. ``request`` may be a ChatRequest, a message
+    list or one user message as a string. ``run_id`` defaults to a new uuid4 hex."""
+    if isinstance(request, str):
+        request = ChatRequest(messages=[{"role": "user", "content": request}])
+    elif not isinstance(request, ChatRequest):
         request = ChatRequest(messages=list(request))
     run_id = run_id or new_run_id()
     # start_run gives the trace the query's input and config (RunStarted carries neither).
@@ -73,7 +76,7 @@ async def traced_events(
 
 async def traced_run(
     stack: Stack,
-    request: ChatRequest | Sequence[Message],
+    request: ChatRequest | Sequence[Message] | str,
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,

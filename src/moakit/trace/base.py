@@ -89,6 +89,10 @@ class BaseTraceStore(ABC):
     def get(self, query_id: str) -> TraceRecord | None: ...
 
     @abstractmethod
+    def count_older_than(self, older_than_s: float) -> int:
+        """How many queries ``prune(older_than_s)`` would delete now."""
+
+    @abstractmethod
     def prune(self, older_than_s: float, *, vacuum: bool = False) -> int:
         """Delete queries (and their calls) started more than ``older_than_s`` ago."""
 

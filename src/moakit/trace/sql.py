@@ -148,6 +148,12 @@ class SqlTraceStore(BaseTraceStore):
             ).fetchall()
         return TraceRecord(query=query, calls=[_call(c) for c in calls])
 
+    def count_older_than(self, older_than_s: float) -> int:
+        """How many queries ``prune(older_than_s)`` would delete now."""
+        cutoff = time.time() - older_than_s
+        row = self._one("SELECT COUNT(*) AS n FROM queries WHERE start_time < ?", (cutoff,))
+        return int(row["n"]) if row is not None else 0
+
     def prune(self, older_than_s: float, *, vacuum: bool = False) -> int:
         cutoff = time.time() - older_than_s
         with self._reading() as db:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import platformdirs
 
+from moakit.errors import ConfigError
 from moakit.trace.base import StoreStats
 from moakit.trace.dialect import sqlite_dialect
 from moakit.trace.migrations import migrate
@@ -34,7 +35,14 @@ from moakit.trace.sql import SqlTraceStore, rows_by_status
 
 BUSY_TIMEOUT_S = 10.0
 
-__all__ = ["BUSY_TIMEOUT_S", "StoreStats", "TraceStore", "default_trace_path"]
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "StoreStats",
+    "TraceStore",
+    "TraceStoreError",
+    "check_store_file",
+    "default_trace_path",
+]
 
 
 def default_trace_path() -> Path:
@@ -45,6 +53,41 @@ def default_trace_path() -> Path:
     if home:
         return Path(home) / "traces.db"
     return Path(platformdirs.user_data_dir("moakit", appauthor=False)) / "traces.db"
+
+
+class TraceStoreError(ConfigError):
+    """The trace store's file cannot be used (not a store, corrupt, unreadable); names it."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse, naming the file, anything at ``path`` that is not a trace store moakit may open
+    and migrate: a directory, a file that is not SQLite, another program's SQLite database."""
+    if path.is_dir():
+        raise TraceStoreError(f"{path} is a directory, not a trace store file")
+    if not path.exists() or path.stat().st_size == 0:
+        return  # a new store
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise TraceStoreError(f"cannot read the trace store {path}: {exc.strerror}") from None
+    if header != _SQLITE_HEADER:
+        raise TraceStoreError(f"{path} is not a moakit trace store (not a SQLite database)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise TraceStoreError(f"cannot use {path} as the trace store: {exc}") from None
+    if tables and "_moakit_migrations" not in tables:
+        raise TraceStoreError(
+            f"{path} is a SQLite database but not a moakit trace store; it was left untouched"
+        )
 
 
 class TraceStore(SqlTraceStore):
@@ -62,14 +105,18 @@ class TraceStore(SqlTraceStore):
         redactor: Redactor | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_trace_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_store_file(self.path)
         self._local = threading.local()
-        db = self._connect()
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            migrate(db)
-        finally:
-            db.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._connect()
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                migrate(db)
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError) as exc:
+            raise TraceStoreError(f"cannot use {self.path} as the trace store: {exc}") from None
         self._start_writer(self._connect, store_prompts=store_prompts, redactor=redactor)
 
     @property

@@ -22,21 +22,37 @@ from moakit.ui.routes import api_error, authorized
 MAX_ITEMS_PAGE = 200
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks followed, is ``root`` or lies under it. A link inside the
+    results root that points out of it (at ``/etc``, a home directory) is treated as absent."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a broken or looping link
+        return False
+
+
 def result_dirs(root: Path) -> dict[str, Path]:
-    """Results directories by name: ``root`` itself and its children that hold a summary."""
+    """Results directories by name: ``root`` itself and its children that hold a summary,
+    never reaching out of ``root`` through a symlink."""
     found: dict[str, Path] = {}
-    if (root / "summary.json").is_file():
+    if _file_in(root / "summary.json", root):
         found[root.name or "results"] = root
     if root.is_dir():
         for child in sorted(root.iterdir()):
-            if child.is_dir() and (child / "summary.json").is_file():
+            if child.is_dir() and inside(child, root) and _file_in(child / "summary.json", root):
                 found[child.name] = child
     return found
 
 
-def _plots(directory: Path) -> list[str]:
+def _file_in(path: Path, root: Path) -> bool:
+    return path.is_file() and inside(path, root)
+
+
+def _plots(directory: Path, root: Path) -> list[str]:
     plots = directory / "plots"
-    return sorted(p.name for p in plots.glob("*.png") if p.is_file()) if plots.is_dir() else []
+    if not plots.is_dir() or not inside(plots, root):
+        return []
+    return sorted(p.name for p in plots.glob("*.png") if _file_in(p, root))
 
 
 def _summary(directory: Path) -> dict[str, Any]:
@@ -44,11 +60,13 @@ def _summary(directory: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"summary": data}
 
 
-def side_by_side(directory: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def side_by_side(directory: Path, root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """Every item with each system's record next to the others': ``(systems, items)``."""
     systems: list[str] = []
     items: dict[str, dict[str, Any]] = {}
-    for path in sorted((directory / "records").glob("*.jsonl")):
+    records = directory / "records"
+    paths = sorted(records.glob("*.jsonl")) if inside(records, root) else []
+    for path in (p for p in paths if _file_in(p, root)):
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
@@ -104,7 +122,7 @@ def eval_routes(root: Path, *, check_auth: Callable[[Request], None]) -> list[Ba
         if directory is None:
             return api_error(404, "no such results directory", "name", "not_found")
         summary = await run_in_threadpool(_summary, directory)
-        plots = await run_in_threadpool(_plots, directory)
+        plots = await run_in_threadpool(_plots, directory, root)
         return JSONResponse(
             {"name": request.path_params["name"], "summary": summary, "plots": plots}
         )
@@ -120,7 +138,7 @@ def eval_routes(root: Path, *, check_auth: Callable[[Request], None]) -> list[Ba
             limit = min(MAX_ITEMS_PAGE, max(1, int(request.query_params.get("limit", "50"))))
         except ValueError:
             return api_error(400, "offset and limit must be integers", "offset", "invalid_value")
-        systems, rows = await run_in_threadpool(side_by_side, directory)
+        systems, rows = await run_in_threadpool(side_by_side, directory, root)
         # Columns in the summary's order (the reference system first, as the report has it).
         order = [
             s.get("name")
@@ -137,7 +155,7 @@ def eval_routes(root: Path, *, check_auth: Callable[[Request], None]) -> list[Ba
             return denied
         directory = await run_in_threadpool(find, request.path_params["name"])
         name = request.path_params["file"]
-        if directory is None or name not in await run_in_threadpool(_plots, directory):
+        if directory is None or name not in await run_in_threadpool(_plots, directory, root):
             return api_error(404, "no such plot", "file", "not_found")
         return FileResponse(directory / "plots" / name, media_type="image/png")
 

@@ -11,6 +11,7 @@ bad input is a 4xx naming the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -24,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from moakit.engine import Stack
 from moakit.errors import MoaError, QueryFailed
+from moakit.jsonlimits import TooDeep, loads_bounded
 from moakit.trace.adapter import new_run_id, traced_events
 from moakit.trace.base import BaseTraceStore
 from moakit.trace.recorder import TraceRecorder
@@ -153,13 +155,27 @@ def _number(request: Request, name: str, default: float | None) -> float | None:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise _BadRequest(400, f"{name} must be a number", name, "invalid_value") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan", "inf", "1e400": never a time to compare with
+        raise _BadRequest(400, f"{name} must be a finite number", name, "invalid_value")
+    return value
+
+
+def _count(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise _BadRequest(
+            400, f"{name} must be a whole number from 1 to {maximum}", name, "invalid_value"
+        )
+    return int(raw)
 
 
 def ui_routes(
-    store: BaseTraceStore,
+    store: BaseTraceStore | None,
     *,
     get_stack: Callable[[str], Stack],
     stack_names: Callable[[], list[str]],
@@ -167,12 +183,13 @@ def ui_routes(
     admit: Admit | None = None,
 ) -> list[BaseRoute]:
     """``/ui`` (page), ``/ui/static/*``, ``/ui/api/traces[/{id}]``, ``/ui/api/stacks`` and
-    ``POST /ui/api/run`` (the run's events as SSE, recorded in ``store``).
+    ``POST /ui/api/run`` (the run's events as SSE, recorded in ``store``). Without a ``store``
+    (tracing off) runs are not recorded and the trace routes say so with a 404.
 
     ``get_stack(name)`` returns a live stack the routes use but do not close (raise ``KeyError``
     or a ``MoaError`` for an unknown or unusable name). ``admit`` puts playground runs under the
     server's query limit, like every other query."""
-    recorder = TraceRecorder(store, source="ui")
+    recorder = TraceRecorder(store, source="ui") if store is not None else None
 
     async def page(request: Request) -> Response:
         html = await run_in_threadpool(_static_text, "index.html")
@@ -185,6 +202,8 @@ def ui_routes(
     async def traces(request: Request) -> Response:
         if (denied := authorized(check_auth, request)) is not None:
             return denied
+        if store is None:
+            return _tracing_off()
         try:
             status = request.query_params.get("status") or None
             if status is not None and status not in QUERY_STATUSES:
@@ -194,13 +213,12 @@ def ui_routes(
                     "status",
                     "invalid_value",
                 )
-            limit = int(_number(request, "limit", 50) or 50)
             rows = await run_in_threadpool(
                 store.list_queries,
                 stack=request.query_params.get("stack") or None,
                 status=status,
                 since=_number(request, "since", None),
-                limit=max(1, min(limit, MAX_LIST)),
+                limit=_count(request, "limit", 50, MAX_LIST),
             )
         except _BadRequest as exc:
             return api_error(exc.status, exc.message, exc.param, exc.code)
@@ -229,6 +247,8 @@ def ui_routes(
     async def trace_detail(request: Request) -> Response:
         if (denied := authorized(check_auth, request)) is not None:
             return denied
+        if store is None:
+            return _tracing_off()
         query_id = request.path_params["id"]
         full = await run_in_threadpool(store.resolve, query_id)
         record = await run_in_threadpool(store.get, full) if full else None
@@ -254,8 +274,11 @@ def ui_routes(
         try:
             raw = await _read_body(request)
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = loads_bounded(raw)
+            except TooDeep as exc:
+                # The same 400 as /v1: the parser's recursion is bounded, never a 500.
+                raise _BadRequest(400, f"body is {exc}", None, "invalid_json") from None
+            except ValueError:
                 raise _BadRequest(400, "body must be JSON", None, "invalid_json") from None
             if not isinstance(body, dict):
                 raise _BadRequest(400, "body must be a JSON object", None, "invalid_json")
@@ -291,7 +314,12 @@ def ui_routes(
         async def stream() -> AsyncIterator[str]:
             yield _sse({"type": "run", "run_id": run_id, "stack": name})
             try:
-                async for event in traced_events(stack, messages, recorder, run_id=run_id):
+                events = (
+                    traced_events(stack, messages, recorder, run_id=run_id)
+                    if recorder is not None
+                    else stack.events(messages, run_id=run_id)
+                )
+                async for event in events:
                     yield _sse(event_json(event))
                 outcome["completed"] = True
             except QueryFailed as exc:
@@ -320,6 +348,12 @@ def ui_routes(
         Route("/ui/api/stacks", stacks, methods=["GET"]),
         Route("/ui/api/run", run, methods=["POST"]),
     ]
+
+
+def _tracing_off() -> Response:
+    return api_error(
+        404, "tracing is off on this server: no traces are recorded", None, "tracing_off"
+    )
 
 
 def _no_slot(completed: bool) -> None:

@@ -15,9 +15,7 @@ from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
 from moakit.eval.scorers.gsm8k import GSM8KScorer
 from moakit.models.base import ChatRequest, Chunk, Model
-
-JUDGED = ("mt-bench", "alpaca-eval", "flask", "judge")
-BUILTIN = ("gsm8k", "number", "humaneval", "exact", "contains", *JUDGED)
+from moakit.plugins import registry
 
 
 def _norm(text: str) -> str:
@@ -116,40 +114,27 @@ class FunctionScorer(Scorer):
 def build_scorer(
     name: str, *, judge: Model | None = None, baseline: Mapping[str, str] | None = None
 ) -> Scorer:
+    """A scorer registered by a plugin (the built-ins among them), or ``module:function``."""
     if ":" in name:
         return _entry_point(name)
-    if name in JUDGED and judge is None:
-        raise ConfigError(f"scorer {name!r} needs a judge model (--judge)", field="judge")
-    if name == "gsm8k":
-        return GSM8KScorer()
-    if name == "number":
-        return NumberScorer()
-    if name == "humaneval":
-        from moakit.eval.scorers.humaneval import HumanEvalScorer
+    scorers = registry().scorers
+    if name not in scorers:
+        raise ConfigError(
+            f"unknown scorer {name!r} (known: {', '.join(scorers.names())}, or module:function)",
+            field="scorer",
+        )
+    scorer: Scorer = scorers.get(name, field="scorer")(name, judge, baseline)
+    return scorer
 
-        return HumanEvalScorer()
-    if name == "exact":
-        return ExactScorer()
-    if name == "contains":
-        return ContainsScorer()
-    from moakit.eval.scorers import judges
 
-    assert judge is not None
-    if name == "mt-bench":
-        return judges.MTBenchScorer(judge)
-    if name == "alpaca-eval":
-        if baseline is None:
-            raise ConfigError(
-                "scorer 'alpaca-eval' needs baseline outputs (--baseline)", field="baseline"
-            )
-        return judges.PairwiseScorer(judge, baseline)
-    if name == "flask":
-        return judges.FlaskScorer(judge)
-    if name == "judge":
-        return judges.RatingJudgeScorer(judge)
-    raise ConfigError(
-        f"unknown scorer {name!r} (known: {', '.join(BUILTIN)}, or module:function)", field="scorer"
-    )
+def judged(name: str) -> bool:
+    """Whether scorer ``name`` needs a judge model."""
+    source = registry().scorers.entries.get(name)
+    return source is not None and bool(getattr(source.value, "judged", False))
+
+
+def scorer_names() -> list[str]:
+    return registry().scorers.names()
 
 
 class _NeverCalled(Model):
@@ -181,7 +166,7 @@ def scorer_identity(name: str, judge: MemberSpec | None) -> str:
     calling no system) on the next run."""
     revision = REVISIONS.get(name, 1)
     base = name if revision == 1 else f"{name} v{revision}"
-    if name not in JUDGED or judge is None:
+    if not judged(name) or judge is None:
         return base
     where = f"@{judge.base_url}" if judge.base_url else ""
     return f"{base} judged by {judge.provider or DEFAULT_PROVIDER}:{judge.model}{where}"
@@ -200,7 +185,6 @@ def _entry_point(spec: str) -> Scorer:
 
 
 __all__ = [
-    "BUILTIN",
     "ContainsScorer",
     "ExactScorer",
     "FunctionScorer",

@@ -4,7 +4,7 @@
 // only (el()/setText()); no module assigns innerHTML or builds markup from strings.
 
 import { $, apiKey, KEY_STORAGE, setText } from "./dom.js";
-import { loadStacks, renderShape, runQuery, stackNamed } from "./playground.js";
+import { loadStacks, renderShape, runQuery, stackNamed, stopQuery } from "./playground.js";
 import { initEvals, loadEvals, openEval } from "./evals.js";
 import { loadTraces, openTrace } from "./traces.js";
 
@@ -50,9 +50,11 @@ function init() {
     loadStacks().then(route);
   });
   $("stack-select").addEventListener("change", () => {
+    $("stack-select").dataset.chosen = $("stack-select").value;
     renderShape(stackNamed($("stack-select").value));
   });
   $("run-button").addEventListener("click", runQuery);
+  $("stop-button").addEventListener("click", stopQuery);
   $("trace-filters").addEventListener("submit", (e) => {
     e.preventDefault();
     loadTraces();

@@ -13,8 +13,14 @@ import { openMember } from "./member.js";
 
 let stacks = [];
 
+let running = null; // the AbortController of the run in progress
+
 export function stackNamed(name) {
   return stacks.find((s) => s.name === name);
+}
+
+export function stopQuery() {
+  if (running) running.abort();
 }
 
 export function renderShape(stack) {
@@ -66,7 +72,16 @@ export async function loadStacks() {
       select.append(option);
     });
   }
-  renderShape(stacks[0]);
+  // Open on a stack that can run (a preset whose key is missing cannot), keeping a choice the
+  // user already made.
+  const select = $("stack-select");
+  const chosen = stackNamed(select.dataset.chosen || "");
+  const usable = chosen && !chosen.error ? chosen : stacks.find((s) => !s.error) || stacks[0];
+  if (usable) select.value = usable.name;
+  renderShape(usable);
+  if (stacks.length && !stacks.some((s) => !s.error)) {
+    showError("no stack can run on this server: " + stacks[0].name + ": " + stacks[0].error);
+  }
 }
 
 function runSummary(result) {
@@ -84,10 +99,25 @@ export async function runQuery() {
   const stack = $("stack-select").value;
   const prompt = $("question").value;
   const button = $("run-button");
+  const stop = $("stop-button");
   const final = $("final-answer");
+  const shape = stackNamed(stack);
+  // Never silent: say why nothing runs.
+  if (!shape) {
+    showError("choose a stack first");
+    return;
+  }
+  if (shape.error) {
+    showError("the stack " + stack + " cannot run: " + shape.error);
+    return;
+  }
+  if (!prompt.trim()) {
+    showError("type a question first");
+    $("question").focus();
+    return;
+  }
   const grid = new Grid($("live-grid"), openMember);
-  const layerCount = (stacks.find((s) => s.name === stack) || { layers: [] }).layers.length;
-  const aggLayer = layerCount + 1;
+  const aggLayer = (shape.layers || []).length + 1;
   let aggregators = 0;
   let aggCard = null;
   setText(final, "");
@@ -95,6 +125,8 @@ export async function runQuery() {
   $("open-trace").hidden = true;
   showError("");
   button.disabled = true;
+  stop.disabled = false;
+  running = new AbortController();
   setText($("run-status"), "running…");
 
   function aggregatorRow() {
@@ -156,6 +188,7 @@ export async function runQuery() {
       setText($("run-summary"), runSummary(result));
       setText($("run-status"), "done");
       $("open-trace").hidden = false;
+      final.scrollIntoView({ block: "nearest" });
     },
     error(ev) {
       const result = ev.result;
@@ -172,11 +205,13 @@ export async function runQuery() {
   handlers.AggregatorAttemptFailed = handlers.AggregatorFailed;
   handlers.RunFailed = handlers.error;
 
+  const signal = running.signal;
   try {
     const response = await fetch("/ui/api/run", {
       method: "POST",
       headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ stack: stack, prompt: prompt }),
+      signal: signal,
     });
     if (!response.ok) throw new Error(await errorText(response));
     await readSSE(response, (ev) => {
@@ -184,9 +219,17 @@ export async function runQuery() {
       if (handle) handle(ev);
     });
   } catch (e) {
-    showError(e.message);
-    setText($("run-status"), "failed");
+    if (signal.aborted) {
+      // Stop: the server sees the connection close and cancels the run's calls.
+      setText($("run-status"), "stopped");
+    } else {
+      showError(e.message);
+      setText($("run-status"), "failed");
+      final.scrollIntoView({ block: "nearest" });
+    }
   } finally {
+    running = null;
     button.disabled = false;
+    stop.disabled = true;
   }
 }

@@ -1,9 +1,11 @@
 """Continuous batching on one llama.cpp context.
 
 One scheduler thread per loaded model file owns its context. Between two decode steps it admits
-queued sequences (from any number of concurrent queries), then builds ONE ``llama_batch`` holding
-the next token of every generating sequence plus as much pending prompt as fits, decodes it, and
-samples each sequence that produced logits with that sequence's own sampler chain.
+queued sequences (from any number of concurrent queries). A step decodes one chunk of pending
+prompt (up to ``n_batch`` tokens), then the next token of every generating sequence, batched
+(up to ``MAX_SAMPLED_ROWS`` per ``llama_decode``), and samples each sequence with its own
+sampler chain. How rows are grouped into calls keeps every answer bit-for-bit the answer the same
+request gets alone and cold (``rows.py`` says why and how).
 
 Memory: the context has ``n_seq_max`` KV streams of ``n_ctx`` cells each (llama.cpp's
 non-unified KV cache), so at most ``n_seq_max × n_ctx`` cells exist, allocated once at load.
@@ -33,50 +35,31 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from moakit.errors import ModelCallError
 from moakit.models.local.sampling import build_chain
+from moakit.models.local.scheduler.budget import KeptStream, KVBudget, SchedulerStats
+from moakit.models.local.scheduler.rows import (
+    MAX_SAMPLED_ROWS,
+    ROW_GROUP,
+    prompt_chunk,
+    reusable_prefix,
+)
 from moakit.models.local.scheduler.sequence import (
     Delta,
     Failed,
     LiveSequence,
     SequenceRequest,
-    common_prefix,
 )
 
 log = logging.getLogger(__name__)
 
 # A copy moves a whole KV stream (tens of MB); below this many tokens decoding is cheaper.
 MIN_SHARED_PREFIX = 32
-
-
-@dataclass(frozen=True)
-class KVBudget:
-    n_ctx: int  # KV cells of each sequence: its prompt plus its answer
-    n_seq_max: int  # live sequences at most (one KV stream each)
-    n_batch: int  # tokens per decode step at most
-
-
-@dataclass
-class _KeptStream:
-    """The KV stream of an ended sequence, kept for reuse: ``tokens[i]`` sits at position i."""
-
-    seq_id: int
-    tokens: list[int]
-
-
-@dataclass
-class SchedulerStats:
-    decode_steps: int = 0
-    prompt_tokens_evaluated: int = 0
-    prompt_tokens_shared: int = 0  # copied from a live sequence's stream
-    prompt_tokens_reused: int = 0  # found in a kept stream of an ended sequence
-    tokens_generated: int = 0
-    max_live: int = 0  # most sequences live at once
 
 
 class BatchScheduler:
@@ -86,6 +69,8 @@ class BatchScheduler:
         self._llama: Any = llama_cpp
         self._model = model  # llama_cpp._internals.LlamaModel
         self._ctx = ctx  # llama_cpp._internals.LlamaContext (n_seq_max, kv_unified)
+        if budget.n_batch % ROW_GROUP:
+            raise ValueError(f"n_batch must be a multiple of {ROW_GROUP}")
         self.budget = budget
         self.stats = SchedulerStats()
         self._batch = llama_cpp.llama_batch_init(budget.n_batch, 0, 1)
@@ -93,7 +78,8 @@ class BatchScheduler:
         self._queue: deque[SequenceRequest] = deque()
         self._live: list[LiveSequence] = []
         self._free_ids = list(range(budget.n_seq_max))
-        self._kept: deque[_KeptStream] = deque()  # oldest first
+        self._kept: deque[KeptStream] = deque()  # oldest first
+        self._clear_requests: list[threading.Event] = []  # clear_kept() callers waiting
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-batch", daemon=True)
@@ -119,6 +105,17 @@ class BatchScheduler:
             self._queue.append(request)
             self._cond.notify()
 
+    def clear_kept(self) -> None:
+        """Empty every kept stream, so that the next requests decode their prompts in full (a
+        cold start, as in a new process). Returns once done; live sequences are untouched."""
+        done = threading.Event()
+        with self._cond:
+            if self._closing:
+                return
+            self._clear_requests.append(done)
+            self._cond.notify()
+        done.wait()
+
     @property
     def live(self) -> int:
         """Sequences in the context now (not counting the queue)."""
@@ -136,10 +133,16 @@ class BatchScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._queue and not self._live:
+                while (
+                    not self._closing
+                    and not self._queue
+                    and not self._live
+                    and not self._clear_requests
+                ):
                     self._cond.wait()
                 if self._closing:
                     break
+                self._clear_kept_streams()
                 self._admit()
             try:
                 self._step()
@@ -151,6 +154,22 @@ class BatchScheduler:
             self._end(seq, Failed(ModelCallError("the embedded model is shutting down")))
         for request in self._queue:
             request.emit(Failed(ModelCallError("the embedded model is shutting down")))
+        with self._cond:
+            for done in self._clear_requests:
+                done.set()
+
+    def _clear_kept_streams(self) -> None:
+        """Serve ``clear_kept`` calls (lock held, between two decode steps)."""
+        if not self._clear_requests:
+            return
+        while self._kept:
+            kept = self._kept.popleft()
+            self._llama.llama_memory_seq_rm(self._ctx.memory, kept.seq_id, -1, -1)
+            self._free_ids.append(kept.seq_id)
+        self._free_ids.sort()
+        for done in self._clear_requests:
+            done.set()
+        self._clear_requests.clear()
 
     def _admit(self) -> None:
         """Move queued requests into the context while ids and KV cells allow (lock held)."""
@@ -182,11 +201,10 @@ class BatchScheduler:
             if seq.max_tokens == 0:
                 self._end(seq, seq.finished("length"))
 
-    def _best_kept(self, prompt: Sequence[int]) -> tuple[_KeptStream | None, int]:
-        # At most len(prompt) - 1: the last prompt token is decoded again for its logits.
+    def _best_kept(self, prompt: Sequence[int]) -> tuple[KeptStream | None, int]:
         best, best_len = None, 0
         for kept in self._kept:
-            n = min(common_prefix(prompt, kept.tokens), len(prompt) - 1)
+            n = reusable_prefix(prompt, kept.tokens, kept.n_prompt, self.budget.n_batch)
             if n > best_len:
                 best, best_len = kept, n
         return best, best_len
@@ -198,7 +216,8 @@ class BatchScheduler:
         for other in self._live:
             if other is exclude or (exclude is not None and other.wait_for is exclude):
                 continue
-            n = min(common_prefix(prompt, other.tokens[: other.n_prompt]), len(prompt) - 1)
+            cached = other.tokens[: other.n_prompt]
+            n = reusable_prefix(prompt, cached, other.n_prompt, self.budget.n_batch)
             if n > best_len:
                 best, best_len = other, n
         if best_len < MIN_SHARED_PREFIX:
@@ -231,57 +250,63 @@ class BatchScheduler:
         seq.wait_for, seq.wait_len = None, 0
 
     def _step(self) -> None:
+        """One step: at most one prompt chunk, alone in its ``llama_decode`` (as a cold run
+        decodes it), then one token for every sequence that samples, ``MAX_SAMPLED_ROWS`` a call
+        (see ``rows.py``)."""
         for seq in list(self._live):
             if seq.request.cancelled.is_set():
                 self._end(seq, None)
         for seq in self._live:
             self._resolve_wait(seq)
+        # The oldest prefilling sequence first: one chunk per step keeps the others flowing.
+        for seq in self._live:
+            if seq.prefilling and seq.wait_for is None:
+                take = prompt_chunk(seq.n_past, seq.prefill_end, self.budget.n_batch)
+                positions = range(seq.n_past, seq.n_past + take)
+                rows = [(seq, seq.tokens[pos], pos, False) for pos in positions]
+                if self._decode(rows):
+                    seq.n_past += take
+                    seq.evaluated += take
+                    self.stats.prompt_tokens_evaluated += take
+                    for other in self._live:
+                        self._resolve_wait(other)
+                break
+        sampling = [
+            (seq, token)
+            for seq in self._live
+            if seq.wait_for is None and (token := seq.single_token()) is not None
+        ]
+        for first in range(0, len(sampling), MAX_SAMPLED_ROWS):
+            group = sampling[first : first + MAX_SAMPLED_ROWS]
+            if not self._decode([(seq, token, seq.n_past, True) for seq, token in group]):
+                continue
+            for index, (seq, _) in enumerate(group):
+                if seq.next_token is not None:
+                    seq.tokens.append(seq.next_token)  # what the stream holds, for a later reuse
+                else:  # its last prompt token
+                    seq.evaluated += 1
+                    self.stats.prompt_tokens_evaluated += 1
+                seq.n_past += 1
+                if seq in self._live:
+                    self._sample(seq, index)
+
+    def _decode(self, rows: list[tuple[LiveSequence, int, int, bool]]) -> bool:
+        """Decode ``rows`` (sequence, token, position, logits?) in one ``llama_decode``; on
+        failure end their sequences (the others keep running; these callers may retry)."""
         batch = self._batch
         batch.n_tokens = 0
-        outputs: list[tuple[LiveSequence, int]] = []
-        room = self.budget.n_batch
-        for seq in self._live:  # generating sequences first: one token each keeps them flowing
-            if seq.next_token is not None and room > 0:
-                outputs.append((seq, self._add(seq.next_token, seq.n_past, seq.seq_id, True)))
-                room -= 1
-        prefill: list[tuple[LiveSequence, int]] = []
-        for seq in self._live:
-            if not seq.prefilling or seq.wait_for is not None or room == 0:
-                continue
-            take = min(room, seq.n_prompt - seq.n_past)
-            for i in range(take):
-                pos = seq.n_past + i
-                last = pos == seq.n_prompt - 1
-                index = self._add(seq.tokens[pos], pos, seq.seq_id, last)
-                if last:
-                    outputs.append((seq, index))
-            prefill.append((seq, take))
-            room -= take
-        if batch.n_tokens == 0:
-            return
+        for seq, token, pos, logits in rows:
+            self._add(token, pos, seq.seq_id, logits)
+        started = time.perf_counter()
         status = self._llama.llama_decode(self._ctx.ctx, batch)
+        self.stats.decode_seconds += time.perf_counter() - started
         self.stats.decode_steps += 1
-        if status != 0:
-            members = {seq for seq, _ in outputs} | {seq for seq, _ in prefill}
-            for seq in members:  # the others keep running; these callers may retry
-                self._end(
-                    seq,
-                    Failed(
-                        ModelCallError(f"llama_decode failed ({status}): no room in the KV cache")
-                    ),
-                )
-            return
-        for seq, take in prefill:
-            seq.n_past += take
-            seq.evaluated += take
-            self.stats.prompt_tokens_evaluated += take
-        for seq, _ in outputs:
-            if seq.next_token is not None:
-                seq.tokens.append(seq.next_token)  # what the stream holds, for a later reuse
-                seq.n_past += 1
-        for seq, index in outputs:
-            if seq in self._live:
-                self._sample(seq, index)
+        if status == 0:
+            return True
+        for seq in {seq for seq, *_ in rows}:
+            error = ModelCallError(f"llama_decode failed ({status}): no room in the KV cache")
+            self._end(seq, Failed(error))
+        return False
 
     def _add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
         batch = self._batch
@@ -342,7 +367,7 @@ class BatchScheduler:
             self._llama.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
             self._free_ids.append(seq.seq_id)
         else:
-            self._kept.append(_KeptStream(seq.seq_id, seq.tokens[: seq.n_past]))
+            self._kept.append(KeptStream(seq.seq_id, seq.tokens[: seq.n_past], seq.n_prompt))
         for other in self._live:
             if other.wait_for is seq:  # its prefix will never arrive from this one
                 other.wait_for, other.wait_len = None, 0

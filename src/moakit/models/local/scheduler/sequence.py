@@ -66,9 +66,26 @@ class LiveSequence:
         self.wait_for: LiveSequence | None = None
         self.wait_len = 0
 
+    # The last prompt token, whose logits give the first answer token, is always decoded as a
+    # single row (with other sequences' next tokens), never at the end of a prompt chunk: so
+    # it goes through the same kernels whether the prompt was decoded here, copied from another
+    # sequence or found in a kept stream (see rows.py).
+    @property
+    def prefill_end(self) -> int:
+        return self.n_prompt - 1
+
     @property
     def prefilling(self) -> bool:
-        return self.next_token is None and self.n_past < self.n_prompt
+        return self.next_token is None and self.n_past < self.prefill_end
+
+    def single_token(self) -> int | None:
+        """The token this sequence decodes alone in the next step, with logits: its sampled next
+        token, or its last prompt token once the rest of the prompt is in the KV cache."""
+        if self.next_token is not None:
+            return self.next_token
+        if self.n_past == self.prefill_end:
+            return self.tokens[self.prefill_end]
+        return None
 
     def emit(self, event: SequenceEvent) -> None:
         self.request.emit(event)

@@ -1,39 +1,35 @@
-"""A moakit plugin: the ``hello`` provider (a model that greets, no network) and the
-``first-layer`` strategy (answers from the first layer only, whatever the stack lists)."""
+"""A moakit plugin: the ``hello`` provider (a model that greets, no network), the
+``first-layer`` strategy (answers from the first layer only, whatever the stack lists) and a
+``moa hello`` command. Its module imports almost nothing: ``moa --help`` loads it to list the
+command, so the engine is imported only where a hook needs it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any
 
 import moakit
-from moakit.engine.aggregate import aggregate
-from moakit.engine.layered import run_layer
-from moakit.engine.run import Run
-from moakit.models.base import ChatRequest, Chunk, Model, message_text
-from moakit.references import from_outputs
-
-
-class HelloModel(Model):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        last = message_text(request.messages[-1])
-        yield Chunk(text=f"hello from {self.name}: {last}")
-        yield Chunk(finish_reason="stop")
-
-
-class FirstLayerOnly:
-    async def execute(self, run: Run) -> None:
-        layer = await run_layer(run, 0, [])
-        await aggregate(run, from_outputs(layer.members))
 
 
 @moakit.hookimpl
 def register_providers(register: moakit.Register) -> None:
+    from moakit_hello.parts import HelloModel
+
     register("hello", lambda spec, pool: HelloModel(spec.model))
 
 
 @moakit.hookimpl
 def register_strategies(register: moakit.Register) -> None:
+    from moakit_hello.parts import FirstLayerOnly
+
     register("first-layer", FirstLayerOnly)
+
+
+@moakit.hookimpl
+def register_commands(cli: Any) -> None:
+    import click
+
+    @cli.command("hello")
+    @click.argument("name")
+    def hello(name: str) -> None:
+        """Greet NAME (a command a plugin adds)."""
+        click.echo(f"hello, {name}")
