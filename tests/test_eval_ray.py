@@ -18,7 +18,7 @@ import ray
 from click.testing import CliRunner
 
 from moakit.cli.main import cli
-from moakit.eval.executor import Executor
+from moakit.eval.executor import EvalExecutor
 from moakit.eval.progress import LogProgress
 from moakit.eval.ray_executor import RayEvalExecutor
 from moakit.eval.results import ResultsDir
@@ -196,7 +196,7 @@ def test_a_worker_killed_mid_run_loses_no_item(tmp_path: Path) -> None:
         asyncio.run(EvalSession(settings(tmp_path / "local", data, specs)).run())
         progress = KillOneWorker()
 
-        def executor(config: WorkerConfig) -> Executor:
+        def executor(config: WorkerConfig) -> EvalExecutor:
             progress.executor = RayEvalExecutor(config, workers=2)
             return progress.executor
 
@@ -226,7 +226,7 @@ class WatchWorkers(LogProgress):
         if self.cancel_after is not None and done >= self.cancel_after and self.task:
             self.task.cancel()
 
-    def factory(self, config: WorkerConfig) -> Executor:
+    def factory(self, config: WorkerConfig) -> EvalExecutor:
         self.executor = RayEvalExecutor(config, workers=2)
         return self.executor
 

@@ -22,7 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moakit.eval.executor import Executor, LocalExecutor
+    from moakit.eval.executor import EvalExecutor, LocalExecutor
     from moakit.eval.records import EvalRecord, MemberRecord
     from moakit.eval.session import EvalSession, EvalSettings
     from moakit.eval.worker import EvalUnit, WorkerConfig
@@ -32,17 +32,17 @@ _LAZY = {
     "EvalSettings": "moakit.eval.session",
     "EvalRecord": "moakit.eval.records",
     "MemberRecord": "moakit.eval.records",
-    "Executor": "moakit.eval.executor",
+    "EvalExecutor": "moakit.eval.executor",
     "LocalExecutor": "moakit.eval.executor",
     "EvalUnit": "moakit.eval.worker",
     "WorkerConfig": "moakit.eval.worker",
 }
 __all__ = [
+    "EvalExecutor",
     "EvalRecord",
     "EvalSession",
     "EvalSettings",
     "EvalUnit",
-    "Executor",
     "LocalExecutor",
     "MemberRecord",
     "WorkerConfig",

@@ -1,6 +1,6 @@
 """Where work units run: the seam between an evaluation and the machines that do its work.
 
-An ``Executor`` takes work units (one item for one system, ``moakit.eval.worker.EvalUnit``)
+An ``EvalExecutor`` takes work units (one item for one system, ``moakit.eval.worker.EvalUnit``)
 and hands back one ``EvalRecord`` per unit, in the order they finish. The session plans the
 units, writes every record it gets back (the only writer of a results directory) and reports
 progress; the executor only runs units. ``LocalExecutor`` runs them on this event loop with at
@@ -22,7 +22,7 @@ from moakit.eval.records import EvalRecord
 from moakit.eval.worker import EvalUnit, UnitActivity, WorkerConfig
 
 
-class Executor(Protocol):
+class EvalExecutor(Protocol):
     def run(
         self,
         units: Sequence[EvalUnit],
@@ -42,7 +42,7 @@ class Executor(Protocol):
     async def aclose(self) -> None: ...
 
 
-ExecutorFactory = Callable[[WorkerConfig], Executor]
+ExecutorFactory = Callable[[WorkerConfig], EvalExecutor]
 
 
 class LocalExecutor:

@@ -7,7 +7,7 @@
     summary = session.write_report()    # summary.json, report.md, plots, model_outputs
 
 The session plans work units (one item for one system, ``worker.EvalUnit``), hands them to an
-executor (``executor.Executor``: local asyncio by default) and is the only writer of the
+executor (``executor.EvalExecutor``: local asyncio by default) and is the only writer of the
 results directory: each record it gets back is appended to its system's records file. Systems
 run one after another (later ones reuse the response cache the earlier ones filled; a majority
 vote after the system it votes over). A record scored by another scorer is scored again from
@@ -28,7 +28,7 @@ from moakit.config import MemberSpec
 from moakit.errors import ConfigError
 from moakit.eval.cache import stored_count
 from moakit.eval.datasets import Dataset, dataset_names, load_baseline, load_dataset
-from moakit.eval.executor import Executor, ExecutorFactory, LocalExecutor
+from moakit.eval.executor import EvalExecutor, ExecutorFactory, LocalExecutor
 from moakit.eval.kinds import build_systems
 from moakit.eval.progress import LogProgress, Progress
 from moakit.eval.records import EvalRecord, RecordsFile
@@ -272,7 +272,7 @@ class EvalSession:
             self._cache_stats = executor.cache_stats()
             await executor.aclose()
 
-    async def _run_system(self, executor: Executor, system: System) -> None:
+    async def _run_system(self, executor: EvalExecutor, system: System) -> None:
         units, done = self.plan(system)
         total = done + len(units)
         self.progress.start(system.name, done, total)
@@ -401,7 +401,7 @@ def _executor_for(settings: EvalSettings) -> ExecutorFactory:
             "--executor ray needs Ray: pip install 'moakit[ray]'", field="executor"
         ) from None
 
-    def build(config: WorkerConfig) -> Executor:
+    def build(config: WorkerConfig) -> EvalExecutor:
         return RayEvalExecutor(config, workers=settings.workers, address=settings.ray_address)
 
     return build
