@@ -22,7 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moakit.eval.executor import EvalExecutor, LocalExecutor
+    from moakit.eval.executor import EvalExecutor, LocalEvalExecutor
     from moakit.eval.records import EvalRecord, MemberRecord
     from moakit.eval.session import EvalSession, EvalSettings
     from moakit.eval.worker import EvalUnit, WorkerConfig
@@ -33,7 +33,7 @@ _LAZY = {
     "EvalRecord": "moakit.eval.records",
     "MemberRecord": "moakit.eval.records",
     "EvalExecutor": "moakit.eval.executor",
-    "LocalExecutor": "moakit.eval.executor",
+    "LocalEvalExecutor": "moakit.eval.executor",
     "EvalUnit": "moakit.eval.worker",
     "WorkerConfig": "moakit.eval.worker",
 }
@@ -43,7 +43,7 @@ __all__ = [
     "EvalSession",
     "EvalSettings",
     "EvalUnit",
-    "LocalExecutor",
+    "LocalEvalExecutor",
     "MemberRecord",
     "WorkerConfig",
 ]

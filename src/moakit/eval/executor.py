@@ -3,7 +3,7 @@
 An ``EvalExecutor`` takes work units (one item for one system, ``moakit.eval.worker.EvalUnit``)
 and hands back one ``EvalRecord`` per unit, in the order they finish. The session plans the
 units, writes every record it gets back (the only writer of a results directory) and reports
-progress; the executor only runs units. ``LocalExecutor`` runs them on this event loop with at
+progress; the executor only runs units. ``LocalEvalExecutor`` runs them on this event loop with at
 most ``parallel`` in flight, one ``Worker`` (one response cache, one set of loaded models)
 shared by every system of the session. A cluster executor implements the same three methods,
 builds a ``Worker`` from the picklable ``WorkerConfig`` on each node, and ships units and
@@ -45,7 +45,7 @@ class EvalExecutor(Protocol):
 ExecutorFactory = Callable[[WorkerConfig], EvalExecutor]
 
 
-class LocalExecutor:
+class LocalEvalExecutor:
     """Units on this event loop, at most ``parallel`` at once."""
 
     def __init__(self, config: WorkerConfig) -> None:

@@ -28,7 +28,7 @@ from moakit.config import MemberSpec
 from moakit.errors import ConfigError
 from moakit.eval.cache import stored_count
 from moakit.eval.datasets import Dataset, dataset_names, load_baseline, load_dataset
-from moakit.eval.executor import EvalExecutor, ExecutorFactory, LocalExecutor
+from moakit.eval.executor import EvalExecutor, ExecutorFactory, LocalEvalExecutor
 from moakit.eval.kinds import build_systems
 from moakit.eval.progress import LogProgress, Progress
 from moakit.eval.records import EvalRecord, RecordsFile
@@ -387,7 +387,7 @@ def _auto_parallel(system: System) -> int:
 
 def _executor_for(settings: EvalSettings) -> ExecutorFactory:
     if settings.executor == "local":
-        return LocalExecutor
+        return LocalEvalExecutor
     if settings.executor != "ray":
         raise ConfigError(
             f"executor {settings.executor!r}: expected local or ray", field="executor"
