@@ -5,10 +5,11 @@ one cluster serves every test here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,26 @@ async def test_any_work_unit_runs_on_either_executor(kind: str) -> None:
     by_key = {o.key: o for o in outcomes}
     assert {k: o.result for k, o in by_key.items()} == {"0": 0, "1": 2, "2": 4, "3": None, "4": 8}
     assert by_key["3"].error is not None and "three is refused" in by_key["3"].error
+
+
+async def test_a_map_fed_from_a_queue_hands_back_outcomes_while_the_source_waits() -> None:
+    """A long-lived map (``moa eval`` feeds one system after another into one) must not hold
+    the outcomes in flight back while its source waits for more payloads."""
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+    inbox: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+
+    async def source() -> AsyncIterator[tuple[str, int]]:
+        while (item := await inbox.get()) is not None:
+            yield item
+
+    executor = RayExecutor(1, concurrency=2)
+    outcomes = executor.map(build_doubler, source())
+    inbox.put_nowait(("a", 1))
+    first = await asyncio.wait_for(anext(outcomes), timeout=60)
+    assert (first.key, first.result) == ("a", 2)
+    inbox.put_nowait(("b", 4))
+    inbox.put_nowait(None)
+    assert [(o.key, o.result) async for o in outcomes] == [("b", 8)]
 
 
 @pytest.mark.embedded

@@ -16,7 +16,7 @@ from moakit.engine.solo import call_alone
 from moakit.errors import ConfigError, ModelCallError
 from moakit.eval.calls import solo_member
 from moakit.eval.datasets import Item, default_user_scorer
-from moakit.eval.executor import LocalExecutor
+from moakit.eval.executor import LocalEvalExecutor
 from moakit.eval.readings import direction, side
 from moakit.eval.records import EvalRecord, RecordsFile, read_records
 from moakit.eval.scorers import ExactScorer
@@ -155,7 +155,7 @@ def _settings(tmp_path: Path, **more: object) -> EvalSettings:
     return EvalSettings(out_dir=tmp_path / "out", dataset=str(data), systems=systems, **more)  # type: ignore[arg-type]
 
 
-class CountingExecutor(LocalExecutor):
+class CountingExecutor(LocalEvalExecutor):
     """What a cluster executor sees: work units in, one typed record per unit out."""
 
     seen: ClassVar[list[tuple[str, str]]] = []

@@ -165,7 +165,34 @@ def eval_group() -> None:
     multiple=True,
     help="ENDPOINT=N calls in flight (e.g. 'openai:https://api.together.xyz/v1=8').",
 )
-@click.option("--default-endpoint-limit", type=int, default=8, show_default=True)
+@click.option(
+    "--default-endpoint-limit",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Calls in flight to an endpoint --endpoint-limit does not name (with --executor "
+    "ray: for all workers together).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where items run: this process, or Ray actors (moakit[ray]; --parallel is then "
+    "items in flight per actor).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join (default: RAY_ADDRESS, else a local one is started).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Ray actors with --executor ray, each with its own stacks and models.",
+)
 @click.option("--reference", default=None, help="System the others are compared against.")
 @click.option(
     "--score-layers/--no-score-layers",
@@ -227,6 +254,9 @@ def eval_run_cmd(**opts: Any) -> None:
         score_layers=opts["score_layers"],
         plots=opts["plots"],
         report_only=opts["report_only"],
+        executor=opts["executor"],
+        ray_address=opts["ray_address"],
+        workers=opts["workers"],
     )
     with progress_for(sys.stderr, every_s=opts["progress_every"]) as progress:
         session = EvalSession(settings, progress=progress)

@@ -28,7 +28,7 @@ def progress_for(stream: IO[str], *, every_s: float | None = None) -> Iterator[P
         yield LineProgress(stream, every_s=DEFAULT_EVERY_S if every_s is None else every_s)
 
 
-class _State:
+class _SystemProgress:
     def __init__(self, done: int, total: int, clock: Callable[[], float]) -> None:
         self.eta = Eta(done, total, clock)
         self.done = done
@@ -56,7 +56,7 @@ class LineProgress:
         self.stream = stream
         self.every_s = every_s
         self.clock = clock
-        self.systems: dict[str, _State] = {}
+        self.systems: dict[str, _SystemProgress] = {}
         self.current: str | None = None
         self.printed = 0.0
 
@@ -70,7 +70,7 @@ class LineProgress:
         self.stream.flush()
 
     def start(self, system: str, done: int, total: int) -> None:
-        self.systems[system] = _State(done, total, self.clock)
+        self.systems[system] = _SystemProgress(done, total, self.clock)
         self.current = system
         self._line(system, self.systems[system].summary())
 
@@ -122,7 +122,7 @@ class LiveProgress:
             TextColumn("{task.fields[now]}", markup=False),
             console=Console(file=stream),
         )
-        self.systems: dict[str, tuple[Any, _State]] = {}
+        self.systems: dict[str, tuple[Any, _SystemProgress]] = {}
 
     def __enter__(self) -> LiveProgress:
         self.bars.__enter__()
@@ -140,7 +140,7 @@ class LiveProgress:
         task = self.bars.add_task(
             "", total=total, completed=done, name=one_line(system), eta="", now=""
         )
-        self.systems[system] = (task, _State(done, total, time.monotonic))
+        self.systems[system] = (task, _SystemProgress(done, total, time.monotonic))
 
     def advance(self, system: str, done: int, total: int) -> None:
         task, state = self.systems[system]

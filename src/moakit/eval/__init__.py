@@ -22,7 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moakit.eval.executor import Executor, LocalExecutor
+    from moakit.eval.executor import EvalExecutor, LocalEvalExecutor
     from moakit.eval.records import EvalRecord, MemberRecord
     from moakit.eval.session import EvalSession, EvalSettings
     from moakit.eval.worker import EvalUnit, WorkerConfig
@@ -32,18 +32,18 @@ _LAZY = {
     "EvalSettings": "moakit.eval.session",
     "EvalRecord": "moakit.eval.records",
     "MemberRecord": "moakit.eval.records",
-    "Executor": "moakit.eval.executor",
-    "LocalExecutor": "moakit.eval.executor",
+    "EvalExecutor": "moakit.eval.executor",
+    "LocalEvalExecutor": "moakit.eval.executor",
     "EvalUnit": "moakit.eval.worker",
     "WorkerConfig": "moakit.eval.worker",
 }
 __all__ = [
+    "EvalExecutor",
     "EvalRecord",
     "EvalSession",
     "EvalSettings",
     "EvalUnit",
-    "Executor",
-    "LocalExecutor",
+    "LocalEvalExecutor",
     "MemberRecord",
     "WorkerConfig",
 ]

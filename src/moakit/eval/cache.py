@@ -21,9 +21,10 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from moakit.config import MemberSpec
+from moakit.executors.base import SharedCache
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.wrappers import WrapperModel
 
@@ -108,11 +109,81 @@ class ResponseCache:
         )
         self._db.commit()
 
+    async def claim(self, key: str) -> Completion | None:
+        """The stored answer, or None: then the caller calls the model and must ``release``
+        the key (after ``store``, if it got an answer). A claim of a key another caller holds
+        waits for it, so identical concurrent requests cost one call."""
+        while (pending := self._inflight.get(key)) is not None:
+            await pending.wait()
+        hit = self.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        self._inflight[key] = asyncio.Event()
+        return None
+
+    async def store(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
+        self.put(key, model, completion, latency_s)
+
+    async def release(self, key: str) -> None:
+        pending = self._inflight.pop(key, None)
+        if pending is not None:
+            pending.set()
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
+
+
+class EvalCache(Protocol):
+    """What ``CachedModel`` needs of a cache: this process's ``ResponseCache``, or a cluster's
+    shared one (``ClusterCache``). The counters are this worker's calls."""
+
+    hits: int
+    misses: int
+    failures: int
+
+    async def claim(self, key: str) -> Completion | None: ...
+
+    async def store(
+        self, key: str, model: str, completion: Completion, latency_s: float
+    ) -> None: ...
+
+    async def release(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ClusterCache:
+    """The eval's cache on a cluster worker: the run's one shared cache (the executors'
+    ``SharedCache``: the same SQLite table and the same keys, held by one cache actor), with
+    this worker's counters."""
+
+    def __init__(self, shared: SharedCache) -> None:
+        self.shared = shared
+        self.hits = 0
+        self.misses = 0
+        self.failures = 0
+
+    async def claim(self, key: str) -> Completion | None:
+        hit = await self.shared.claim(key)
+        if hit is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return hit
+
+    async def store(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
+        await self.shared.put(key, model, completion, latency_s)
+
+    async def release(self, key: str) -> None:
+        await self.shared.release(key)
+
+    def close(self) -> None:
+        """Nothing to close: the cache actor belongs to the executor."""
 
 
 class CachedModel(WrapperModel):
@@ -127,7 +198,7 @@ class CachedModel(WrapperModel):
     def __init__(
         self,
         wrapped: Model,
-        cache: ResponseCache,
+        cache: EvalCache,
         identity: Mapping[str, Any],
         *,
         live: bool = False,
@@ -148,25 +219,18 @@ class CachedModel(WrapperModel):
             async for chunk in self._through(key, request, tally):
                 yield chunk
             return
-        while (pending := self.cache._inflight.get(key)) is not None:
-            await pending.wait()
-        hit = self.cache.get(key)
+        hit = await self.cache.claim(key)
         if hit is not None:
-            self.cache.hits += 1
             if tally is not None:
                 tally.cache_hits += 1
             yield Chunk(text=hit.text)
             yield Chunk(finish_reason=hit.finish_reason, usage=hit.usage)
             return
-        self.cache.misses += 1
-        done = asyncio.Event()
-        self.cache._inflight[key] = done
         try:
             async for chunk in self._through(key, request, tally):
                 yield chunk
         finally:
-            del self.cache._inflight[key]
-            done.set()
+            await self.cache.release(key)
 
     async def _through(
         self, key: str, request: ChatRequest, tally: Tally | None
@@ -196,7 +260,7 @@ class CachedModel(WrapperModel):
             text = "".join(parts)
             if text.strip():
                 completion = Completion(text=text, finish_reason=finish, usage=usage)
-                self.cache.put(key, self.name, completion, time.monotonic() - started)
+                await self.cache.store(key, self.name, completion, time.monotonic() - started)
 
 
 def stored_count(path: Path) -> int:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from moakit.config import MemberSpec, ResolvedMember, StackConfig
 from moakit.engine import Stack
 from moakit.engine.solo import call_alone
-from moakit.eval.cache import CachedModel, ResponseCache, endpoint_key, model_identity
+from moakit.eval.cache import CachedModel, EvalCache, endpoint_key, model_identity
 from moakit.eval.redteam import InjectingModel
 from moakit.events import (
     AggregatorStarted,
@@ -22,6 +22,7 @@ from moakit.events import (
     RunFinished,
     TextDelta,
 )
+from moakit.executors.base import EndpointLimits, Gate
 from moakit.models.base import ChatRequest, Chunk, Message, Model
 from moakit.models.registry import ResourcePool, build_model
 from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel, WrapperModel
@@ -44,12 +45,22 @@ def solo_member(spec: MemberSpec) -> ResolvedMember:
 
 class ModelFactory:
     """One wrapped model per distinct identity, shared by every system of the run: the cache
-    outside, the endpoint's concurrency limit inside (a cache hit takes no slot)."""
+    outside, the endpoint's concurrency limit inside (a cache hit takes no slot).
+    ``shared_limits``: on a cluster, the run's one limiter per remote endpoint for every
+    worker (it holds ``limits`` and ``default_limit`` itself); without it, this process's."""
 
-    def __init__(self, cache: ResponseCache, limits: Mapping[str, int], default_limit: int) -> None:
+    def __init__(
+        self,
+        cache: EvalCache,
+        limits: Mapping[str, int],
+        default_limit: int,
+        *,
+        shared_limits: EndpointLimits | None = None,
+    ) -> None:
         self.cache = cache
         self.limits = dict(limits)
         self.default_limit = default_limit
+        self.shared_limits = shared_limits
         self.pool = ResourcePool()
         self._models: dict[str, Model] = {}
         self._limiters: dict[str, asyncio.Semaphore] = {}
@@ -63,6 +74,10 @@ class ModelFactory:
             if secrets:  # innermost: the response cache and the records see scrubbed text only
                 inner = ScrubbingModel(inner, secrets)
             endpoint = endpoint_key(spec)
+            if self.shared_limits is not None and endpoint != "local":
+                inner = ConcurrencyLimitedModel(inner, Gate(self.shared_limits, endpoint))
+                self._models[key] = CachedModel(inner, self.cache, identity, live=not cached)
+                return self._models[key]
             slots = self.limits.get(endpoint)
             if slots is None and spec.provider != "local":
                 slots = self.default_limit

@@ -1,13 +1,14 @@
 """Where work units run: the seam between an evaluation and the machines that do its work.
 
-An ``Executor`` takes work units (one item for one system, ``moakit.eval.worker.EvalUnit``)
+An ``EvalExecutor`` takes work units (one item for one system, ``moakit.eval.worker.EvalUnit``)
 and hands back one ``EvalRecord`` per unit, in the order they finish. The session plans the
 units, writes every record it gets back (the only writer of a results directory) and reports
-progress; the executor only runs units. ``LocalExecutor`` runs them on this event loop with at
+progress; the executor only runs units. ``LocalEvalExecutor`` runs them on this event loop with at
 most ``parallel`` in flight, one ``Worker`` (one response cache, one set of loaded models)
-shared by every system of the session. A cluster executor (e.g. Ray, for ``moa batch``)
-implements the same three methods, builds a ``Worker`` from the picklable ``WorkerConfig`` on
-each node, and ships units and records (both plain, picklable data) back and forth.
+shared by every system of the session. A cluster executor implements the same three methods,
+builds a ``Worker`` from the picklable ``WorkerConfig`` on each node, and ships units and
+records (both plain, picklable data) back and forth: ``ray_executor.RayEvalExecutor``
+(``--executor ray``) is one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
+from moakit.eval.cache import ResponseCache
 from moakit.eval.records import EvalRecord
 from moakit.eval.worker import EvalUnit, UnitActivity, WorkerConfig
 
 
-class Executor(Protocol):
+class EvalExecutor(Protocol):
     def run(
         self,
         units: Sequence[EvalUnit],
@@ -40,10 +42,10 @@ class Executor(Protocol):
     async def aclose(self) -> None: ...
 
 
-ExecutorFactory = Callable[[WorkerConfig], Executor]
+ExecutorFactory = Callable[[WorkerConfig], EvalExecutor]
 
 
-class LocalExecutor:
+class LocalEvalExecutor:
     """Units on this event loop, at most ``parallel`` at once."""
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -77,7 +79,7 @@ class LocalExecutor:
             "hits": cache.hits,
             "misses": cache.misses,
             "failures": cache.failures,
-            "stored": len(cache),
+            "stored": len(cache) if isinstance(cache, ResponseCache) else 0,
         }
 
     async def aclose(self) -> None:

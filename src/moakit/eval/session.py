@@ -7,7 +7,7 @@
     summary = session.write_report()    # summary.json, report.md, plots, model_outputs
 
 The session plans work units (one item for one system, ``worker.EvalUnit``), hands them to an
-executor (``executor.Executor``: local asyncio by default) and is the only writer of the
+executor (``executor.EvalExecutor``: local asyncio by default) and is the only writer of the
 results directory: each record it gets back is appended to its system's records file. Systems
 run one after another (later ones reuse the response cache the earlier ones filled; a majority
 vote after the system it votes over). A record scored by another scorer is scored again from
@@ -28,7 +28,7 @@ from moakit.config import MemberSpec
 from moakit.errors import ConfigError
 from moakit.eval.cache import stored_count
 from moakit.eval.datasets import Dataset, dataset_names, load_baseline, load_dataset
-from moakit.eval.executor import Executor, ExecutorFactory, LocalExecutor
+from moakit.eval.executor import EvalExecutor, ExecutorFactory, LocalEvalExecutor
 from moakit.eval.kinds import build_systems
 from moakit.eval.progress import LogProgress, Progress
 from moakit.eval.records import EvalRecord, RecordsFile
@@ -71,6 +71,11 @@ class EvalSettings:
     score_layers: bool | None = None
     plots: bool = True
     report_only: bool = False
+    # Where units run: "local" (this process) or "ray" (Ray actors, moakit[ray]): ``workers``
+    # actors on the cluster at ``ray_address`` (None: RAY_ADDRESS, else a local one).
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int = 2
 
 
 class EvalSession:
@@ -79,12 +84,12 @@ class EvalSession:
         settings: EvalSettings,
         *,
         progress: Progress | None = None,
-        executor: ExecutorFactory = LocalExecutor,
+        executor: ExecutorFactory | None = None,
     ) -> None:
         self.settings = settings
         self.progress = progress or LogProgress()
         self.results = ResultsDir(settings.out_dir, self._warn)
-        self._executor_factory = executor
+        self._executor_factory = executor or _executor_for(settings)
         self._warned: set[str] = set()
         self._cache_stats: dict[str, int] | None = None
         self.systems: list[System] = []
@@ -267,7 +272,7 @@ class EvalSession:
             self._cache_stats = executor.cache_stats()
             await executor.aclose()
 
-    async def _run_system(self, executor: Executor, system: System) -> None:
+    async def _run_system(self, executor: EvalExecutor, system: System) -> None:
         units, done = self.plan(system)
         total = done + len(units)
         self.progress.start(system.name, done, total)
@@ -378,6 +383,28 @@ def _auto_parallel(system: System) -> int:
         ]
         specs += system.config.aggregators()
     return 1 if specs and all(s.provider == "local" for s in specs) else 4
+
+
+def _executor_for(settings: EvalSettings) -> ExecutorFactory:
+    if settings.executor == "local":
+        return LocalEvalExecutor
+    if settings.executor != "ray":
+        raise ConfigError(
+            f"executor {settings.executor!r}: expected local or ray", field="executor"
+        )
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1", field="workers")
+    try:
+        from moakit.eval.ray_executor import RayEvalExecutor
+    except ImportError:
+        raise ConfigError(
+            "--executor ray needs Ray: pip install 'moakit[ray]'", field="executor"
+        ) from None
+
+    def build(config: WorkerConfig) -> EvalExecutor:
+        return RayEvalExecutor(config, workers=settings.workers, address=settings.ray_address)
+
+    return build
 
 
 def _judge_price(judge: MemberSpec | None) -> tuple[float, float] | None:

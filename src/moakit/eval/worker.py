@@ -15,13 +15,14 @@ from typing import Any
 from moakit.config import MemberSpec
 from moakit.engine import Stack
 from moakit.errors import MoaError
-from moakit.eval.cache import TALLY, ResponseCache, Tally
+from moakit.eval.cache import TALLY, ClusterCache, EvalCache, ResponseCache, Tally
 from moakit.eval.calls import ModelFactory, OnActivity, run_single, run_stack
 from moakit.eval.datasets import Item
 from moakit.eval.records import EvalRecord, MemberRecord
 from moakit.eval.scorers import Scorer, build_scorer
 from moakit.eval.scorers.base import Score
 from moakit.eval.systems import System, parse_ranker_choice
+from moakit.executors.base import Services
 from moakit.models.base import Message, Usage
 from moakit.result import MemberOutput, Result
 
@@ -58,9 +59,21 @@ class WorkerConfig:
     score_layers: bool | None = None
     prices: PriceTable = field(default_factory=dict)
 
-    def build(self) -> Worker:
-        cache = ResponseCache(self.cache_path)
-        factory = ModelFactory(cache, self.endpoint_limits, self.default_endpoint_limit)
+    def build(self, services: Services | None = None) -> Worker:
+        """This process's worker; with ``services`` (a cluster worker), its calls go through
+        the run's shared cache and its one limiter per endpoint for every worker."""
+        if services is None:
+            cache: EvalCache = ResponseCache(self.cache_path)
+        elif services.cache is not None:
+            cache = ClusterCache(services.cache)
+        else:
+            cache = ResponseCache(None)
+        factory = ModelFactory(
+            cache,
+            self.endpoint_limits,
+            self.default_endpoint_limit,
+            shared_limits=services.limits if services is not None else None,
+        )
         judge = factory.judge(self.judge) if self.judge is not None else None
         scorer = build_scorer(self.scorer, judge=judge, baseline=self.baseline)
         return Worker(
@@ -100,7 +113,7 @@ class Worker:
         self._stacks: dict[tuple[str, str], Stack] = {}
 
     @property
-    def cache(self) -> ResponseCache:
+    def cache(self) -> EvalCache:
         return self.factory.cache
 
     async def aclose(self) -> None:

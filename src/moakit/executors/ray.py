@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 @ray.remote
 class _LimiterActor:
-    def __init__(self, limits: Mapping[str, int]) -> None:
-        self.limits = LocalLimits(limits)
+    def __init__(self, limits: Mapping[str, int], default: int | None) -> None:
+        self.limits = LocalLimits(limits, default)
 
     async def acquire(self, endpoint: str, holder: str) -> None:
         await self.limits.acquire(endpoint, holder)
@@ -152,6 +152,14 @@ class _WorkerActor:
             await self.unit.aclose()
 
 
+# The least number of payloads an actor admits at once (see ``start_worker``).
+ACTOR_SLOTS = 16
+
+
+async def _next(source: AsyncIterator[tuple[str, P]]) -> tuple[str, P]:
+    return await anext(source)
+
+
 @dataclass
 class _Pending:
     key: str
@@ -165,7 +173,8 @@ class WorkersLost(RuntimeError):
 
 class RayExecutor(Executor):
     """``workers`` actors, each running up to ``concurrency`` payloads at once and reserving
-    ``num_cpus`` CPUs. ``limits``: calls in flight per endpoint for the whole cluster;
+    ``num_cpus`` CPUs. ``limits``: calls in flight per endpoint for the whole cluster
+    (``default_limit`` for an endpoint not named there; None: not limited);
     ``cache``: a response-cache file on the node that runs the cache actor (the driver's, on
     a local cluster). ``max_attempts``: tries per payload across worker losses.
     ``runtime_env``: Ray's, for a cluster whose nodes lack moakit (``{"pip": ["moakit"]}``)."""
@@ -180,6 +189,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         num_cpus: float = 1.0,
         limits: Mapping[str, int] | None = None,
+        default_limit: int | None = None,
         cache: str | Path | None = None,
         max_attempts: int = 3,
         runtime_env: Mapping[str, Any] | None = None,
@@ -191,6 +201,7 @@ class RayExecutor(Executor):
         self.address = address
         self.num_cpus = num_cpus
         self.limits = dict(limits or {})
+        self.default_limit = default_limit
         self.cache_path = str(Path(cache).resolve()) if cache is not None else None
         self.max_attempts = max_attempts
         self.runtime_env = dict(runtime_env) if runtime_env else None
@@ -227,7 +238,7 @@ class RayExecutor(Executor):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         limiter = _LimiterActor.options(  # type: ignore[attr-defined]
             num_cpus=0, scheduling_strategy=here
-        ).remote(self.limits)
+        ).remote(self.limits, self.default_limit)
         self.limiter = limiter
         cache = (
             _CacheActor.options(  # type: ignore[attr-defined]
@@ -247,7 +258,12 @@ class RayExecutor(Executor):
         async def start_worker() -> None:
             name = f"worker-{next(serial)}"
             actor = _WorkerActor.options(  # type: ignore[attr-defined]
-                num_cpus=self.num_cpus, max_concurrency=self.concurrency + 2, max_restarts=0
+                num_cpus=self.num_cpus,
+                # The driver sends an actor at most ``concurrency`` payloads at once (its load
+                # count); the actor's own cap only has to be no lower, also for a caller that
+                # raises ``concurrency`` between the units of one long-lived map (moa eval).
+                max_concurrency=max(self.concurrency, ACTOR_SLOTS) + 2,
+                max_restarts=0,
             ).remote(factory, services, name)
             try:
                 self.worker_pids[name] = await actor.ready.remote()
@@ -261,6 +277,9 @@ class RayExecutor(Executor):
         retry: collections.deque[_Pending] = collections.deque()
         running: dict[asyncio.Future[Any], tuple[_Pending, str, Any]] = {}
         exhausted = False
+        # The next payload, awaited beside the running ones: a source that waits for more work
+        # (a long-lived map fed from a queue) must not hold back the outcomes in flight.
+        pull: asyncio.Task[tuple[str, Any]] | None = None
         try:
             started = time.perf_counter()
             await asyncio.gather(*(start_worker() for _ in range(self.workers)))
@@ -273,8 +292,14 @@ class RayExecutor(Executor):
                     if retry:
                         item = retry.popleft()
                     else:
+                        if pull is None:
+                            pull = asyncio.create_task(_next(source))
+                            await asyncio.sleep(0)  # a ready source answers at once
+                        if not pull.done():
+                            break
+                        ready, pull = pull, None
                         try:
-                            key, payload = await anext(source)
+                            key, payload = ready.result()
                         except StopAsyncIteration:
                             exhausted = True
                             break
@@ -284,12 +309,16 @@ class RayExecutor(Executor):
                     running[asyncio.ensure_future(ref)] = (item, name, ref)
                     load[name] += 1
                 if not running:
-                    if retry and not actors:
+                    if not actors and (retry or pull is not None):
                         raise WorkersLost("every Ray worker died")
-                    return
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    if pull is None:
+                        return
+                waiting: set[asyncio.Future[Any]] = {*running, *([pull] if pull else [])}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 lost: set[str] = set()
                 for fut in done:
+                    if fut is pull:
+                        continue  # taken by the dispatch above
                     item, name, _ref = running.pop(fut)
                     if name in load:
                         load[name] -= 1
@@ -339,6 +368,9 @@ class RayExecutor(Executor):
                         replacements -= 1
                         await start_worker()
         finally:
+            if pull is not None:
+                pull.cancel()
+                await asyncio.gather(pull, return_exceptions=True)
             for _item, _name, ref in running.values():
                 ray.cancel(ref)
             closing = [actor.aclose.remote() for actor in actors.values()]

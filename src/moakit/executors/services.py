@@ -17,29 +17,33 @@ from moakit.models.base import Completion, Usage
 
 
 class LocalLimits:
-    """A counted limit per endpoint; endpoints without a limit are not limited. ``holder``
-    names the worker that took a slot, so a dead worker's slots can be given back
-    (``release_holder``) on a cluster."""
+    """A counted limit per endpoint; endpoints without a limit get ``default`` (None: not
+    limited). ``holder`` names the worker that took a slot, so a dead worker's slots can be
+    given back (``release_holder``) on a cluster."""
 
-    def __init__(self, limits: Mapping[str, int] | None = None) -> None:
+    def __init__(self, limits: Mapping[str, int] | None = None, default: int | None = None) -> None:
         self.limits = dict(limits or {})
+        self.default = default
         self._in_use: dict[str, int] = dict.fromkeys(self.limits, 0)
         self._held: dict[tuple[str, str], int] = {}
         self._changed = asyncio.Condition()
         self.peak: dict[str, int] = dict.fromkeys(self.limits, 0)
 
+    def _limit(self, endpoint: str) -> int | None:
+        return self.limits.get(endpoint, self.default)
+
     async def acquire(self, endpoint: str, holder: str = "local") -> None:
-        limit = self.limits.get(endpoint)
+        limit = self._limit(endpoint)
         if limit is None:
             return
         async with self._changed:
-            await self._changed.wait_for(lambda: self._in_use[endpoint] < limit)
-            self._in_use[endpoint] += 1
-            self.peak[endpoint] = max(self.peak[endpoint], self._in_use[endpoint])
+            await self._changed.wait_for(lambda: self._in_use.get(endpoint, 0) < limit)
+            self._in_use[endpoint] = self._in_use.get(endpoint, 0) + 1
+            self.peak[endpoint] = max(self.peak.get(endpoint, 0), self._in_use[endpoint])
             self._held[(endpoint, holder)] = self._held.get((endpoint, holder), 0) + 1
 
     async def release(self, endpoint: str, holder: str = "local") -> None:
-        if endpoint not in self.limits:
+        if self._limit(endpoint) is None:
             return
         async with self._changed:
             self._give_back(endpoint, holder, 1)
@@ -60,7 +64,7 @@ class LocalLimits:
             self._held[(endpoint, holder)] = held - count
         else:
             self._held.pop((endpoint, holder), None)
-        self._in_use[endpoint] -= count
+        self._in_use[endpoint] = self._in_use.get(endpoint, 0) - count
         self._changed.notify_all()
         return count
 
