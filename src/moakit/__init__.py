@@ -97,7 +97,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value  # later lookups skip this function
         return value
     if not name.startswith("_"):
-        # `import moakit; moakit.engine.register_strategy(...)` worked while `import moakit`
+        # `import moakit; moakit.engine.Stack` worked while `import moakit`
         # imported the engine: a submodule is still reachable as an attribute.
         try:
             return import_module(f"moakit.{name}")
