@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from moakit.config import MemberSpec
 from moakit.executors.base import SharedCache
+from moakit.executors.services import CacheStore
+
+# One identity and one key scheme for every response cache (eval's, batch's, a cluster's).
+from moakit.executors.wrappers import endpoint_key as endpoint_key
+from moakit.executors.wrappers import model_identity as model_identity
+from moakit.executors.wrappers import request_key as request_key
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.wrappers import WrapperModel
 
@@ -44,70 +47,23 @@ TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar(
 )
 
 
-def model_identity(spec: MemberSpec) -> dict[str, Any]:
-    """What makes two models answer alike. The key variable's *name* is left out on purpose:
-    two accounts on one endpoint serve the same model (and key material never enters a key)."""
-    return {
-        "provider": spec.provider,
-        "model": spec.model,
-        "base_url": spec.base_url,
-        "options": {k: spec.options[k] for k in sorted(spec.options)},
-    }
-
-
-def request_key(identity: Mapping[str, Any], request: ChatRequest) -> str:
-    payload = {"identity": identity, "request": asdict(request)}
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=list)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
 class ResponseCache:
     """SQLite store of successful completions by request key. ``path=None`` keeps it in memory."""
 
     def __init__(self, path: Path | None = None) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-            "text TEXT NOT NULL, finish_reason TEXT, prompt_tokens INTEGER NOT NULL, "
-            "completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL, created REAL NOT NULL)"
-        )
+        # The storage is the executors' (one table, one key scheme: `moa batch --cache` and a
+        # Ray run share this file); this class adds eval's counters and claims.
+        self._store = CacheStore(path)
         self._inflight: dict[str, asyncio.Event] = {}
         self.hits = 0
         self.misses = 0
         self.failures = 0
 
     def get(self, key: str) -> Completion | None:
-        row = self._db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
-            "WHERE key = ?",
-            (key,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Completion(
-            text=row[0],
-            finish_reason=row[1],
-            usage=Usage(prompt_tokens=row[2], completion_tokens=row[3]),
-        )
+        return self._store.get(key)
 
     def put(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                model,
-                completion.text,
-                completion.finish_reason,
-                completion.usage.prompt_tokens,
-                completion.usage.completion_tokens,
-                latency_s,
-                time.time(),
-            ),
-        )
-        self._db.commit()
+        self._store.put(key, model, completion, latency_s)
 
     async def claim(self, key: str) -> Completion | None:
         """The stored answer, or None: then the caller calls the model and must ``release``
@@ -132,10 +88,10 @@ class ResponseCache:
             pending.set()
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        return len(self._store)
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
 
 class EvalCache(Protocol):
@@ -276,10 +232,3 @@ def stored_count(path: Path) -> int:
         return 0
     finally:
         db.close()
-
-
-def endpoint_key(spec: MemberSpec) -> str:
-    """Calls to one server share a limit; the embedded model is one "endpoint" per process."""
-    if spec.provider == "local":
-        return "local"
-    return f"{spec.provider}:{spec.base_url or 'default'}"

@@ -16,7 +16,6 @@ from moakit.config import config_hash
 from moakit.engine.run import FINAL_OVERRIDES
 from moakit.events import (
     AggregatorAttemptFailed,
-    AggregatorStarted,
     MemberFinished,
     MemberStarted,
     RunFailed,
@@ -120,8 +119,8 @@ class RunCollector:
             self.finish(event.result, status="complete")
         elif isinstance(event, RunFailed):
             self.finish(event.result, status="failed", error=event.error)
-        elif isinstance(event, AggregatorStarted):
-            pass  # its MemberStarted follows, with the exact request
+        # AggregatorStarted, LayerStarted, deltas: nothing to record (MemberStarted follows each
+        # call's start with its exact request).
 
     def finish(self, result: Result | None, *, status: str, error: str | None = None) -> None:
         if self.finished:
