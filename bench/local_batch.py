@@ -11,12 +11,10 @@ scheduler's kept KV streams emptied first, as in a fresh process):
               shared prompt decoded once and its KV copied to the other two.
 
 Then WARM, what a later layer whose prompt starts like an earlier one gets: the same requests
-again right after, their prompts still in the kept streams (only the end of each prompt is
-decoded: its last token, and up to 3 more so that it resumes at a group of 4 rows, see
-``moakit.models.local.scheduler.rows``). ``one warm`` vs ``batched warm`` is pure generation:
-``step 3/1`` is what one decode step of 3 sequences costs against a step of 1 on this machine
-(llama.cpp's CPU kernels), the floor under every batched / one ratio for answers longer than
-their prompt.
+again right after, their prompts still in the kept streams (only the last prompt token of each is
+decoded). ``one warm`` vs ``batched warm`` is pure generation: ``step 3/1`` is what one decode
+step of 3 sequences costs against a step of 1 on this machine (llama.cpp's CPU kernels), the
+floor under every batched / one ratio for answers longer than their prompt.
 
 Each row prints wall time, prompt tokens the model decoded, tokens generated, decode steps and
 ms per decode step (time inside ``llama_decode``). The prompt asks for a long answer so that most

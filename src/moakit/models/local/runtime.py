@@ -31,7 +31,11 @@ class RuntimeKey:
 
 
 class LlamaRuntime:
-    def __init__(self, key: RuntimeKey, *, n_threads: int, n_batch: int = 512) -> None:
+    # Rows per llama_decode at most, and the chunks a prompt is decoded in. A prompt resumes from
+    # another's KV only at a chunk boundary (scheduler/rows.py), so smaller chunks reuse more;
+    # 256 rows decode a prompt as fast as 512 here (3.6 s per 512 tokens either way, Qwen2.5-0.5B
+    # on 2 cores), while 128 cost 16 % more.
+    def __init__(self, key: RuntimeKey, *, n_threads: int, n_batch: int = 256) -> None:
         try:
             import llama_cpp
             from llama_cpp import _internals
