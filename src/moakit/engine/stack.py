@@ -156,9 +156,10 @@ class Stack(Model):
         need each member's finished answer (the server's wire format, a trace recorder): on a
         busy server those per-token events are most of what observing a run costs. A member
         whose text nobody reads as it is written (no deltas wanted, not the streamed answer)
-        makes one plain request instead of streaming: cheaper for the backend and for us, but
-        its ``ttft_s`` is then unknown. ``member_ttft=True`` streams every call anyway, so each
-        member's time to first token is measured.
+        makes one plain request instead of streaming, where its model has one (``complete``
+        of its own): cheaper for the backend and for us, but its ``ttft_s`` is then unknown.
+        ``member_ttft=True`` streams every call anyway, so each member's time to first token
+        is measured.
         """
         run = self._new_run(request, run_id, streaming)
         run.member_deltas = member_deltas

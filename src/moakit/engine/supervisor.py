@@ -59,9 +59,7 @@ async def supervise_layer(
         while pending:
             limits = [t for t in (cutoff_at, run.proposers_deadline_at) if t is not None]
             timeout = max(0.0, min(limits) - time.monotonic()) if limits else None
-            waiting: set[asyncio.Future[Any]] = set(pending)
-            if halted is not None:
-                waiting.add(halted)
+            waiting: set[Any] = pending if halted is None else {*pending, halted}
             done, _ = await asyncio.wait(
                 waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
