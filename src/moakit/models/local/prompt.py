@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moakit.errors import ConfigError
-from moakit.models.base import Message
+from moakit.messages import Message, to_openai
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Message]) -> Prompt:
         try:
-            result = self._formatter(messages=list(messages))
+            result = self._formatter(messages=to_openai(messages))
         except Exception as exc:  # a template's raise_exception(), or a missing key
             raise ConfigError(
                 f"the model's chat template rejected the conversation: {exc}", field="messages"
