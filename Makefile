@@ -7,13 +7,24 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local robustness
+.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local robustness bfcl eval-bfcl
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[local,dev,otel,eval,ray,postgres]'
+	$(MAKE) bfcl
 	touch $@
+
+# BFCL's data, possible answers and AST checker (`moa eval --dataset bfcl-*`): the bfcl-eval
+# package without its dependencies, which pin numpy 1.26 and pull torch, sentence-transformers,
+# faiss and a dozen cloud SDKs; what moakit's use of it imports is in the `eval` extra.
+bfcl:
+	$(BIN)/pip install -q --no-deps -c requirements.lock bfcl-eval
+
+# The BFCL comparison behind docs/eval-bfcl.md, on the embedded model (about an hour on 2 cores).
+eval-bfcl: install
+	scripts/eval-bfcl
 
 install: $(VENV)/.installed
 

@@ -7,6 +7,7 @@ full ``ChatRequest``, so any ablation that sends an identical request (the same 
 different aggregator, Self-MoA's samples, a judge re-grading the same answer) reuses the stored
 answer instead of paying for it again. Only successful, non-empty answers are stored: a failed
 call is recorded by the engine in the run's result and retried on the next run, never cached.
+Nor is an answer with tool calls (the store keeps text): it is called again on the next run.
 Identical requests get identical answers by design: give repeated members distinct seeds.
 """
 
@@ -196,8 +197,10 @@ class CachedModel(WrapperModel):
         parts: list[str] = []
         finish: str | None = None
         usage = Usage()
+        called = False
         try:
             async for chunk in self.wrapped.stream(request):
+                called = called or bool(chunk.tool_calls)
                 if chunk.text:
                     if not parts and tally is not None:
                         tally.first_token_s.append(time.monotonic() - started)
@@ -214,7 +217,9 @@ class CachedModel(WrapperModel):
             raise
         else:
             text = "".join(parts)
-            if text.strip():
+            # An answer with tool calls is not stored: the store keeps text only, and serving
+            # its text alone would turn a call into a plain answer. It is asked again.
+            if text.strip() and not called:
                 completion = Completion(text=text, finish_reason=finish, usage=usage)
                 await self.cache.store(key, self.name, completion, time.monotonic() - started)
 

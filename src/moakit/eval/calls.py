@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from moakit.config import MemberSpec, ResolvedMember, StackConfig
 from moakit.engine import Stack
 from moakit.engine.solo import call_alone
+from moakit.errors import ConfigError
 from moakit.eval.cache import CachedModel, EvalCache, endpoint_key, model_identity
 from moakit.eval.redteam import InjectingModel
 from moakit.events import (
@@ -21,8 +22,10 @@ from moakit.events import (
     MemberFinished,
     RunFinished,
     TextDelta,
+    ToolCalls,
 )
 from moakit.executors.base import EndpointLimits, Gate
+from moakit.messages import ToolSpec
 from moakit.models.base import ChatRequest, Chunk, Message, Model
 from moakit.models.registry import ResourcePool, build_model
 from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel, WrapperModel
@@ -144,27 +147,40 @@ class RetriedModel(WrapperModel):
         yield Chunk(finish_reason=answer.completion.finish_reason, usage=answer.completion.usage)
 
 
-def member_request(spec: MemberSpec, messages: Sequence[Message]) -> ChatRequest:
-    """Exactly what the engine sends a first-layer member (so the cache serves both)."""
+def member_request(
+    spec: MemberSpec, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+) -> ChatRequest:
+    """Exactly what the engine sends a first-layer member (so the cache serves both); with
+    ``tools``, what it sends a final aggregator offered them."""
     return ChatRequest(
         messages=with_system_prompt(messages, spec.system),
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,
         seed=spec.seed,
         stop=spec.stop,
+        tools=tuple(tools),
     )
 
 
-async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]) -> Result:
-    """``spec``'s model alone on ``messages``, as a one-call ``Result``."""
+async def run_single(
+    model: Model,
+    spec: MemberSpec,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec] = (),
+) -> Result:
+    """``spec``'s model alone on ``messages`` (offered ``tools``), as a one-call ``Result``.
+    A model that cannot be sent tools is refused before any call, as a stack refuses one."""
+    if tools and not model.profile.tools:
+        raise ConfigError(f"model {spec.display!r} cannot call tools", field="tools")
     resolved = solo_member(spec)
-    answer = await call_alone(model, resolved, member_request(resolved, messages))
+    answer = await call_alone(model, resolved, member_request(resolved, messages, tools))
     out = answer.output
     if out.output is not None:
         out = out.model_copy(update={"output": out.output.strip()})
     return Result(
         stack=spec.display,
         final=out.output or "",
+        tool_calls=list(out.tool_calls),
         aggregators=[out],
         latency_s=out.latency_s,
         error=out.error,
@@ -172,16 +188,24 @@ async def run_single(model: Model, spec: MemberSpec, messages: Sequence[Message]
 
 
 async def run_stack(
-    stack: Stack, messages: Sequence[Message], on_activity: OnActivity | None = None
+    stack: Stack,
+    messages: Sequence[Message],
+    on_activity: OnActivity | None = None,
+    tools: Sequence[ToolSpec] = (),
 ) -> tuple[Result, float | None]:
-    """The stack's result and its time to the first token of the final answer."""
+    """The stack's result (offered ``tools``: its final aggregator may answer with calls)
+    and its time to the first token of the final answer."""
     t0 = time.monotonic()
     ttft: float | None = None
     watch = _Activity(on_activity) if on_activity else None
-    async for event in stack.events(ChatRequest(messages=list(messages))):
+    request = ChatRequest(messages=list(messages), tools=tuple(tools))
+    async for event in stack.events(request):
         if watch is not None:
             watch(event)
-        if isinstance(event, TextDelta) and ttft is None and event.text:
+        # The first of the answer: its text, or its tool calls (they leave whole).
+        if ttft is None and (
+            (isinstance(event, TextDelta) and event.text) or isinstance(event, ToolCalls)
+        ):
             ttft = time.monotonic() - t0
         elif isinstance(event, RunFinished):
             return event.result, ttft

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from moakit.answers import normalize_number
 from moakit.errors import ConfigError
+from moakit.messages import ToolSpec
 from moakit.plugins import registry
 
 PACKAGED_DATA = Path(__file__).resolve().parent / "data"
@@ -33,6 +34,9 @@ class Item:
     reference: str | None = None  # reference answer(s) shown to a judge, one per turn joined
     references: tuple[str, ...] = ()  # per-turn reference answers (MT-Bench)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Function tools offered with every turn (BFCL): the system may answer with tool calls,
+    # which the record keeps and a tool-call scorer reads.
+    tools: tuple[ToolSpec, ...] = ()
 
     @property
     def prompt(self) -> str:
@@ -129,6 +133,26 @@ HUMANEVAL_INSTRUCTION = (
     "Complete the following Python function. Reply with the whole function in one ```python "
     "code block."
 )
+
+
+def load_bfcl(category: str) -> list[Item]:
+    """A BFCL category from the ``bfcl-eval`` package (``moakit.eval.bfcl``): the question,
+    the tools its functions become, and what BFCL's checker compares against."""
+    from moakit.eval import bfcl
+
+    return [
+        Item(
+            id=entry.id,
+            turns=(entry.question,),
+            tools=entry.tools,
+            meta={
+                "category": entry.category,
+                "functions": entry.functions,
+                "ground_truth": entry.ground_truth,
+            },
+        )
+        for entry in bfcl.entries(category)
+    ]
 
 
 def load_mt_bench(questions: Path, references: Path | None) -> list[Item]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from moakit.errors import ConfigError
 from moakit.eval import datasets as ds
+from moakit.eval.bfcl import CATEGORIES as BFCL_CATEGORIES
 from moakit.eval.scorers.base import Scorer
 from moakit.hookspecs import Register, hookimpl
 from moakit.models.base import Model
@@ -57,6 +58,14 @@ def register_datasets(register: Register) -> None:
     alpaca = _file("alpaca_eval_instructions.jsonl", ds.load_alpaca_eval)
     register("alpaca-eval", DatasetSource(alpaca, "alpaca-eval"))
     register("flask-hard", DatasetSource(_file("flask_hard.jsonl", ds.load_flask_hard), "flask"))
+    # BFCL: one dataset per category, as BFCL reports them (each its own accuracy and
+    # paired tests); data and checker from the bfcl-eval package.
+    for name, category in BFCL_CATEGORIES.items():
+        register(name, DatasetSource(_bfcl(category), "bfcl"))
+
+
+def _bfcl(category: str) -> Callable[[Path], list[ds.Item]]:
+    return lambda _root: ds.load_bfcl(category)
 
 
 def _judged(build: Callable[[Model, Mapping[str, str] | None], Scorer]) -> ScorerSource:
@@ -97,6 +106,11 @@ def register_scorers(register: Register) -> None:
 
         return HumanEvalScorer()
 
+    def bfcl(_judge: Model | None, _baseline: Mapping[str, str] | None) -> Scorer:
+        from moakit.eval.scorers.bfcl import BFCLScorer
+
+        return BFCLScorer()
+
     register("gsm8k", ScorerSource(lambda _j, _b: GSM8KScorer()))
     register("number", ScorerSource(lambda _j, _b: NumberScorer()))
     register("humaneval", ScorerSource(humaneval))
@@ -106,3 +120,4 @@ def register_scorers(register: Register) -> None:
     register("alpaca-eval", _judged(_pairwise))
     register("flask", _judged(_judge("FlaskScorer")))
     register("judge", _judged(_judge("RatingJudgeScorer")))
+    register("bfcl", ScorerSource(bfcl))

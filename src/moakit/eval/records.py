@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moakit.errors import ConfigError
 from moakit.eval.scorers.base import Score
+from moakit.messages import ToolCall
 from moakit.models.base import Usage
 from moakit.result import DefenseAction
 
@@ -64,6 +65,9 @@ class EvalRecord(BaseModel):
     error: str | None = None
     finals: list[str] = Field(default_factory=list)
     final: str = ""
+    # The tool calls the final answer made (an item offering tools, e.g. BFCL); ``final`` is
+    # then the text beside them, often empty.
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     # The final answer stopped at its token budget (finish_reason "length"), in any turn.
     truncated: bool | None = None
     score: Score | None = None

@@ -23,6 +23,7 @@ from moakit.eval.scorers import Scorer, build_scorer
 from moakit.eval.scorers.base import Score
 from moakit.eval.systems import System, parse_ranker_choice
 from moakit.executors.base import Services
+from moakit.messages import ToolCall
 from moakit.models.base import Message, Usage
 from moakit.result import MemberOutput, Result
 
@@ -108,7 +109,10 @@ class Worker:
         self.scorer = scorer
         self.scorer_id = scorer_id
         self.factory = factory
-        self.score_layers = scorer.closed_form if score_layers is None else score_layers
+        if score_layers is None:
+            # Proposals that only advise (a tool-call scorer's items) have no calls to score.
+            score_layers = scorer.closed_form and not scorer.scores_tool_calls
+        self.score_layers = score_layers
         self.prices = dict(prices or {})
         self._stacks: dict[tuple[str, str], Stack] = {}
 
@@ -174,6 +178,7 @@ class Worker:
             error=error or result.error,
             finals=answered.finals,
             final=final,
+            tool_calls=list(result.tool_calls) if answered.finals else [],
             truncated=answered.truncated if answered.finals else None,
             usage=result.usage,
             cost_usd=self.cost(result.calls()),
@@ -220,10 +225,10 @@ class Worker:
                 if activity is not None:
                     activity("answering")
                 model = self.factory.model_for(system.member, cached=not system.live)
-                result = await run_single(model, system.member, messages)
+                result = await run_single(model, system.member, messages, item.tools)
                 first = tally.first_token_s[0] if tally.first_token_s else None
             else:
-                result, first = await run_stack(stack, messages, activity)
+                result, first = await run_stack(stack, messages, activity, item.tools)
             ttft = first if ttft is None else ttft
             if result.error:
                 raise _Failed(result)
@@ -232,7 +237,7 @@ class Worker:
                 final, cut, extra = self.ranked(result)
             truncated = truncated or cut
             finals.append(final)
-            messages.append(Message.assistant(final))
+            messages.append(Message.assistant(final, result.tool_calls))
         if system.kind == "collab" and system.member is not None:
             if activity is not None:
                 activity("the member alone")
@@ -267,10 +272,15 @@ class Worker:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    async def _score(self, item: Item, answers: Sequence[str]) -> Score:
+    async def _score(
+        self, item: Item, answers: Sequence[str], tool_calls: Sequence[ToolCall] = ()
+    ) -> Score:
         """A judge that fails (after its retries) fails this score, not the run; the record
-        carries the error so a re-run retries the item."""
+        carries the error so a re-run retries the item. ``tool_calls``: those the last
+        answer made, for a scorer that scores them."""
         try:
+            if self.scorer.scores_tool_calls:
+                return await self.scorer.score_calls(item, answers, tool_calls)
             return await self.scorer.score(item, answers)
         except MoaError as exc:
             return Score(value=None, error=f"scoring failed: {exc}", detail={"failed": True})
@@ -279,7 +289,11 @@ class Worker:
         """``record`` scored by this worker's scorer: the final answer, every proposal (or
         its comparable answer on closed-form tasks), and collab's member alone."""
         finals = record.finals
-        score = await self._score(item, finals) if finals else Score(error="no answer")
+        score = (
+            await self._score(item, finals, record.tool_calls)
+            if finals
+            else Score(error="no answer")
+        )
         layers: list[list[MemberRecord]] = []
         for layer in record.layers:
             rows = []

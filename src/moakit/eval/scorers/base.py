@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from moakit.eval.datasets import Item
+from moakit.messages import ToolCall
 from moakit.models.base import Usage
 
 
@@ -37,6 +38,9 @@ class Scorer(ABC):
     closed_form: bool = False
     # Scale for plots and reports.
     scale: tuple[float, float] = (0.0, 1.0)
+    # Scores the final answer's tool calls (BFCL): the worker calls ``score_calls`` with them,
+    # and does not score the proposals, whose advice is text and never calls a tool.
+    scores_tool_calls: bool = False
 
     def extract(self, text: str, item: Item) -> str | None:
         """The comparable final answer in ``text`` (closed-form scorers only)."""
@@ -51,3 +55,10 @@ class Scorer(ABC):
     @abstractmethod
     async def score(self, item: Item, answers: Sequence[str]) -> Score:
         """Score the system's answers to ``item``'s turns (one answer per turn)."""
+
+    async def score_calls(
+        self, item: Item, answers: Sequence[str], tool_calls: Sequence[ToolCall]
+    ) -> Score:
+        """Score the answers together with the tool calls the last one made (a scorer that
+        ``scores_tool_calls`` overrides this; the default ignores the calls)."""
+        return await self.score(item, answers)
