@@ -24,7 +24,7 @@ bfcl:
 
 # The BFCL comparison behind docs/eval-bfcl.md, on the embedded model (about an hour on 2 cores).
 eval-bfcl: install
-	scripts/eval-bfcl
+	$(BIN)/python scripts/eval_bfcl.py $(if $(EVAL_BUDGET_S),--budget-s $(EVAL_BUDGET_S))
 
 install: $(VENV)/.installed
 
