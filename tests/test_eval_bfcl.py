@@ -16,7 +16,7 @@ import pytest
 from moakit.config import MemberSpec
 from moakit.engine.tool_calls import check_tool_specs
 from moakit.eval import bfcl
-from moakit.eval.cache import CachedModel, ResponseCache
+from moakit.eval.cache import TALLY, CachedModel, ResponseCache, Tally
 from moakit.eval.datasets import Item, load_dataset
 from moakit.eval.kinds import build_systems
 from moakit.eval.results import ResultsDir
@@ -184,10 +184,31 @@ async def test_an_answer_with_tool_calls_is_never_served_from_the_cache_as_text(
     inner = _Caller()
     cached = CachedModel(inner, ResponseCache(None), {"model": "caller"})
     request = ChatRequest(messages=[Message.user("x")])
-    for _ in range(2):
-        chunks = [c async for c in cached.stream(request)]
-        assert [c for chunk in chunks for c in chunk.tool_calls] == [_call("f", x=1)]
-    assert inner.calls == 2
+    tally = Tally()
+    token = TALLY.set(tally)
+    try:
+        for _ in range(2):
+            chunks = [c async for c in cached.stream(request)]
+            assert [c for chunk in chunks for c in chunk.tool_calls] == [_call("f", x=1)]
+    finally:
+        TALLY.reset(token)
+    assert inner.calls == 2 and tally.cache_hits == 0
+    assert len(tally.first_token_s) == 2  # one first token per answer
+
+
+async def test_an_answer_made_only_of_tool_calls_has_a_first_token() -> None:
+    class OnlyCalls(_Caller):
+        async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+            yield Chunk(finish_reason="tool_calls", tool_calls=(_call("f", x=1),))
+
+    cached = CachedModel(OnlyCalls(), ResponseCache(None), {"model": "caller"})
+    tally = Tally()
+    token = TALLY.set(tally)
+    try:
+        _ = [c async for c in cached.stream(ChatRequest(messages=[Message.user("x")]))]
+    finally:
+        TALLY.reset(token)
+    assert len(tally.first_token_s) == 1
 
 
 # -- a whole run on test doubles ----------------------------------------------------------

@@ -200,10 +200,12 @@ class CachedModel(WrapperModel):
         called = False
         try:
             async for chunk in self.wrapped.stream(request):
+                # The answer's first token: its first text, or its tool calls (they come whole).
+                if (chunk.text or chunk.tool_calls) and not (parts or called):
+                    if tally is not None:
+                        tally.first_token_s.append(time.monotonic() - started)
                 called = called or bool(chunk.tool_calls)
                 if chunk.text:
-                    if not parts and tally is not None:
-                        tally.first_token_s.append(time.monotonic() - started)
                     parts.append(chunk.text)
                 if chunk.finish_reason is not None:
                     finish = chunk.finish_reason
