@@ -2,10 +2,12 @@
 
 Five BFCL categories (``bfcl-simple``, ``-multiple``, ``-parallel``, ``-parallel-multiple``,
 ``-irrelevance``: data, possible answers and AST checker from the ``bfcl-eval`` package), the
-first ``--limit`` items of each (20 by default), on the embedded models: the single model
-(``single:local``: Qwen2.5-Coder-0.5B alone, offered the tools), advisory MoA
+first ``--limit`` items of each (10 by default), on the embedded models: the single model
+(``single:bfcl-qwen``: Qwen2.5-Coder-0.5B alone, offered the tools), advisory MoA
 (``moa:bfcl-mixed``: three different embedded models advise in text, Qwen calls the tools) and
-Self-MoA (``self-moa:local``: three Qwen samples advise, Qwen calls the tools).
+Self-MoA (``self-moa:bfcl-qwen``: three Qwen samples advise, Qwen calls the tools). The stacks
+are in ``scripts/eval-bfcl-stacks/``. About 100 s per item for the three systems together on
+two CPU cores, so the default (50 items) takes about 1.5 hours.
 
 The items go in chunks that cycle through the categories (5 items of each, then 10, ...), so a
 run stopped at any point leaves every category with paired results. Every chunk is a ``moa
@@ -14,7 +16,7 @@ and is resumable: the same command skips finished items. ``--budget-s`` stops th
 chunk in flight is cancelled, its finished items kept) and still writes the page.
 
     .venv/bin/python scripts/eval_bfcl.py                  # run (or resume), then the page
-    .venv/bin/python scripts/eval_bfcl.py --limit 10       # a smaller subset
+    .venv/bin/python scripts/eval_bfcl.py --limit 20       # a larger subset
     .venv/bin/python scripts/eval_bfcl.py --budget-s 3000  # at most 50 minutes
     .venv/bin/python scripts/eval_bfcl.py --render-only    # rewrite the page from the results
 """
@@ -35,8 +37,12 @@ RESULTS = ROOT / "results" / "eval-bfcl"
 CACHE = RESULTS / "cache.sqlite"
 RUNS = RESULTS / "runs.jsonl"
 DOC = ROOT / "docs" / "eval-bfcl.md"
-MIXED = "scripts/eval-bfcl-stacks/bfcl-mixed.toml"
-SYSTEMS = ["single:local", f"moa:{MIXED}", "self-moa:local"]
+STACKS = "scripts/eval-bfcl-stacks"
+SYSTEMS = [
+    f"single:{STACKS}/bfcl-qwen.toml",
+    f"moa:{STACKS}/bfcl-mixed.toml",
+    f"self-moa:{STACKS}/bfcl-qwen.toml",
+]
 STEP = 5
 # A loaded CPU answering prompts that carry function docs needs longer than the presets' 120 s.
 TIMEOUT_S = 300.0
@@ -58,7 +64,7 @@ def settings(dataset: str, limit: int, *, report_only: bool = False) -> EvalSett
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=20, help="Items per category.")
+    parser.add_argument("--limit", type=int, default=10, help="Items per category.")
     parser.add_argument("--budget-s", type=float, default=None, help="Stop after this long.")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)

