@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from moakit.config import MemberSpec
 from moakit.engine.tool_calls import check_tool_specs
+from moakit.errors import ConfigError
 from moakit.eval import bfcl
 from moakit.eval.cache import TALLY, CachedModel, ResponseCache, Tally
 from moakit.eval.datasets import Item, load_dataset
@@ -93,6 +95,14 @@ async def test_every_items_tools_pass_the_engines_schema_check() -> None:
             await check_tool_specs(item.tools)
             count += 1
     assert count == 400 + 200 + 200 + 200 + 240
+
+
+def test_without_the_package_the_error_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "bfcl_eval.constants", None)  # import fails
+    with pytest.raises(ConfigError, match="--no-deps"):
+        bfcl.package.__wrapped__()
 
 
 # -- the checker, on hand-written calls --------------------------------------------------
