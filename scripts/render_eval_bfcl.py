@@ -38,8 +38,9 @@ HOW = """\
   moakit's datasets `bfcl-simple`, `bfcl-multiple`, `bfcl-parallel`, `bfcl-parallel-multiple`
   and `bfcl-irrelevance` are BFCL's categories `simple_python`, `multiple`, `parallel`,
   `parallel_multiple` and `irrelevance`, items in the package's order (`simple_python_0`,
-  `_1`, ...); this page uses the **first N of each** (N below). One dataset per category,
-  because BFCL reports per category and `moa eval` compares systems per dataset.
+  `_1`, ...); this page uses the **first N of each** (the counts under "The run"). One
+  dataset per category, because BFCL reports per category and `moa eval` compares systems
+  per dataset.
 - **The tools a model is offered** are BFCL's function docs converted by the package's own
   OpenAI handler code (`convert_to_tool` with `GORILLA_TO_OPENAPI`): `dict` -> `object`,
   `float` -> `number`, `tuple` -> `array`, `any` -> `string`, `.` in a name -> `_`, with
@@ -87,10 +88,6 @@ NOT_RUN = """\
   handler's SDK only to read one setting (whether `.` became `_` in function names);
   moakit gives it a one-entry stand-in for that table (`moakit/eval/bfcl.py` says why).
 """
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
 
 
 def _ci(score: Mapping[str, Any]) -> str:
@@ -185,15 +182,19 @@ def document(
             mine = recs.get(name, {})
             for k, r in mine.items():
                 pooled[name][f"{dataset}/{k}"] = r
-            ref = moa if name == self_moa else single
-            c = None if name == single else _paired(mine, recs.get(ref, {}))
+            c = None if name == single else _paired(mine, recs.get(single, {}))
             n_items = max(row["items"], 1)
+            latency = row["latency_s_mean"]
             lines.append(
                 f"| `{name}` | {_ci(row['score'])} | {row['score'].get('n', 0)} | "
-                f"{'–' if name == single else f'`{ref}`'} | {_cmp(c)} | "
+                f"{'–' if name == single else f'`{single}`'} | {_cmp(c)} | "
                 f"{row['calls'] / n_items:.1f} | {row['tokens_in'] / n_items:.0f} / "
-                f"{row['tokens_out'] / n_items:.0f} | {_pct(row['latency_s_mean'])} |"
+                f"{row['tokens_out'] / n_items:.0f} | "
+                f"{'–' if latency is None else f'{latency:.1f}'} |"
             )
+        between = _paired(recs.get(moa, {}), recs.get(self_moa, {}))
+        if between is not None:
+            lines += ["", f"`{moa}` vs `{self_moa}`: {difference(between)}."]
         lines += ["", _errors(recs, names), ""]
     lines += ["## All five categories pooled", "", _pooled(pooled, names), ""]
     lines += [_reading(pooled, names), "", HOW, NOT_RUN]
@@ -209,7 +210,16 @@ def _errors(recs: Mapping[str, Mapping[str, EvalRecord]], names: Sequence[str]) 
             if r.right is False
         )
         failed = sum(1 for r in recs.get(name, {}).values() if r.error)
+        # An answer in text that spells a call out as JSON ({"name": ..., "arguments": ...})
+        # instead of making it: what a small model given references tends to do.
+        spelled = sum(
+            1
+            for r in recs.get(name, {}).values()
+            if r.right is False and not r.tool_calls and '"arguments"' in r.final
+        )
         what = ", ".join(f"{k} {v}" for k, v in wrong.most_common()) or "none"
+        if spelled:
+            what += f" ({spelled} of them wrote the call out as JSON text instead of making it)"
         parts.append(f"`{name}`: {what}" + (f"; {failed} failed (no answer)" if failed else ""))
     return "Wrong answers by the checker's error type: " + "; ".join(parts) + "."
 
@@ -221,14 +231,13 @@ def _pooled(pooled: Mapping[str, Mapping[str, EvalRecord]], names: Sequence[str]
     for name in names:
         values = [float(bool(r.right)) for r in pooled[name].values() if r.right is not None]
         ci = stats.bootstrap_ci(values)
-        ref = moa if name == self_moa else single
-        c = None if name == single else _paired(pooled[name], pooled[ref])
+        c = None if name == single else _paired(pooled[name], pooled[single])
         score = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
-        vs = "–" if name == single else f"`{ref}`"
+        vs = "–" if name == single else f"`{single}`"
         out.append(f"| `{name}` | {_ci(score)} | {ci.n} | {vs} | {_cmp(c)} |")
-    extra = _paired(pooled[self_moa], pooled[single])
-    if extra is not None and extra.n:
-        out.append(f"| `{self_moa}` | | | `{single}` | {_cmp(extra)} |")
+    between = _paired(pooled[moa], pooled[self_moa])
+    if between is not None and between.n:
+        out.append(f"| `{moa}` | | | `{self_moa}` | {_cmp(between)} |")
     return "\n".join(out)
 
 
