@@ -165,6 +165,9 @@ def document(
             f"- Wall time of the chunks so far: {spent / 60:.0f} min in {len(runs)} chunks "
             f"(from {first:%Y-%m-%d %H:%M} UTC; each includes loading the models)."
         )
+    note = results / "NOTE.md"  # what a reader must know about this run, written by hand
+    if note.exists():
+        lines.append(f"- {note.read_text().strip()}")
     lines += ["", "## Accuracy per category", ""]
     header = (
         "| system | accuracy [95% CI] | n | vs. | diff [95% CI] | McNemar p | only a/only b "
