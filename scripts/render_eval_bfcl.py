@@ -254,4 +254,14 @@ def _reading(pooled: Mapping[str, Mapping[str, EvalRecord]], names: Sequence[str
         said.append(f"- `{a}` vs `{b}`: {difference(c)}.")
     if not said:
         return "Nothing scored yet."
+    # How often each system made no tool call at all: right on irrelevance, wrong elsewhere.
+    for name in names:
+        answered = [(k, r) for k, r in pooled[name].items() if r.right is not None]
+        wanted = [r for k, r in answered if not k.startswith("bfcl-irrelevance/")]
+        silent = sum(1 for r in wanted if not r.tool_calls)
+        if wanted:
+            said.append(
+                f"- `{name}` made no tool call on {silent} of {len(wanted)} items that needed "
+                "one (simple, multiple, parallel, parallel-multiple)."
+            )
     return "What the run shows (pooled over the categories):\n\n" + "\n".join(said)
