@@ -188,7 +188,13 @@ def test_text_is_allowed_only_when_it_does_not_start_like_a_call(vocab: Any) -> 
     assert accepts(vocab, auto, prose)
     assert accepts(vocab, auto, tagged(PARIS))
     assert accepts(vocab, auto, "<b>bold</b> and `code` and ```python\nx = 1\n```")
+    assert accepts(vocab, auto, "Here:\n```json\n{}\n```")  # a fence later on is text
     assert accepts(vocab, auto, "<tool")  # a text may be a cut-off start, ending there
     # What would start a call cannot begin free text (a malformed call is not text).
-    for start in ('{"name": "oops"}', "<tool_call>\nnot json\n</tool_call>", "```json\n{}\n```"):
+    for start in (
+        '{"name": "oops"}',
+        "<tool_call>\nnot json\n</tool_call>",
+        "```json\n{}\n```",
+        "```xml\n{}\n```",
+    ):
         assert not accepts(vocab, auto, start), start

@@ -5,10 +5,11 @@ Qwen's chat template asks for each call as ``<tool_call>\\n{"name": <function-na
 The grammar admits that shape with ``name`` one of the offered tools and ``arguments`` an object
 valid for THAT tool's schema (one alternative per tool, so a name never pairs with another
 tool's arguments). It also admits the same objects bare, without the tags: the embedded
-Qwen2.5-Coder-0.5B almost never writes ``<tool_call>`` unprompted (its first-token probability
-is ~0 after the template's tools prompt) but starts a call as a bare ``{"`` or a ```` ```json ````
-fence; taking the bare form as a call, and not letting free text start with ``{``,
-``<tool_call>`` or ```` ```json ````, turns those attempts into schema-valid calls.
+Qwen2.5-Coder-0.5B almost never writes ``<tool_call>`` (its first-token probability is ~0 after
+the template's tools prompt) but starts a call as a bare ``{"`` or in a code fence; taking the
+bare form as a call, and not letting free text start with ``{``, ``<tool_call>`` or a fence
+(measured: it dodges a ```` ```json ```` ban with ```` ```xml ````), turns those attempts into
+schema-valid calls, while an answer in words stays as it was.
 
 llama-cpp-python's JSON-schema converter writes each tool's rules; they are renamed under a
 prefix of their own, because the converter names a ``$ref``'s rule by the last part of its path,
@@ -30,7 +31,7 @@ from moakit.errors import ConfigError
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 # What free text may not start with when tools are offered (each would begin a call).
-_CALL_STARTS = ("{", CALL_OPEN, "```json")
+_CALL_STARTS = ("{", CALL_OPEN, "```")
 
 _RULE_NAME = re.compile(r"[A-Za-z0-9-]+")
 
@@ -57,9 +58,8 @@ def tool_call_grammar(
     lines.append(f"call-object ::= {' | '.join(alternatives)}")
     lines.append(f'tagged-call ::= "{CALL_OPEN}\\n" call-object "\\n{CALL_CLOSE}"')
     # Parallel calls follow one another on their own lines, as the template renders them.
-    roots = [
-        f'( {one} ( "\\n" {one} )* )' if parallel else one for one in ("tagged-call", "call-object")
-    ]
+    forms = ("tagged-call", "call-object")
+    roots = [f'( {one} ( "\\n" {one} )* )' if parallel else one for one in forms]
     if allow_text:
         lines.append(f"text ::= {_text_rule()}")
         lines.append("any-text ::= [^\\x00]*")
