@@ -1,18 +1,21 @@
 import pytest
 
 from moakit import MissingKeyError, Stack, parse_config
-from moakit.models.anthropic import split_system
+from moakit.messages import as_messages
+from moakit.models.anthropic_wire import split_system
 
 
 def test_system_messages_lift_into_system_param() -> None:
     system, turns = split_system(
-        [
-            {"role": "system", "content": "A"},
-            {"role": "system", "content": "B"},
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "hello"},
-            {"role": "user", "content": "more"},
-        ]
+        as_messages(
+            [
+                {"role": "system", "content": "A"},
+                {"role": "system", "content": "B"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "more"},
+            ]
+        )
     )
     assert system == "A\n\nB"
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]

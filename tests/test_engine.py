@@ -10,6 +10,7 @@ import pytest
 from moakit import ConfigError, LayerFailed, Stack, parse_config
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import MemberFinished, TextDelta
+from moakit.messages import to_openai
 from moakit.models.base import ChatRequest
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.testing.models import FunctionModel, echo_model
@@ -35,7 +36,7 @@ async def test_layers_see_original_query_and_numbered_references() -> None:
     async with Stack(config([["a", "b"], ["c"]]), models=models) as stack:
         result = await stack.run(CONV)
     # Layer 1 answers plainly: the conversation exactly, nothing injected.
-    assert list(models["a"].requests[0].messages) == CONV
+    assert to_openai(models["a"].requests[0].messages) == CONV
     # Layer 2 sees x1 plus layer 1's answers in member order.
     expected_l2 = [
         {
@@ -44,9 +45,9 @@ async def test_layers_see_original_query_and_numbered_references() -> None:
         },
         *CONV,
     ]
-    assert list(models["c"].requests[0].messages) == expected_l2
+    assert to_openai(models["c"].requests[0].messages) == expected_l2
     # The aggregator sees x1 (not layer 2's rewrite) plus layer 2's answer only.
-    assert list(models["agg"].requests[0].messages) == [
+    assert to_openai(models["agg"].requests[0].messages) == [
         {"role": "system", "content": AGGREGATE_AND_SYNTHESIZE + "\n1. c: What is MoA?"},
         *CONV,
     ]
@@ -111,7 +112,7 @@ async def test_failed_and_empty_members_are_dropped_when_quorum_holds() -> None:
     assert "http 400" in (members["boom"].error or "")
     assert len(members["boom"].attempts) == 1  # 400 is not retried
     # Only the good answer reaches the aggregator.
-    system = models["agg"].requests[0].messages[0]["content"]
+    system = models["agg"].requests[0].messages[0].text
     assert system.endswith("\n1. good: What is MoA?")
     assert len(result.failures) == 2
 

@@ -40,7 +40,7 @@ def _flaky(spec: MemberSpec, pool: ResourcePool) -> Model:
     """Fails the first call for each question with a retryable 503, then answers."""
 
     def answer(request: ChatRequest) -> str | Exception:
-        question = str(request.messages[-1]["content"])
+        question = str(request.messages[-1].text)
         CALLS[question] += 1
         if CALLS[question] == 1:
             return ModelCallError("upstream 503", kind="http", status=503)

@@ -42,8 +42,8 @@ CALLS: Counter[str] = Counter()
 def _fake_answer(request: ChatRequest) -> str:
     """Proposers: right unless (seed + question number) % 3 == 0. Aggregators (references in
     the system message): the most common number among the references. Ranker: picks 2."""
-    system = next((str(m["content"]) for m in request.messages if m["role"] == "system"), "")
-    question = str(request.messages[-1]["content"])
+    system = next((m.text for m in request.messages if m.role == "system"), "")
+    question = str(request.messages[-1].text)
     CALLS[f"{question}|{request.seed}|{bool(system)}"] += 1
     if "Reply with only the number" in system:
         return "2"
@@ -511,7 +511,7 @@ AGG_SYSTEMS: list[str] = []
 
 
 def _streamed_answer(request: ChatRequest) -> str:
-    system = next((str(m["content"]) for m in request.messages if m["role"] == "system"), "")
+    system = next((m.text for m in request.messages if m.role == "system"), "")
     if system:
         AGG_SYSTEMS.append(system)
         return "The answer is 1"

@@ -166,13 +166,13 @@ def test_mt_bench_reference_guided_and_real_second_turn() -> None:
     score = asyncio.run(scorer.score(math, ["first answer", "second answer"]))
     assert score.value == 7.0 and score.detail["ratings"] == [6.0, 8.0]
     assert score.judge_calls == 2 and score.judge_usage.prompt_tokens > 0
-    turn1, turn2 = (r.messages[-1]["content"] for r in seen)
+    turn1, turn2 = (r.messages[-1].text for r in seen)
     assert "[The Start of Reference Answer]" in turn1 and math.references[0] in turn1
     assert "### User:\n" + math.turns[1] in turn2 and "second answer" in turn2
     assert math.references[1] in turn2
     seen.clear()
     asyncio.run(scorer.score(writing, ["a", "b"]))
-    assert "Reference" not in seen[0].messages[-1]["content"]
+    assert "Reference" not in seen[0].messages[-1].text
 
 
 def test_pairwise_both_orders_cancel_position_bias() -> None:
@@ -183,7 +183,7 @@ def test_pairwise_both_orders_cancel_position_bias() -> None:
     assert score.value == 0.5 and score.detail["verdicts"] == ["A", "A"]
 
     def prefers_system(r: ChatRequest) -> str:
-        text = str(r.messages[-1]["content"])
+        text = str(r.messages[-1].text)
         return "[[A]]" if text.index("SYSTEM") < text.index("BASELINE") else "[[B]]"
 
     score = asyncio.run(
@@ -195,7 +195,7 @@ def test_pairwise_both_orders_cancel_position_bias() -> None:
 def test_braces_in_answers_stay_text() -> None:
     items = load_dataset("mt-bench", data_dir=DATA).items
     seen: list[str] = []
-    judge = FunctionModel(lambda r: seen.append(str(r.messages[-1]["content"])) or "[[5]]")
+    judge = FunctionModel(lambda r: seen.append(str(r.messages[-1].text)) or "[[5]]")
     asyncio.run(MTBenchScorer(judge).score(items[0], ["{question} {answer_2} {0}"]))
     assert "{question} {answer_2} {0}" in seen[0]
 

@@ -1,3 +1,4 @@
+from moakit.messages import Message
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE, inject_references, with_system_prompt
 
 # Byte-for-byte the reference implementation's text (togethercomputer/MoA utils.py).
@@ -11,31 +12,25 @@ def test_prompt_is_verbatim() -> None:
 
 
 def test_references_prepend_new_system_message() -> None:
-    conv = [{"role": "user", "content": "Q?"}]
+    conv = [Message.user("Q?")]
     out = inject_references(conv, ["a", "b"])
-    assert out == [
-        {"role": "system", "content": PAPER_PROMPT + "\n1. a\n2. b"},
-        {"role": "user", "content": "Q?"},
-    ]
-    assert conv == [{"role": "user", "content": "Q?"}]  # caller's list untouched
+    assert out == [Message.system(PAPER_PROMPT + "\n1. a\n2. b"), Message.user("Q?")]
+    assert conv == [Message.user("Q?")]  # caller's list untouched
 
 
 def test_references_append_to_existing_system_message() -> None:
-    conv = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Q?"}]
+    conv = [Message.system("Be terse."), Message.user("Q?")]
     out = inject_references(conv, ["only"])
-    assert out[0]["content"] == "Be terse.\n\n" + PAPER_PROMPT + "\n1. only"
-    assert conv[0]["content"] == "Be terse."
+    assert out[0].text == "Be terse.\n\n" + PAPER_PROMPT + "\n1. only"
+    assert conv[0].text == "Be terse."
 
 
 def test_no_references_no_injection() -> None:
-    conv = [{"role": "user", "content": "Q?"}]
+    conv = [Message.user("Q?")]
     assert inject_references(conv, []) == conv
 
 
 def test_member_system_prompt_goes_first() -> None:
-    conv = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
-    assert with_system_prompt(conv, "M")[0]["content"] == "M\n\nS"
-    assert with_system_prompt([{"role": "user", "content": "Q"}], "M")[0] == {
-        "role": "system",
-        "content": "M",
-    }
+    conv = [Message.system("S"), Message.user("Q")]
+    assert with_system_prompt(conv, "M")[0].text == "M\n\nS"
+    assert with_system_prompt([Message.user("Q")], "M")[0] == Message.system("M")

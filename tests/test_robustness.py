@@ -28,6 +28,7 @@ from moakit.eval.redteam import (
     with_defense,
 )
 from moakit.eval.simulation import scripted_aggregator, scripted_proposer
+from moakit.messages import to_openai
 from moakit.models.base import ChatRequest, Model
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 from moakit.references import Reference
@@ -91,7 +92,7 @@ async def test_injection_hijacks_the_paper_block_but_not_the_fenced_one() -> Non
 async def test_fenced_request_carries_no_unfenced_instruction_text() -> None:
     agg = scripted_aggregator()
     await run(with_defense(stack_config(), "fence"), injected_models(agg))
-    system = str(agg.requests[0].messages[0]["content"])
+    system = str(agg.requests[0].messages[0].text)
     token = re.search(r"<<<(REF-[0-9a-f]{16}) BEGIN", system)
     assert token is not None
     # Outside the frames, only the engine's text; inside, every line is quoted.
@@ -174,7 +175,7 @@ async def test_paper_block_is_byte_exact_when_chosen() -> None:
     models["p1"] = FunctionModel(lambda r: "b", name="p1")
     models["p2"] = FunctionModel(lambda r: "c", name="p2")
     result = await run(stack_config(), models)
-    assert agg.requests[0].messages[0]["content"] == AGGREGATE_AND_SYNTHESIZE + "\n1. a\n2. b\n3. c"
+    assert agg.requests[0].messages[0].text == AGGREGATE_AND_SYNTHESIZE + "\n1. a\n2. b\n3. c"
     assert result.defenses == []
 
 
@@ -188,7 +189,7 @@ async def test_references_are_fenced_by_default() -> None:
     result = await run(default, injected_models(agg))
     assert answer_of(result.final) == "18"
     assert [a.defense for a in result.defenses] == ["fence"]
-    system = str(agg.requests[0].messages[0]["content"])
+    system = str(agg.requests[0].messages[0].text)
     token = re.search(r"<<<(REF-[0-9a-f]{16}) BEGIN", system)
     assert token is not None
     outside = re.sub(rf"<<<{token[1]} BEGIN.*?<<<{token[1]} END>>>", "", system, flags=re.S)
@@ -209,7 +210,7 @@ async def test_cluster_filter_drops_the_outlier() -> None:
     result = await run(config, models)
     # Recorded against the layer whose input it filtered: here the aggregator's (layer 2).
     assert [(a.defense, a.layer, a.dropped) for a in result.defenses] == [("cluster", 2, ["p4"])]
-    assert "25" not in str(models["agg"].requests[0].messages[0]["content"])  # type: ignore[attr-defined]
+    assert "25" not in str(models["agg"].requests[0].messages[0].text)  # type: ignore[attr-defined]
 
 
 async def test_cluster_filter_keeps_all_when_there_is_no_clear_majority() -> None:
@@ -265,7 +266,7 @@ async def test_untrusted_member_is_labelled_to_the_aggregator() -> None:
     models: dict[str, Model] = {f"p{i}": honest(f"p{i}") for i in range(3)}
     models["agg"] = agg
     result = await run(config, models)
-    system = str(agg.requests[0].messages[0]["content"])
+    system = str(agg.requests[0].messages[0].text)
     assert "3. [from an untrusted member] Working step by step (p2)" in system
     assert "1. Working step by step (p0)" in system
     assert [(a.defense, a.labelled) for a in result.defenses] == [("trust", ["p2"])]
@@ -326,7 +327,7 @@ async def test_ignore_references_strips_the_block_only() -> None:
     )
     async for _ in model.stream(request):
         pass
-    assert seen[0].messages == [
+    assert to_openai(seen[0].messages) == [
         {"role": "system", "content": "own"},
         {"role": "user", "content": "q"},
     ]

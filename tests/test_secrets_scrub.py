@@ -87,7 +87,7 @@ async def test_echoed_keys_never_reach_the_result_the_stream_or_the_references()
             assert_clean(json.dumps(getattr(event, "result", None) and event.result.model_dump()))
     text = "".join(streamed)
     assert text == "Summary: *** and ***, and sk-e is not a key."
-    agg_prompt = json.dumps(list(models["agg"].requests[0].messages))  # type: ignore[attr-defined]
+    agg_prompt = json.dumps([m.to_openai() for m in models["agg"].requests[0].messages])  # type: ignore[attr-defined]
     assert_clean(agg_prompt)
     assert "my key is ***." in agg_prompt
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from moakit.schema import MAX_EXPANSION, OutputInvalid, SchemaRefused, _check_schema
 from moakit.server import create_app
-from moakit.server.schema import MAX_EXPANSION, OutputInvalid, SchemaRefused, _check_schema
 from server_harness import USER, FormatModel, city_json, json_stack, serve
 
 # Python's re needs ~2^26 steps to reject this: seconds, holding the GIL the whole time.
@@ -128,7 +128,7 @@ def test_exponential_reference_graphs_are_refused() -> None:
 
 
 async def test_patterns_run_on_re2_and_deep_answers_are_invalid_output() -> None:
-    from moakit.server.schema import check_answer
+    from moakit.schema import check_answer
 
     fmt = schema_format({"type": "string", "pattern": EVIL_PATTERN})
     started = time.perf_counter()

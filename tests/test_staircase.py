@@ -15,6 +15,7 @@ import pytest
 from moakit import ConfigError, LayerFailed, Stack, parse_config
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import TextDelta
+from moakit.messages import Message, to_openai
 from moakit.models.base import ChatRequest, Chunk, Model, Usage
 from moakit.models.profile import ModelProfile
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
@@ -147,8 +148,8 @@ async def test_each_step_sees_exactly_the_chunks_that_had_arrived() -> None:
         assert step.refs_chars_seen == {label: len(t) for label, t in seen.items()}
         # The request carries those chunks, and nothing more, as its references.
         block = f"{AGGREGATE_AND_SYNTHESIZE}\n1. {seen['a']}\n2. {seen['b']}"
-        assert request.messages[0] == {"role": "system", "content": block}
-        assert list(request.messages[1:]) == CONV
+        assert request.messages[0] == Message.system(block)
+        assert to_openai(request.messages[1:]) == CONV
     # The aggregator started long before the proposers were done: its first step saw 2 words.
     assert steps[0].refs_chars_seen == {"a": len("a0 a1"), "b": len("b0 b1")}
 
@@ -172,7 +173,7 @@ async def test_each_step_sees_the_whole_chunks_that_had_arrived_and_no_more() ->
         seen = {m.name: " ".join(m.words[: arrived[m.name] // 2 * 2]) for m in (a, b)}
         assert step.refs_chars_seen == {name: len(t) for name, t in seen.items()}
         block = f"{AGGREGATE_AND_SYNTHESIZE}\n1. {seen['a']}\n2. {seen['b']}"
-        assert agg.requests[k - 1].messages[0] == {"role": "system", "content": block}
+        assert agg.requests[k - 1].messages[0] == Message.system(block)
 
 
 async def test_greedy_schedule_steps_whenever_a_chunk_arrived() -> None:
@@ -220,7 +221,7 @@ async def test_proposer_failing_mid_answer_is_dropped_from_later_steps() -> None
     assert steps[0].refs_chars_seen == {"a": len("a0 a1"), "b": len("b0 b1")}
     for step, request in zip(steps[1:], agg.requests[1:], strict=True):
         assert set(step.refs_chars_seen) == {"a"}
-        assert "b0" not in request.messages[0]["content"]
+        assert "b0" not in request.messages[0].text
 
 
 async def test_aggregator_failure_after_text_is_final_and_keeps_what_was_sent() -> None:
@@ -423,7 +424,7 @@ async def test_defenses_act_on_every_step_and_each_step_records_it() -> None:
     steps = result.aggregator.steps  # type: ignore[union-attr]
     assert len(steps) >= 2
     for request in agg.requests:  # every step's references are fenced and c's labelled
-        system = str(request.messages[0]["content"])
+        system = str(request.messages[0].text)
         assert "BEGIN response 3" in system and "untrusted" in system
         assert "\n1. " not in system  # never the paper's bare numbering
     assert all(s.defenses == ["trust", "fence"] for s in steps)

@@ -20,6 +20,7 @@ from moakit.events import (
     RunFinished,
     RunStarted,
 )
+from moakit.messages import to_openai
 from moakit.models.base import ChatRequest, Usage
 from moakit.references import Reference
 from moakit.result import Attempt, LayerResult, MemberOutput, Result
@@ -139,7 +140,7 @@ def test_engine_events_of_two_interleaved_runs(tmp_path: Path) -> None:
     assert calls[(1, 0)].input == [{"role": "user", "content": "x"}]
     assert calls[(1, 0)].model_parameters == {"temperature": 0.7}
     agg = calls[(2, 0)]
-    assert agg.input == list(agg_req.messages) and agg.model_parameters == {"max_tokens": 99}
+    assert agg.input == to_openai(agg_req.messages) and agg.model_parameters == {"max_tokens": 99}
     assert agg.output == "final" and agg.status_message is None  # the retry's success won
     assert [r.text for r in agg.references] == ["answer A"]
     # The retry's MemberStarted does not move the call's start.

@@ -10,6 +10,7 @@ import pytest
 
 from moakit import Stack
 from moakit.errors import AggregatorFailed
+from moakit.messages import to_openai
 from moakit.models.base import ChatRequest
 from moakit.trace import TraceRecorder, TraceStore, content_hash, default_trace_path, traced_run
 from moakit.trace.adapter import traced_events
@@ -58,7 +59,7 @@ async def test_a_run_is_recorded_with_exact_inputs_references_and_totals(
     assert sorted(calls) == [(1, 0), (1, 1), (2, 0), (3, 0)]
     # What each call was sent is exactly what its model received.
     for (layer, index), model in {(1, 0): "a", (1, 1): "b", (2, 0): "c", (3, 0): "agg"}.items():
-        assert calls[(layer, index)].input == list(models[model].requests[0].messages)
+        assert calls[(layer, index)].input == to_openai(models[model].requests[0].messages)
         assert calls[(layer, index)].model_name == model
     layer2 = calls[(2, 0)]
     assert [(r.label, r.text) for r in layer2.references] == [

@@ -42,7 +42,7 @@ HOSTILE = (
 
 def aggregator_answer(request: ChatRequest) -> str:
     """The hostile text plus the first words of reference 1, so "what was kept" has content."""
-    system = str(request.messages[0].get("content", ""))
+    system = request.messages[0].text
     # Reference 1's first line: fenced ("> text" after its BEGIN line) by default.
     first = re.search(r"BEGIN response 1>>>\n> (.*)$", system, flags=re.MULTILINE)
     kept = " ".join(first.group(1).split()[:6]) if first else ""

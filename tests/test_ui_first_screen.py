@@ -44,7 +44,7 @@ class Aggregator(Model):
     name = "agg"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        question = str(request.messages[-1].get("content", ""))
+        question = request.messages[-1].text
         slow = "slow" in question
         for word in ("The", "final", "answer", "is", "here.") * (20 if slow else 1):
             yield Chunk(text=word + " ")

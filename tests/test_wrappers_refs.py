@@ -132,7 +132,7 @@ async def test_the_paper_formatter_writes_the_papers_block() -> None:
     models = {n: echo_model(n) for n in ("a", "b", "agg")}
     async with refs_stack(models, references={"formatter": "paper"}) as stack:
         await stack.run(CONV)
-    system = models["agg"].requests[0].messages[0]["content"]
+    system = models["agg"].requests[0].messages[0].text
     assert system == AGGREGATE_AND_SYNTHESIZE + "\n1. a: q\n2. b: q"
 
 
@@ -156,7 +156,7 @@ async def test_configured_transforms_run_in_order_on_reference_records() -> None
         ("a", "a", 1, 0, False),
         ("b", "b", 1, 1, False),
     ]
-    assert models["agg"].requests[0].messages[0]["content"].endswith("\n1. A: Q")
+    assert models["agg"].requests[0].messages[0].text.endswith("\n1. A: Q")
 
 
 async def test_the_formatter_is_one_replaceable_step() -> None:
@@ -170,7 +170,7 @@ async def test_the_formatter_is_one_replaceable_step() -> None:
     pipeline = ReferencePipeline(formatter=tagged)
     async with Stack(config, models=models, references=pipeline) as stack:
         await stack.run(CONV)
-    assert models["agg"].requests[0].messages[0]["content"] == "REFS:\n<a>a: q</a>\n<b>b: q</b>"
+    assert models["agg"].requests[0].messages[0].text == "REFS:\n<a>a: q</a>\n<b>b: q</b>"
 
 
 def test_unknown_transform_names_the_field() -> None:

@@ -9,7 +9,6 @@ The async core is ``Stack``; ``run``/``arun`` are conveniences around it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,17 @@ if TYPE_CHECKING:
         StackFailed,
     )
     from moakit.hookspecs import Register, hookimpl
-    from moakit.models.base import ChatRequest, Message, Model, Usage
+    from moakit.messages import (
+        ChatRequest,
+        ForceTool,
+        Message,
+        MessagesLike,
+        ToolCall,
+        ToolResult,
+        ToolSpec,
+        Usage,
+    )
+    from moakit.models.base import Model
     from moakit.result import MemberOutput, Result
     from moakit.trace import BaseTraceStore as BaseTraceStore
     from moakit.trace import TraceRecorder as TraceRecorder
@@ -80,7 +89,12 @@ _LAZY: dict[str, str] = {
         ),
         "moakit.errors",
     ),
-    **dict.fromkeys(("ChatRequest", "Message", "Model", "Usage"), "moakit.models.base"),
+    **dict.fromkeys(
+        ("ChatRequest", "ForceTool", "Message", "MessagesLike", "ToolCall", "ToolResult"),
+        "moakit.messages",
+    ),
+    **dict.fromkeys(("ToolSpec", "Usage"), "moakit.messages"),
+    "Model": "moakit.models.base",
     **dict.fromkeys(("MemberOutput", "Result"), "moakit.result"),
     **dict.fromkeys(
         ("BaseTraceStore", "TraceRecorder", "TraceStore", "default_store", "traced_run"),
@@ -114,14 +128,14 @@ def __dir__() -> list[str]:
 from moakit.version import __version__ as __version__  # noqa: E402 (after the lazy table)
 
 
-def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [dict(m) for m in prompt]
+def as_messages(prompt: MessagesLike) -> tuple[Message, ...]:
+    from moakit.messages import as_messages as typed
+
+    return typed(prompt)
 
 
 async def arun(
-    prompt: str | Sequence[Message],
+    prompt: MessagesLike,
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
@@ -150,7 +164,7 @@ async def arun(
 
 
 def run(
-    prompt: str | Sequence[Message],
+    prompt: MessagesLike,
     *,
     preset: str | None = None,
     config: StackConfig | str | Path | None = None,
@@ -172,11 +186,13 @@ __all__ = [
     "ChatRequest",
     "ConfigError",
     "DeadlineExceeded",
+    "ForceTool",
     "LayerFailed",
     "LayerSpec",
     "MemberOutput",
     "MemberSpec",
     "Message",
+    "MessagesLike",
     "MissingKeyError",
     "MoaError",
     "Model",
@@ -188,6 +204,9 @@ __all__ = [
     "Stack",
     "StackConfig",
     "StackFailed",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
     "Usage",
     "arun",
     "as_messages",

@@ -31,6 +31,7 @@ from moakit.members import ResolvedMember as ResolvedMember
 from moakit.members import key_env_for as key_env_for
 from moakit.members import looks_embedded as looks_embedded
 from moakit.policies import (
+    AdviceConfig,
     ReferencesConfig,
     RetryPolicy,
     StaircaseConfig,
@@ -88,6 +89,12 @@ class StackConfig(StrictModel):
     strategy: str = "layered"
     staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
     vote: VoteConfig = Field(default_factory=VoteConfig)
+    # How proposers advise when the caller's tools are in play (``engine.advice``). Left out
+    # of the dump (and so of ``config_hash``) at its default, so adding the setting changed
+    # no existing stack's identity or the eval records keyed by it.
+    advice: AdviceConfig = Field(
+        default_factory=AdviceConfig, exclude_if=lambda value: value == AdviceConfig()
+    )
 
     @model_validator(mode="after")
     def _embedded_needs_local(self) -> StackConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from moakit.messages import ChatRequest
+from moakit.messages import ChatRequest, ToolCall
 from moakit.references import Reference
 from moakit.result import LayerResult, MemberOutput, Result
 
@@ -109,6 +109,15 @@ class TextDelta(BaseEvent):
 
 
 @dataclass(frozen=True)
+class ToolCalls(BaseEvent):
+    """The final answer's tool calls, once the attempt that made them completed and they were
+    checked against the tools' schemas (after any ``TextDelta`` of that answer). Never a call
+    of an attempt that was discarded."""
+
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
 class RunFinished(BaseEvent):
     result: Result
 
@@ -131,6 +140,7 @@ Event = (
     | AggregatorStarted
     | AggregatorAttemptFailed
     | TextDelta
+    | ToolCalls
     | RunFinished
     | RunFailed
 )

@@ -117,3 +117,22 @@ class StaircaseConfig(StrictModel):
 
     chunk_tokens: int = Field(default=32, ge=1, le=4096)
     schedule: Literal["lockstep", "greedy"] = "lockstep"
+
+
+class AdviceEvery(StrictModel):
+    """Fresh advice every ``every`` tool iterations of a user turn (1 = every iteration)."""
+
+    every: int = Field(ge=1, le=1000)
+
+
+class AdviceConfig(StrictModel):
+    """How proposers advise an aggregator that calls the caller's tools (``engine.advice``).
+
+    ``refresh``: "user_turn" (default): the proposers answer when the last message is the
+    user's, and their answers are reused for the tool-result iterations of that turn;
+    "every_iteration": they answer every request; ``{every = N}``: every N iterations.
+    ``result_chars``: a tool result longer than this is cut (head and tail kept) in the
+    proposers' text-only view of the conversation."""
+
+    refresh: Literal["user_turn", "every_iteration"] | AdviceEvery = "user_turn"
+    result_chars: int = Field(default=2000, ge=100, le=1_000_000)

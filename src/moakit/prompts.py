@@ -41,34 +41,32 @@ def inject_references(
     must see the original conversation, not the previous layer's rewrite of it.
     """
     if not references:
-        return _copy(messages)
+        return list(messages)
     return inject_block(messages, references_block(references, prompt))
 
 
 def inject_block(messages: Sequence[Message], block: str) -> list[Message]:
     """A copy of ``messages`` with an already formatted references ``block`` in the system
     message (appended after a blank line, or as a new leading system message)."""
-    out = _copy(messages)
-    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-        out[0]["content"] = out[0]["content"] + "\n\n" + block
-    else:
-        out.insert(0, {"role": "system", "content": block})
-    return out
+    return _prepend_or_append_system(messages, block, append=True)
 
 
 def with_system_prompt(messages: Sequence[Message], system: str | None) -> list[Message]:
     """Put a member's own system prompt in front of the conversation's (if any)."""
-    out = _copy(messages)
     if not system:
-        return out
-    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-        out[0]["content"] = system + "\n\n" + out[0]["content"]
+        return list(messages)
+    return _prepend_or_append_system(messages, system, append=False)
+
+
+def _prepend_or_append_system(
+    messages: Sequence[Message], text: str, *, append: bool
+) -> list[Message]:
+    # Messages are immutable: the caller's list is never changed, and every layer sees the
+    # original conversation, not the previous layer's rewrite of it.
+    out = list(messages)
+    if out and out[0].role == "system":
+        old = out[0].text
+        out[0] = out[0].with_text(old + "\n\n" + text if append else text + "\n\n" + old)
     else:
-        out.insert(0, {"role": "system", "content": system})
+        out.insert(0, Message.system(text))
     return out
-
-
-def _copy(messages: Sequence[Message]) -> list[Message]:
-    # One level deep is enough: callers only ever replace a message's "content", never mutate
-    # a nested value in place (and a deep copy per member call shows up in the benchmarks).
-    return [dict(m) for m in messages]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, computed_field
 
-from moakit.messages import Usage
+from moakit.messages import ToolCall, Usage
 
 
 class Attempt(BaseModel):
@@ -39,6 +41,9 @@ class MemberOutput(BaseModel):
     provider: str
     model: str
     output: str | None = None
+    # The tool calls of the answer (a final aggregator offered the caller's tools), checked
+    # against the tools' schemas; ``output`` is then the text beside them, often empty.
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     error: str | None = None
     finish_reason: str | None = None
     truncated: bool = False  # finish_reason "length": kept, but never passed off as complete
@@ -91,6 +96,13 @@ class Result(BaseModel):
     stack: str
     run_id: str = ""
     final: str = ""
+    # The final answer's tool calls, for the caller to run (empty: ``final`` is the answer).
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    # With tools: whether the proposers' advice was written for this request ("fresh") or
+    # reused from earlier in the same user turn ("reused"); ``None`` when no tools were
+    # involved (see ``engine.advice``).
+    advice: Literal["fresh", "reused"] | None = None
+    advice_from: str | None = None  # reused: the run whose proposers wrote the advice
     layers: list[LayerResult] = Field(default_factory=list)
     # The aggregator that produced ``final`` is the last entry; earlier ones failed and a
     # fallback took over.

@@ -200,7 +200,7 @@ def ask_cmd(
             # Every CLI query is recorded (MOAKIT_TRACE=0 turns it off): `moa trace list`.
             # The store's writer commits what is queued before the process exits.
             recorder = recorder_or_warning(stack, view.progress)
-            return await answer(stack, [{"role": "user", "content": question}], view, recorder)
+            return await answer(stack, [Message.user(question)], view, recorder)
 
     try:
         result = asyncio.run(go())

@@ -70,7 +70,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                     continue
                 if not command:
                     continue
-                history.append({"role": "user", "content": line})
+                history.append(Message.user(line))
                 try:
                     result = runner.run(answer(stack, history, view, recorder))
                 except KeyboardInterrupt:
@@ -84,7 +84,7 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                     progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))
                     history.pop()
                     continue
-                history.append({"role": "assistant", "content": result.final})
+                history.append(Message.assistant(result.final))
         finally:
             runner.run(stack.aclose())
 

@@ -47,6 +47,8 @@ def majority(answers: Sequence[str | None]) -> int | None:
 
 class VoteStrategy(LayeredStrategy):
     name = "vote"
+    # Its answer is a vote over samples' extracted values, not one aggregator's tool calls.
+    tools = False
 
     async def finish(self, run: Run, references: Sequence[Reference]) -> None:
         settings = run.config.vote

@@ -16,7 +16,7 @@ from moakit.config import ResolvedMember
 from moakit.engine.calls import Call, OnFailure, call_with_retries
 from moakit.engine.run import Run
 from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
-from moakit.events import AggregatorAttemptFailed, AggregatorStarted, TextDelta
+from moakit.events import AggregatorAttemptFailed, AggregatorStarted, TextDelta, ToolCalls
 from moakit.models.base import ChatRequest, Completion
 from moakit.references import Reference
 from moakit.result import MemberOutput, StairStep
@@ -126,8 +126,12 @@ class AggregatorChain:
         run = self.run
         run.result.aggregators.append(output)
         run.result.final = output.output or ""
-        if send:
+        run.result.tool_calls = list(output.tool_calls)
+        if send and run.result.final:
             run.emit(TextDelta(text=run.result.final, **run.stamp()))
+        if output.tool_calls:
+            # Checked and complete (``engine.tool_calls``): only now may they leave.
+            run.emit(ToolCalls(calls=tuple(output.tool_calls), **run.stamp()))
 
     async def answer(self, block: str | None, references: Sequence[Reference]) -> None:
         """The whole chain over one references block: each candidate in turn until one

@@ -9,13 +9,16 @@ deadline leaves no room; it never raises except ``CancelledError``. What to do w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moakit.config import ResolvedMember
 from moakit.engine.run import Run
+from moakit.engine.tool_calls import check_tool_calls
 from moakit.errors import CallErrorKind, ModelCallError
 from moakit.events import MemberStarted
+from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Completion, Model, Usage
 from moakit.references import Reference
 from moakit.result import Attempt, MemberOutput
@@ -100,6 +103,7 @@ class Call:
             output=text if completion is not None else None,
             error=error,
             finish_reason=completion.finish_reason if completion else None,
+            tool_calls=list(completion.tool_calls) if completion else [],
             truncated=bool(completion and completion.truncated),
             cancelled=cancelled,
             started_s=round(started, 6),
@@ -184,7 +188,10 @@ async def _attempt(
                 call.live_usage = completion.usage
             else:
                 completion = await _streamed(run, call, started, on_text)
-        if not allow_empty and not completion.text.strip():
+        if completion.tool_calls or call.request.tools:
+            checked = await check_tool_calls(completion.tool_calls, call.request)
+            completion = dataclasses.replace(completion, tool_calls=checked)
+        if not allow_empty and completion.empty:
             error = ModelCallError("empty answer", kind="empty")
     except TimeoutError:
         kind: CallErrorKind = "deadline" if binding else "timeout"
@@ -200,7 +207,10 @@ async def _attempt(
         return None
     call.end(run.now(), usage=usage)
     return Completion(
-        text=completion.text, finish_reason=completion.finish_reason or "stop", usage=usage
+        text=completion.text,
+        finish_reason=completion.finish_reason or "stop",
+        usage=usage,
+        tool_calls=completion.tool_calls,
     )
 
 
@@ -215,6 +225,7 @@ async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None
     """The call's answer as it streams: each chunk's text goes to ``on_text`` and into
     ``call.live_parts`` (what the stream rule and a cut call's record read)."""
     parts = call.live_parts
+    tool_calls: list[ToolCall] = []
     finish_reason: str | None = None
     chunks = call.model.stream(call.request)
     try:
@@ -225,6 +236,8 @@ async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None
                 parts.append(chunk.text)
                 if on_text is not None:
                     on_text(chunk.text)
+            if chunk.tool_calls:
+                tool_calls.extend(chunk.tool_calls)
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
             if chunk.usage is not None:
@@ -234,7 +247,9 @@ async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None
         # its connection or limiter slot at once, not when collected.
         await _close(chunks)
         raise
-    return Completion(text="".join(parts), finish_reason=finish_reason)
+    return Completion(
+        text="".join(parts), finish_reason=finish_reason, tool_calls=tuple(tool_calls)
+    )
 
 
 async def _close(chunks: object) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from moakit.engine.advice import ADVICE, Advice, fresh_needed, tool_iteration, turn_key
 from moakit.engine.aggregate import aggregate
 from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.run import Run
@@ -19,8 +20,28 @@ from moakit.result import LayerResult, MemberOutput
 
 class LayeredStrategy:
     name = "layered"
+    # The final aggregator may be sent the caller's tools (the proposers advise).
+    tools = True
 
     async def execute(self, run: Run) -> None:
+        key = None
+        if run.advising:
+            key = turn_key(run.lineup.config_hash, run.request)
+            if not fresh_needed(run.config.advice, tool_iteration(run.conversation)):
+                advice = ADVICE.get(key)
+                if advice is not None:
+                    # This user turn's proposers already answered: act on their advice.
+                    run.result.advice, run.result.advice_from = "reused", advice.run_id
+                    await self.finish(run, advice.references)
+                    return
+            run.result.advice = "fresh"
+        references = await self.propose(run)
+        if key is not None:
+            ADVICE.put(key, Advice(tuple(references), run.id))
+        await self.finish(run, references)
+
+    async def propose(self, run: Run) -> list[Reference]:
+        """Every proposer layer in turn: the references the final step is shown."""
         references: list[Reference] = []
         for position in range(len(run.config.layers)):
             layer = await run_layer(run, position, references)
@@ -30,7 +51,7 @@ class LayeredStrategy:
             run.record_defenses(actions, layer=position + 2)
             if run.proposers_deadline_at and time.monotonic() >= run.proposers_deadline_at:
                 break  # out of proposer time: aggregate what we have
-        await self.finish(run, references)
+        return list(references)
 
     async def finish(self, run: Run, references: Sequence[Reference]) -> None:
         """The final step (a subclass may aggregate differently, e.g. dropout-and-vote)."""

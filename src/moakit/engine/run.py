@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from moakit.config import ResolvedMember, StackConfig
+from moakit.engine.advice import ACTING_NOTE, advisory_view, context_tokens, involves_tools
 from moakit.events import Event, Stamp
+from moakit.messages import Message
 from moakit.models.base import ChatRequest, Model
 from moakit.prompts import inject_block, with_system_prompt
 from moakit.references import ReferencePipeline
@@ -33,6 +35,10 @@ FINAL_OVERRIDES = (
     "presence_penalty",
     "frequency_penalty",
     "response_format",
+    # The caller's tools: only the final aggregator acts (``engine.advice``).
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 )
 
 
@@ -96,6 +102,7 @@ class Lineup:
     aggregator_specs: Sequence[ResolvedMember]
     aggregator_models: Sequence[Model]
     references: ReferencePipeline
+    config_hash: str = ""
 
 
 class Strategy(Protocol):
@@ -117,7 +124,7 @@ class Run:
         # TextDelta is final (the stream rule). Otherwise text is committed per attempt.
         self.streaming = streaming
         # x1: every layer and the aggregator re-see exactly this conversation.
-        self.conversation = [dict(m) for m in request.messages]
+        self.conversation = list(request.messages)
         self.t0 = time.monotonic()
         self.result = Result(stack=self.config.name, run_id=run_id)
         deadline = self.config.deadline_s
@@ -128,8 +135,11 @@ class Run:
         self.final_overrides: dict[str, Any] = {
             name: getattr(request, name)
             for name in FINAL_OVERRIDES
-            if getattr(request, name) is not None
+            if getattr(request, name) not in (None, ())
         }
+        # Tools in play: proposers see the advisory view (built once per context window).
+        self.advising = involves_tools(request)
+        self._views: dict[tuple[int, int], list[Message]] = {}
         self.channel = EventChannel()
         # False when nobody can see the events at all (a Stack.run() without observers): the
         # per-call ones (MemberStarted, MemberDelta) are then not even built.
@@ -166,9 +176,15 @@ class Run:
         self, spec: ResolvedMember, block: str | None, *, final: bool = False
     ) -> ChatRequest:
         """What ``spec`` is sent: x1 with its own system prompt and the references ``block``;
-        the final aggregator also gets the caller's sampling overrides."""
-        messages = with_system_prompt(self.conversation, spec.system)
+        the final aggregator also gets the caller's sampling overrides and tools. With tools in
+        play, anyone else gets the advisory view of x1 instead (``engine.advice``)."""
+        conversation = self.conversation
+        if self.advising and not final:
+            conversation = self._advisory_view(spec)
+        messages = with_system_prompt(conversation, spec.system)
         if block is not None:
+            if final and self.advising:
+                block += "\n\n" + ACTING_NOTE
             messages = inject_block(messages, block)
         request = ChatRequest(
             messages=messages,
@@ -180,6 +196,21 @@ class Run:
         if final and self.final_overrides:
             request = dataclasses.replace(request, **self.final_overrides)
         return request
+
+    def _advisory_view(self, spec: ResolvedMember) -> list[Message]:
+        window = context_tokens(spec.options)
+        answer = spec.max_tokens or 1024
+        view = self._views.get((window, answer))
+        if view is None:
+            view = advisory_view(
+                self.conversation,
+                self.request.tools,
+                result_chars=self.config.advice.result_chars,
+                context_tokens=window,
+                answer_tokens=answer,
+            )
+            self._views[(window, answer)] = view
+        return view
 
     def timeout(self, spec: ResolvedMember, deadline_at: float | None) -> tuple[float, bool]:
         """Per-call timeout, clipped by the deadline. Second value: the deadline is binding."""

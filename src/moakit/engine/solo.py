@@ -27,9 +27,7 @@ class SoloAnswer:
     error: ModelCallError | None
 
 
-def _solo_run(
-    model: Model, spec: ResolvedMember, request: ChatRequest, retry: RetryPolicy
-) -> Run:
+def _solo_run(model: Model, spec: ResolvedMember, request: ChatRequest, retry: RetryPolicy) -> Run:
     """A run around one call with no stack around it (no deadline, no events, no
     references): what the retry loop reads of a run, the clock, timeouts and the policy."""
     member = spec.model_dump()

@@ -8,6 +8,7 @@ Every model a stack calls is resolved here once: built from its member spec (or 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -18,9 +19,11 @@ from moakit.config import EndpointId, MemberSpec, ResolvedMember, StackConfig, c
 from moakit.engine.observers import Observer, Observers
 from moakit.engine.run import Lineup, Run
 from moakit.engine.strategies import strategy_for
-from moakit.errors import QueryFailed, StackFailed
-from moakit.events import Event, RunFailed, RunFinished, RunStarted, TextDelta
-from moakit.models.base import ChatRequest, Chunk, Completion, Message, Model
+from moakit.engine.tool_calls import check_tool_specs
+from moakit.errors import ConfigError, QueryFailed, StackFailed
+from moakit.events import Event, RunFailed, RunFinished, RunStarted, TextDelta, ToolCalls
+from moakit.messages import MessagesLike, ToolSpec, as_messages
+from moakit.models.base import ChatRequest, Chunk, Completion, Model
 from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
 from moakit.models.registry import build_model
@@ -66,7 +69,7 @@ class Stack(Model):
         self.profile = ModelProfile(
             response_format=all(p.response_format for p in profiles),
             penalties=all(p.penalties for p in profiles),
-            tools=all(p.tools for p in profiles),
+            tools=all(p.tools for p in profiles) and getattr(self.strategy, "tools", False),
             images=all(p.images for p in profiles),
         )
         self.lineup = Lineup(
@@ -76,6 +79,7 @@ class Stack(Model):
             aggregator_specs=self.aggregator_specs,
             aggregator_models=self.aggregator_models,
             references=self.references,
+            config_hash=self.config_hash,
         )
         # A strategy may refuse a stack it cannot run (staircase: an aggregator without
         # prefill), with a ConfigError now rather than a failure on the first query.
@@ -137,13 +141,14 @@ class Stack(Model):
 
     async def events(
         self,
-        request: ChatRequest | Sequence[Message],
+        request: ChatRequest | MessagesLike,
         *,
         run_id: str | None = None,
         observers: Sequence[Observer] = (),
         streaming: bool = True,
         member_deltas: bool = True,
         member_ttft: bool = False,
+        tools: Sequence[ToolSpec] = (),
     ) -> AsyncGenerator[Event, None]:
         """Run the stack, yielding every event (``observers`` see each one first), ending
         with ``RunFinished``, or ``RunFailed`` followed by the ``QueryFailed`` (carrying the
@@ -161,7 +166,7 @@ class Stack(Model):
         ``member_ttft=True`` streams every call anyway, so each member's time to first token
         is measured.
         """
-        run = self._new_run(request, run_id, streaming)
+        run = self._new_run(request, run_id, streaming, tools)
         run.member_deltas = member_deltas
         run.member_ttft = member_ttft
         watchers = Observers(observers) if observers else None
@@ -178,14 +183,41 @@ class Stack(Model):
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    def refusal(self, request: ChatRequest) -> tuple[str, str] | None:
+        """Why this stack cannot take ``request`` (message, parameter), or ``None``: checked
+        before any call, by the engine (a ``ConfigError``) and the server (a 400)."""
+        if not request.tools:
+            return None
+        if not getattr(self.strategy, "tools", False):
+            return (
+                f"tools are not supported by the {self.config.strategy!r} strategy (its "
+                "answer is not one aggregator's; use the layered strategy)",
+                "tools",
+            )
+        for spec, model in zip(self.aggregator_specs, self.aggregator_models, strict=True):
+            if not model.profile.tools:
+                return (f"this stack's aggregator {spec.display!r} cannot call tools", "tools")
+        return None
+
     def _new_run(
-        self, request: ChatRequest | Sequence[Message], run_id: str | None, streaming: bool
+        self,
+        request: ChatRequest | MessagesLike,
+        run_id: str | None,
+        streaming: bool,
+        tools: Sequence[ToolSpec] = (),
     ) -> Run:
         if not isinstance(request, ChatRequest):
-            request = ChatRequest(messages=list(request))
+            request = ChatRequest(messages=as_messages(request), tools=tuple(tools))
+        elif tools:
+            request = dataclasses.replace(request, tools=tuple(tools))
+        refused = self.refusal(request)
+        if refused is not None:
+            raise ConfigError(refused[0], field=refused[1])
         return Run(self.lineup, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
 
     async def _execute(self, run: Run) -> None:
+        if run.request.tools:
+            await check_tool_specs(run.request.tools)
         try:
             run.emit(
                 RunStarted(stack=self.config.name, config_hash=self.config_hash, **run.stamp())
@@ -209,18 +241,19 @@ class Stack(Model):
 
     async def run(
         self,
-        request: ChatRequest | Sequence[Message],
+        request: ChatRequest | MessagesLike,
         *,
         run_id: str | None = None,
         observers: Sequence[Observer] = (),
         streaming: bool = False,
         member_ttft: bool = False,
+        tools: Sequence[ToolSpec] = (),
     ) -> Result:
         """The whole result. Non-streaming by default: retries and fallbacks stay free."""
         if not observers and not member_ttft:
             # Nobody can see this run's events: run it directly and drop them unbuilt (the
             # per-call ones) or as they come. The result is the same.
-            run = self._new_run(request, run_id, streaming).unwatched()
+            run = self._new_run(request, run_id, streaming, tools).unwatched()
             await self._execute(run)
             return run.result
         async with aclosing(
@@ -230,6 +263,7 @@ class Stack(Model):
                 observers=observers,
                 streaming=streaming,
                 member_ttft=member_ttft,
+                tools=tools,
             )
         ) as events:
             async for event in events:
@@ -245,6 +279,8 @@ class Stack(Model):
                 async for event in events:
                     if isinstance(event, TextDelta):
                         yield Chunk(text=event.text)
+                    elif isinstance(event, ToolCalls):
+                        yield Chunk(tool_calls=event.calls)
                     elif isinstance(event, RunFinished):
                         agg = event.result.aggregator
                         yield Chunk(
@@ -264,6 +300,7 @@ class Stack(Model):
             text=result.final,
             finish_reason=(agg.finish_reason if agg else None) or "stop",
             usage=result.usage,
+            tool_calls=tuple(result.tool_calls),
         )
 
 

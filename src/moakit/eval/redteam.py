@@ -301,14 +301,14 @@ class IgnoreReferences(WrapperModel):
         self.prompt = aggregate_prompt
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
-        messages = [dict(m) for m in request.messages]
-        if messages and messages[0].get("role") == "system":
-            content = str(messages[0].get("content", ""))
+        messages = list(request.messages)
+        if messages and messages[0].role == "system":
+            content = messages[0].text
             cut = content.find(self.prompt)
             if cut >= 0:
                 kept = content[:cut].rstrip("\n")
                 if kept:
-                    messages[0]["content"] = kept
+                    messages[0] = messages[0].with_text(kept)
                 else:
                     messages.pop(0)
         return self.wrapped.stream(dataclasses.replace(request, messages=messages))

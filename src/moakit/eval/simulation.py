@@ -42,12 +42,12 @@ def _chance(*parts: object) -> float:
 
 
 def _question(request: ChatRequest) -> str:
-    return str(request.messages[-1].get("content", ""))
+    return request.messages[-1].text
 
 
 def _system(request: ChatRequest) -> str:
-    first = request.messages[0] if request.messages else {}
-    return str(first.get("content", "")) if first.get("role") == "system" else ""
+    first = request.messages[0] if request.messages else None
+    return first.text if first is not None and first.role == "system" else ""
 
 
 def wrong(gold: str) -> str:

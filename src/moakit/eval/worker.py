@@ -214,7 +214,7 @@ class Worker:
         extra: dict[str, Any] = {}
         stack = self._stack(system)
         for turn in item.turns:
-            messages.append({"role": "user", "content": turn})
+            messages.append(Message.user(turn))
             if stack is None:
                 assert system.member is not None
                 if activity is not None:
@@ -232,7 +232,7 @@ class Worker:
                 final, cut, extra = self.ranked(result)
             truncated = truncated or cut
             finals.append(final)
-            messages.append({"role": "assistant", "content": final})
+            messages.append(Message.assistant(final))
         if system.kind == "collab" and system.member is not None:
             if activity is not None:
                 activity("the member alone")

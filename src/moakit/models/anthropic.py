@@ -1,19 +1,26 @@
 """Anthropic models through the official ``anthropic`` SDK.
 
-The Messages API takes the system prompt as a separate parameter and only user/assistant turns,
-so leading OpenAI-style system messages are lifted out and joined.
+The conversation's translation to the Messages API's turns and blocks (system prompt apart,
+``tool_use`` and ``tool_result`` blocks) lives in ``anthropic_wire``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 
 from moakit.config import DEFAULT_KEY_ENV, MemberSpec
 from moakit.errors import ModelCallError
-from moakit.models.base import ChatRequest, Chunk, Message, Model, Usage, message_text
+from moakit.models.anthropic_wire import (
+    FINISH,
+    split_system,
+    tool_calls_of,
+    tool_choice_param,
+    tools_param,
+)
+from moakit.models.base import ChatRequest, Chunk, Model, Usage
 from moakit.models.profile import ModelProfile
 from moakit.models.provider import Provider, ResourcePool, read_key
 from moakit.retry import parse_retry_after, parse_should_retry
@@ -21,17 +28,6 @@ from moakit.secrets import scrub
 
 # Anthropic requires max_tokens; this is used when neither the member nor the request sets it.
 DEFAULT_MAX_TOKENS = 1024
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-
-
-def split_system(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    system = [message_text(m) for m in messages if m.get("role") == "system"]
-    turns = [
-        {"role": m["role"], "content": message_text(m)}
-        for m in messages
-        if m.get("role") in ("user", "assistant")
-    ]
-    return ("\n\n".join(system) if system else None), turns
 
 
 class AnthropicProvider(Provider):
@@ -58,7 +54,7 @@ class AnthropicModel(Model):
     # Assistant prefill: a trailing assistant turn is continued, not answered. The Messages API
     # has no presence/frequency penalties; the server refuses them with a 400 up front when
     # this model aggregates, rather than dropping them.
-    profile = ModelProfile(prefill=True, penalties=False)
+    profile = ModelProfile(prefill=True, penalties=False, tools=True)
 
     def __init__(self, model: str, provider: AnthropicProvider) -> None:
         self.name = model
@@ -90,6 +86,11 @@ class AnthropicModel(Model):
             params["stop_sequences"] = list(request.stop)
         if request.top_p is not None:
             params["top_p"] = request.top_p
+        if request.tools:
+            params["tools"] = tools_param(request.tools)
+            choice = tool_choice_param(request.tool_choice, request.parallel_tool_calls)
+            if choice is not None:
+                params["tool_choice"] = choice
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(request, name) is not None:
                 raise ModelCallError(f"{name} is not supported by Anthropic models", kind="other")
@@ -107,7 +108,13 @@ class AnthropicModel(Model):
         usage = Usage(
             prompt_tokens=final.usage.input_tokens, completion_tokens=final.usage.output_tokens
         )
-        yield Chunk(finish_reason=_FINISH.get(final.stop_reason or "", "stop"), usage=usage)
+        # tool_use blocks leave whole, from the final message (their input streams as JSON
+        # fragments, which the engine could not check until the last one anyway).
+        yield Chunk(
+            finish_reason=FINISH.get(final.stop_reason or "", "stop"),
+            usage=usage,
+            tool_calls=tool_calls_of(final.content),
+        )
 
 
 # Anthropic's error types and the HTTP status each stands for (docs: "HTTP errors").

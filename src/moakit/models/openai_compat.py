@@ -20,7 +20,14 @@ import aiohttp
 
 from moakit.config import MemberSpec
 from moakit.errors import ModelCallError
-from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage, with_prefill
+from moakit.messages import (
+    ToolCall,
+    call_from_openai,
+    to_openai,
+    tool_choice_to_openai,
+    with_prefill,
+)
+from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.openai_provider import OpenAIProvider
 from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
@@ -37,7 +44,9 @@ class OpenAIChatModel(Model):
 
     # Sent as OpenAI's response_format; whether the endpoint honours it is checked on the
     # answer (the server validates the final text against the format).
-    base_profile = ModelProfile(response_format=True)
+    # Function tools are part of the wire; an endpoint whose model cannot call them says so
+    # with a 400, or the operator turns them off per member (``options.tools = false``).
+    base_profile = ModelProfile(response_format=True, tools=True)
 
     def __init__(
         self, model: str, provider: OpenAIProvider, options: Mapping[str, Any] | None = None
@@ -51,10 +60,11 @@ class OpenAIChatModel(Model):
         # (``options.continue_final_message = true``), since an endpoint without it would
         # answer the partial message instead of continuing it.
         prefill = bool(options.get("continue_final_message", False))
-        self.profile = self.base_profile.but(prefill=prefill)
+        tools = bool(options.get("tools", True))
+        self.profile = self.base_profile.but(prefill=prefill, tools=tools)
 
     def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
-        body: dict[str, Any] = {"model": self.name, "messages": list(request.messages)}
+        body: dict[str, Any] = {"model": self.name, "messages": to_openai(request.messages)}
         if request.prefill:
             if not self.profile.prefill:
                 raise ModelCallError(
@@ -62,7 +72,7 @@ class OpenAIChatModel(Model):
                     "options.continue_final_message = true on a vLLM-style endpoint)",
                     kind="other",
                 )
-            body["messages"] = with_prefill(request.messages, request.prefill)
+            body["messages"] = to_openai(with_prefill(request.messages, request.prefill))
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
         if request.temperature is not None:
@@ -79,6 +89,12 @@ class OpenAIChatModel(Model):
                 body[name] = value
         if request.response_format is not None:
             body["response_format"] = dict(request.response_format)
+        if request.tools:
+            body["tools"] = [tool.to_openai() for tool in request.tools]
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.tool_choice is not None and request.tools:
+            body["tool_choice"] = tool_choice_to_openai(request.tool_choice)
         if stream:
             body["stream"] = True
             if self._stream_usage:
@@ -99,6 +115,7 @@ class OpenAIChatModel(Model):
         ep = self.provider
         finish: str | None = None
         usage: Usage | None = None
+        calls = _ToolCallAssembler()
         headers = {**ep.headers, "Accept": "text/event-stream"}
         try:
             async with ep.post(self._body(request, stream=True), headers) as response:
@@ -111,7 +128,9 @@ class OpenAIChatModel(Model):
                     if completion.text:
                         yield Chunk(text=completion.text)
                     yield Chunk(
-                        finish_reason=completion.finish_reason or "stop", usage=completion.usage
+                        finish_reason=completion.finish_reason or "stop",
+                        usage=completion.usage,
+                        tool_calls=completion.tool_calls,
                     )
                     return
                 async for data in _sse_data(response):
@@ -127,12 +146,16 @@ class OpenAIChatModel(Model):
                         content = delta.get("content")
                         if isinstance(content, str) and content:
                             yield Chunk(text=content)
+                        if delta.get("tool_calls"):
+                            calls.add(delta["tool_calls"])
         except _CONNECTION_ERRORS as exc:
             raise _connection_error(exc, ep.key) from None
         if finish is None:
             # A stream that ends without a finish_reason was cut off, not completed.
             raise ModelCallError("stream ended without a finish_reason", kind="connection")
-        yield Chunk(finish_reason=finish, usage=usage)
+        # Tool calls leave whole, once the stream is done: a call's arguments arrive in
+        # fragments and only the last one makes them a JSON object the engine can check.
+        yield Chunk(finish_reason=finish, usage=usage, tool_calls=calls.finish())
 
 
 async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -199,11 +222,52 @@ def _completion(data: Mapping[str, Any], key: str) -> Completion:
     choice = _first_choice(data, key)
     message = choice.get("message")
     text = message.get("content") if isinstance(message, dict) else None
+    raw_calls = message.get("tool_calls") if isinstance(message, dict) else None
+    try:
+        calls = tuple(call_from_openai(c) for c in raw_calls or ())
+    except (ValueError, AttributeError) as exc:
+        raise ModelCallError(f"malformed tool call: {exc}", kind="malformed") from None
     return Completion(
         text=text if isinstance(text, str) else "",
         finish_reason=choice.get("finish_reason"),
         usage=_usage(data.get("usage")) or Usage(),
+        tool_calls=calls,
     )
+
+
+class _ToolCallAssembler:
+    """OpenAI streams a tool call as deltas keyed by ``index``: the first carries the id and
+    the function name, the rest carry pieces of the arguments string, in order."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: Any) -> None:
+        if not isinstance(deltas, list):
+            raise ModelCallError("malformed tool call delta: not a list", kind="malformed")
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                raise ModelCallError("malformed tool call delta", kind="malformed")
+            index = delta.get("index", len(self._calls))
+            if not isinstance(index, int):
+                raise ModelCallError("malformed tool call delta: index", kind="malformed")
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": []})
+            if isinstance(delta.get("id"), str):
+                call["id"] = delta["id"]
+            function = delta.get("function") or {}
+            if isinstance(function.get("name"), str):
+                call["name"] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["arguments"].append(function["arguments"])
+
+    def finish(self) -> tuple[ToolCall, ...]:
+        out = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if not call["name"]:
+                raise ModelCallError("tool call without a function name", kind="malformed")
+            out.append(ToolCall(call["id"], call["name"], "".join(call["arguments"]) or "{}"))
+        return tuple(out)
 
 
 def _first_choice(data: Mapping[str, Any], key: str) -> dict[str, Any]:

@@ -23,9 +23,9 @@ from moakit.errors import QueryFailed
 from moakit.events import Event, LayerFinished, RunFinished, TextDelta
 from moakit.models.base import ChatRequest, Model
 from moakit.result import Result
+from moakit.schema import OutputInvalid, SchemaRefused, check_answer, check_schema
 from moakit.server.errors import ApiError, bad_request, query_error
 from moakit.server.request_stack import RequestStack, translate
-from moakit.server.schema import OutputInvalid, SchemaRefused, check_answer, check_schema
 from moakit.server.state import ServerState, build_stack
 from moakit.trace import TraceRecorder, traced_events
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from moakit.models.base import ChatRequest, Message
+from moakit.messages import ChatRequest, Message
 from moakit.result import Result
 from moakit.server.request_stack import RequestStack
 from moakit.server.text import Text, check_text
@@ -24,7 +24,7 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class TextPart(WireModel):
+class WireTextPart(WireModel):
     type: Literal["text"]
     text: Text
 
@@ -61,7 +61,7 @@ def text_parts(part_type: str) -> BeforeValidator:
     return BeforeValidator(parts)
 
 
-Content = Annotated[list[TextPart], text_parts("text")]
+Content = Annotated[list[WireTextPart], text_parts("text")]
 
 
 _EMPTY_OK = frozenset({"tool_calls", "function_call", "audio", "annotations", "refusal"})
@@ -87,7 +87,8 @@ class ChatMessage(WireModel):
         return data
 
     def wire(self) -> Message:
-        return {"role": self.role, "content": "".join(p.text for p in self.content)}
+        role = "system" if self.role == "developer" else self.role
+        return Message.of(role, "".join(p.text for p in self.content))
 
 
 class JsonSchemaFormat(WireModel):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from moakit.models.base import ChatRequest, Message
+from moakit.messages import ChatRequest, Message
 from moakit.result import Result
 from moakit.server.text import Text, check_text
 from moakit.server.wire import Empty, NoItems, WireModel, only_text, text_parts
@@ -52,7 +52,8 @@ class InputMessage(WireModel):
         return data
 
     def wire(self) -> Message:
-        return {"role": self.role, "content": "".join(p.text for p in self.content)}
+        role = "system" if self.role == "developer" else self.role
+        return Message.of(role, "".join(p.text for p in self.content))
 
 
 def _as_messages(value: Any) -> Any:
@@ -125,7 +126,7 @@ class ResponsesRequest(WireModel):
     def chat_request(self) -> ChatRequest:
         messages = [m.wire() for m in self.input]
         if self.instructions:
-            messages.insert(0, {"role": "system", "content": self.instructions})
+            messages.insert(0, Message.system(self.instructions))
         fmt = self.text.format if self.text and self.text.format else None
         return ChatRequest(
             messages=messages,

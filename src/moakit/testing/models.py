@@ -8,10 +8,12 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Union
 
-from moakit.models.base import ChatRequest, Chunk, Model, Usage, approx_tokens
+from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage, approx_tokens
 from moakit.models.profile import ModelProfile
 
-Reply = Union[str, "Exception"]
+# A reply is the answer's text, an exception (the call fails), or a ``Completion`` (text and
+# tool calls: what a model that was offered tools may answer).
+Reply = Union[str, Completion, "Exception"]
 AnswerFn = Callable[[ChatRequest], Reply | Awaitable[Reply]]
 
 
@@ -19,7 +21,8 @@ class FunctionModel(Model):
     """Answers with ``fn(request)``; raising (or returning) an exception makes the call fail.
     ``delay_s`` sleeps before answering, ``per_token_s`` between streamed words; ``requests``
     records every request received. ``prefill=True`` declares ``profile.prefill``: ``fn``
-    then sees ``request.prefill`` and returns only the continuation."""
+    then sees ``request.prefill`` and returns only the continuation. ``tools=True`` declares
+    ``profile.tools``: ``fn`` may then return a ``Completion`` with tool calls."""
 
     def __init__(
         self,
@@ -29,13 +32,14 @@ class FunctionModel(Model):
         delay_s: float = 0.0,
         per_token_s: float = 0.0,
         prefill: bool = False,
+        tools: bool = False,
     ) -> None:
         self.name = name
         self.fn = fn
         self.delay_s = delay_s
         self.per_token_s = per_token_s
         self.requests: list[ChatRequest] = []
-        self.profile = ModelProfile(prefill=prefill)
+        self.profile = ModelProfile(prefill=prefill, tools=tools)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
@@ -46,15 +50,19 @@ class FunctionModel(Model):
             reply = await reply
         if isinstance(reply, Exception):
             raise reply
-        words = reply.split(" ")
+        calls = reply.tool_calls if isinstance(reply, Completion) else ()
+        if isinstance(reply, Completion):
+            reply = reply.text
+        words = reply.split(" ") if reply else []
         for i, word in enumerate(words):
             if i and self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
             yield Chunk(text=word if i == 0 else " " + word)
-        prompt = sum(approx_tokens(str(m.get("content", ""))) for m in request.messages)
+        prompt = sum(approx_tokens(m.text) for m in request.messages)
         yield Chunk(
-            finish_reason="stop",
+            finish_reason="tool_calls" if calls else "stop",
             usage=Usage(prompt_tokens=prompt, completion_tokens=approx_tokens(reply)),
+            tool_calls=calls,
         )
 
 
@@ -62,6 +70,6 @@ def echo_model(name: str, *, delay_s: float = 0.0) -> FunctionModel:
     """Answers ``"<name>: <last user message>"``."""
 
     def fn(request: ChatRequest) -> str:
-        return f"{name}: {request.messages[-1].get('content', '')}"
+        return f"{name}: {request.messages[-1].text}"
 
     return FunctionModel(fn, name=name, delay_s=delay_s)

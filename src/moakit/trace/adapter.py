@@ -17,7 +17,7 @@ from moakit.engine import Stack
 from moakit.engine.observers import Observer
 from moakit.errors import QueryFailed
 from moakit.events import Event, RunFinished
-from moakit.models.base import ChatRequest, Message
+from moakit.messages import ChatRequest, MessagesLike, as_messages
 from moakit.result import Result
 from moakit.trace.recorder import TraceRecorder
 
@@ -28,7 +28,7 @@ def new_run_id() -> str:
 
 async def traced_events(
     stack: Stack,
-    request: ChatRequest | Sequence[Message] | str,
+    request: ChatRequest | MessagesLike,
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,
@@ -38,10 +38,8 @@ async def traced_events(
 ) -> AsyncGenerator[Event, None]:
     """``stack.events(request, ...)``, recorded. ``request`` may be a ChatRequest, a message
     list or one user message as a string. ``run_id`` defaults to a new uuid4 hex."""
-    if isinstance(request, str):
-        request = ChatRequest(messages=[{"role": "user", "content": request}])
-    elif not isinstance(request, ChatRequest):
-        request = ChatRequest(messages=list(request))
+    if not isinstance(request, ChatRequest):
+        request = ChatRequest(messages=as_messages(request))
     run_id = run_id or new_run_id()
     # start_run gives the trace the query's input and config (RunStarted carries neither).
     recorder.start_run(run_id, request, stack=stack)
@@ -76,7 +74,7 @@ async def traced_events(
 
 async def traced_run(
     stack: Stack,
-    request: ChatRequest | Sequence[Message] | str,
+    request: ChatRequest | MessagesLike,
     recorder: TraceRecorder,
     *,
     run_id: str | None = None,

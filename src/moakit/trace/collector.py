@@ -22,6 +22,7 @@ from moakit.events import (
     RunFinished,
     RunStarted,
 )
+from moakit.messages import to_openai, tool_choice_to_openai
 from moakit.references import Reference
 from moakit.trace.records import (
     AttemptRecord,
@@ -71,8 +72,15 @@ def request_parameters(source: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _PARAMETERS:
         value = _field(source, name)
-        if value is not None:
-            out[name] = list(value) if name == "stop" else value
+        if value is None or value == ():
+            continue
+        if name == "stop":
+            value = list(value)
+        elif name == "tools":
+            value = [tool.to_openai() for tool in value]
+        elif name == "tool_choice":
+            value = tool_choice_to_openai(value)
+        out[name] = value
     return out
 
 
@@ -158,7 +166,7 @@ class RunCollector:
         key = (event.layer, event.index)
         previous = self._starts.get(key)
         self._starts[key] = _Start(
-            input=[dict(m) for m in event.request.messages],
+            input=to_openai(event.request.messages),
             parameters=request_parameters(event.request),
             references=[_reference(r) for r in event.references],
             # Keep the first attempt's start: a retry's MemberStarted must not move it.

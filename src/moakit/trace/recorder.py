@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from moakit.events import Event, RunStarted
+from moakit.messages import to_openai
 from moakit.models.base import ChatRequest
 from moakit.trace.collector import RunCollector, TraceSink, config_record
 from moakit.trace.records import QueryRecord, content_hash
@@ -65,7 +66,7 @@ class TraceRecorder:
         if existing is not None:
             return existing
         stack = stack or self.stack
-        messages = [dict(m) for m in request.messages]
+        messages = to_openai(request.messages)
         config = stack.config if stack is not None else None
         cfg_hash, cfg_json = config_record(config) if config is not None else (None, None)
         # The stack announces its own hash in RunStarted: store under it, so the query and its

@@ -12,8 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from moakit.messages import Message, ToolSpec
+
 
 def jsonable(value: Any) -> Any:
+    if isinstance(value, Message | ToolSpec):
+        return value.to_openai()  # the shape every client (and the UI) already reads
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

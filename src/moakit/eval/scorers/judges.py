@@ -18,6 +18,7 @@ from typing import Any
 
 from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
+from moakit.messages import Message
 from moakit.models.base import ChatRequest, Model, Usage
 
 # FastChat's NEED_REF_CATS.
@@ -60,7 +61,7 @@ class _Judge:
 
     async def ask(self, system: str, user: str, score: Score) -> str:
         request = ChatRequest(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            messages=[Message.system(system), Message.user(user)],
             temperature=0.0,
             max_tokens=self.max_tokens,
         )

@@ -1,5 +1,5 @@
-"""A client's JSON Schema (``response_format``), checked and applied without letting it stall
-the server.
+"""A client's JSON Schema (``response_format``, a tool's ``parameters``), checked and applied
+without letting it stall the server (or the engine, which checks tool-call arguments with it).
 
 A schema is untrusted input that makes the server compute. Three ways it could stall it, and what
 stops each:
@@ -34,7 +34,7 @@ import jsonschema
 import referencing.exceptions
 from jsonschema.protocols import Validator
 
-from moakit.server.schema_re2 import RE2_KEYWORDS, SchemaRefused, compile_pattern
+from moakit.schema_re2 import RE2_KEYWORDS, SchemaRefused, compile_pattern
 
 # Every check or validation is given this long, measured at each keyword application.
 TIME_BUDGET_S = 2.0
@@ -116,6 +116,12 @@ async def check_answer(text: str, response_format: Mapping[str, Any]) -> None:
     """Raise ``OutputInvalid`` unless ``text`` is what ``response_format`` asked for (its schema
     already passed ``check_schema``)."""
     await _off_loop(_check_answer, text, response_format, too_deep=OutputInvalid)
+
+
+async def check_value(value: Any, schema: Any) -> None:
+    """Raise ``OutputInvalid`` unless ``value`` matches ``schema`` (which passed
+    ``check_schema``): a tool call's parsed arguments against its tool's parameters."""
+    await _off_loop(_validate, value, schema, too_deep=OutputInvalid)
 
 
 async def _off_loop(fn: Callable[..., None], *args: Any, too_deep: type[Exception]) -> None:
