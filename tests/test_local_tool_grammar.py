@@ -187,13 +187,15 @@ def test_text_is_allowed_only_when_it_does_not_start_like_a_call(vocab: Any) -> 
     assert not accepts(vocab, calls_only, prose)
     assert accepts(vocab, auto, prose)
     assert accepts(vocab, auto, tagged(PARIS))
-    assert accepts(vocab, auto, "<b>bold</b> and `code` and ```python\nx = 1\n```")
+    assert accepts(vocab, auto, "Some <b>bold</b>, `code` and ```python\nx = 1\n```")
     assert accepts(vocab, auto, "Here:\n```json\n{}\n```")  # a fence later on is text
-    assert accepts(vocab, auto, "<tool")  # a text may be a cut-off start, ending there
-    # What would start a call cannot begin free text (a malformed call is not text).
+    assert accepts(vocab, auto, "`x` is a name")  # inline code is not a fence
+    assert accepts(vocab, auto, "``")  # a text may be a cut-off start, ending there
+    # What would start a call (or the small model's attempt at one) cannot begin free text.
     for start in (
         '{"name": "oops"}',
         "<tool_call>\nnot json\n</tool_call>",
+        "<tools>\n[]",
         "```json\n{}\n```",
         "```xml\n{}\n```",
     ):

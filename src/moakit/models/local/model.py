@@ -131,6 +131,7 @@ def _sampling(request: ChatRequest, plan: ToolPlan) -> SamplingParams:
         frequency_penalty=request.frequency_penalty or 0.0,
         seed=DEFAULT_SEED if request.seed is None else request.seed & 0xFFFFFFFF,
         grammar=plan.grammar or grammar_for(request.response_format),
+        grammar_source="tools" if plan.grammar else "response_format",
     )
 
 

@@ -6,10 +6,11 @@ The grammar admits that shape with ``name`` one of the offered tools and ``argum
 valid for THAT tool's schema (one alternative per tool, so a name never pairs with another
 tool's arguments). It also admits the same objects bare, without the tags: the embedded
 Qwen2.5-Coder-0.5B almost never writes ``<tool_call>`` (its first-token probability is ~0 after
-the template's tools prompt) but starts a call as a bare ``{"`` or in a code fence; taking the
-bare form as a call, and not letting free text start with ``{``, ``<tool_call>`` or a fence
-(measured: it dodges a ```` ```json ```` ban with ```` ```xml ````), turns those attempts into
-schema-valid calls, while an answer in words stays as it was.
+the template's tools prompt) but starts a call as a bare ``{"``, in a code fence, or copies the
+``<tools>`` block. Taking the bare form as a call, and not letting free text start with ``{``,
+``<`` or a fence, turns those attempts into schema-valid calls, while an answer in words stays
+as it was. (Measured on that model: banning only a ```` ```json ```` start, it wrote
+```` ```xml ````; banning only ``<tool_call>``, a MoA aggregator wrote ``<tools>`` text.)
 
 llama-cpp-python's JSON-schema converter writes each tool's rules; they are renamed under a
 prefix of their own, because the converter names a ``$ref``'s rule by the last part of its path,
@@ -30,8 +31,9 @@ from moakit.errors import ConfigError
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
-# What free text may not start with when tools are offered (each would begin a call).
-_CALL_STARTS = ("{", CALL_OPEN, "```")
+# What free text may not start with when tools are offered (each begins a call, or the small
+# model's attempt at one). A longer start only blocks text that begins with all of it.
+_CALL_STARTS = ("{", "<", "```")
 
 _RULE_NAME = re.compile(r"[A-Za-z0-9-]+")
 
