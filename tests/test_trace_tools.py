@@ -273,6 +273,7 @@ async def test_trace_show_prints_tool_calls_results_and_advice(tmp_path: Path) -
 async def test_otel_export_carries_tool_calls(tmp_path: Path) -> None:
     arguments = '{"city": "Paris"}'
     spans: dict[bool, list[dict[str, Any]]] = {}
+    roots: dict[bool, list[dict[str, Any]]] = {}
     for include in (True, False):
         exporter = InMemorySpanExporter()
         provider = TracerProvider()
@@ -288,11 +289,9 @@ async def test_otel_export_carries_tool_calls(tmp_path: Path) -> None:
                     ChatRequest(messages=agent_second_turn(arguments), tools=(WEATHER,)),
                     recorder,
                 )
-        spans[include] = [
-            dict(s.attributes or {})
-            for s in exporter.get_finished_spans()
-            if s.name == "aggregator agg"
-        ]
+        finished = exporter.get_finished_spans()
+        spans[include] = [dict(s.attributes or {}) for s in finished if s.name == "aggregator agg"]
+        roots[include] = [dict(s.attributes or {}) for s in finished if s.name == "moa tools-trace"]
     first, second = spans[True]
     out = "llm.output_messages.0.message.tool_calls.0.tool_call"
     assert first[f"{out}.id"] == "call_1"
@@ -313,6 +312,12 @@ async def test_otel_export_carries_tool_calls(tmp_path: Path) -> None:
     assert f"llm.input_messages.{i}.message.content" not in second  # no text, not "None"
     assert second[f"llm.input_messages.{i + 1}.message.tool_call_id"] == "call_1"
     assert second[f"llm.input_messages.{i + 1}.message.content"] == "18 C and sunny"
+    # The queries: the final calls' names and the advice state.
+    first_query, second_query = roots[True]
+    assert list(first_query["moakit.tool_calls"]) == ["get_weather"]
+    assert first_query["moakit.advice"] == "fresh"
+    assert second_query["moakit.advice"] == "reused"
+    assert second_query["moakit.advice_from"] == first_query["moakit.run_id"]
     # Without prompts: the call's name and id, never its arguments.
     first, second = spans[False]
     assert first[f"{out}.function.name"] == "get_weather"

@@ -29,7 +29,7 @@ from moakit.trace.records import (
     reference_hash,
     tool_call_hash,
 )
-from moakit.trace.redact import Redactor
+from moakit.trace.redact import Redactor, config_env_names
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,6 @@ class _Op:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _config_env_names(config: dict[str, Any] | None) -> set[str]:
-    """Every ``api_key_env`` named anywhere in a stack config (members, defaults, fallbacks)."""
-    names: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            env = value.get("api_key_env")
-            if isinstance(env, str):
-                names.add(env)
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(config)
-    return names
 
 
 class Writer:
@@ -256,7 +237,7 @@ class Writer:
             key = id(config)
             names = self._env_names.get(key)
             if names is None or names[0] is not config:
-                names = (config, _config_env_names(config))
+                names = (config, config_env_names(config))
                 self._env_names = {key: names}  # the last config seen: the common case
             found = Redactor.from_environment(names[1])
             self._redactors[query_id] = found
