@@ -33,6 +33,7 @@ from moakit.members import looks_embedded as looks_embedded
 from moakit.policies import (
     AdaptiveConfig,
     AdviceConfig,
+    BudgetConfig,
     ReferencesConfig,
     RetryPolicy,
     StaircaseConfig,
@@ -100,6 +101,10 @@ class StackConfig(StrictModel):
     # default, and then left out of ``config_hash`` like ``advice``.
     adaptive: AdaptiveConfig = Field(
         default_factory=AdaptiveConfig, exclude_if=lambda value: value == AdaptiveConfig()
+    )
+    # Per-query spending limits (``engine.budget``); a request may tighten them.
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, exclude_if=lambda value: value == BudgetConfig()
     )
 
     @model_validator(mode="after")
