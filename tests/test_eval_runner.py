@@ -695,3 +695,60 @@ def test_the_frontier_counts_what_adaptive_systems_spend_and_tests_them_against_
     assert (test["system"], test["reference"]) == ("moa:fake3-adaptive", "moa:fake3")
     assert "## Spend per item (the frontier)" in (out / "report.md").read_text()
     assert (out / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_moa_eval_route_trains_on_one_split_and_judges_on_another(
+    stack_file: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "many.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "answer": str(i), "id": f"q{i}"}) + "\n"
+            for i in range(1, 13)
+        )
+    )
+    out = tmp_path / "route"
+    ran = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "run",
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+            "--scorer",
+            "number",
+            "--system",
+            f"moa:{stack_file}",
+        ],
+        catch_exceptions=False,
+    )
+    assert ran.exit_code == 0, ran.output
+    saved = tmp_path / "router.json"
+    args = [
+        "eval",
+        "route",
+        "--out",
+        str(out),
+        "--system",
+        "moa:fake3",
+        "--train",
+        "0:6",
+        "--test",
+        "6:12",
+        "--save",
+        str(saved),
+        "--k",
+        "1",
+    ]
+    routed = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert routed.exit_code == 0, routed.output
+    judged = json.loads(routed.stdout)
+    assert judged["items"] == 6 and judged["members_all"] == 3
+    # Every item had two right members of three, so calling all is always right; k=1 routes
+    # to the members right on the single nearest training item.
+    assert judged["any_right_all"] == 1.0 and 1 <= judged["members_mean"] <= 3
+    assert json.loads(saved.read_text())["format"] == "moakit-knn-router/1"
+    overlap = CliRunner().invoke(cli, [*args[:8], "--test", "3:9"])
+    assert overlap.exit_code != 0 and "overlap" in overlap.output

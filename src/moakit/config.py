@@ -36,6 +36,7 @@ from moakit.policies import (
     BudgetConfig,
     ReferencesConfig,
     RetryPolicy,
+    RouterConfig,
     StaircaseConfig,
     StragglerPolicy,
     StrictModel,
@@ -44,6 +45,7 @@ from moakit.policies import (
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 
 PRESET_SUFFIXES = (".toml", ".yaml", ".yml")
+
 
 class AggregatorSpec(MemberSpec):
     """The final model. ``fallbacks`` take over, in order, if it fails."""
@@ -106,6 +108,8 @@ class StackConfig(StrictModel):
     budget: BudgetConfig = Field(
         default_factory=BudgetConfig, exclude_if=lambda value: value == BudgetConfig()
     )
+    # Which members each query is worth (``moakit.routing``); none: every member, always.
+    router: RouterConfig | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _embedded_needs_local(self) -> StackConfig:

@@ -4,7 +4,7 @@ the options of the vote and staircase strategies. ``moakit.config`` re-exports e
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -207,3 +207,12 @@ class BudgetConfig(StrictModel):
             v is not None
             for v in (self.max_calls, self.max_tokens, self.max_cost_usd, self.max_latency_s)
         )
+
+
+class RouterConfig(StrictModel):
+    """A router (``moakit.routing``): which members a query is worth, chosen before any is
+    called. ``name`` is a registered router; ``options`` are its own (the built-in ``knn``
+    takes ``file``, ``k``, ``margin``, ``min_members``)."""
+
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)

@@ -104,8 +104,10 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
 
 
 def admit(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> list[int]:
-    """The ``positions`` the query's budget can afford (all without a budget); the others are
-    recorded as a ``budget`` decision and never started."""
+    """The ``positions`` the stack's router chooses for this query and its budget can afford
+    (all, without either); the others are recorded as a ``route`` or ``budget`` decision and
+    never started."""
+    positions = route(run, calls, positions)
     ledger = run.ledger
     if ledger is None:
         return list(positions)
@@ -183,6 +185,27 @@ async def run_cascade(
         min_successful=min(run.config.min_successful_for(0), len(outputs)),
     )
     return finish_layer(run, layer, calls)
+
+
+def route(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> list[int]:
+    router = run.lineup.router
+    if router is None or not positions:
+        return list(positions)
+    layer = calls[0].layer
+    query = next((m.text for m in reversed(run.conversation) if m.role == "user"), "")
+    chosen = {m.label for m in router.select(query, layer, [calls[i].spec for i in positions])}
+    kept = [i for i in positions if calls[i].spec.label in chosen]
+    skipped = [calls[i].spec.label for i in positions if i not in kept]
+    if skipped:
+        run.decide(
+            Decision(
+                kind="route",
+                layer=layer,
+                detail=f"the router chose {len(kept)} of layer {layer}'s {len(positions)} members",
+                skipped=skipped,
+            )
+        )
+    return kept
 
 
 def over_latency_budget(run: Run, position: int) -> bool:

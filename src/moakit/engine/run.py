@@ -92,6 +92,14 @@ class Discard(EventChannel):
         pass
 
 
+class MemberRouter(Protocol):
+    """Which of a layer's members a query is worth (``moakit.routing``)."""
+
+    def select(
+        self, query: str, layer: int, members: Sequence[ResolvedMember]
+    ) -> Sequence[ResolvedMember]: ...
+
+
 @dataclass(frozen=True)
 class Lineup:
     """What a strategy works with, and all it sees of its stack: the config, each layer's
@@ -105,6 +113,7 @@ class Lineup:
     aggregator_models: Sequence[Model]
     references: ReferencePipeline
     config_hash: str = ""
+    router: MemberRouter | None = None
 
 
 class Strategy(Protocol):

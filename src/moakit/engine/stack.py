@@ -17,7 +17,7 @@ from typing import Any
 
 from moakit.config import EndpointId, MemberSpec, ResolvedMember, StackConfig, config_hash
 from moakit.engine.observers import Observer, Observers
-from moakit.engine.run import Lineup, Run
+from moakit.engine.run import Lineup, MemberRouter, Run
 from moakit.engine.strategies import strategy_for
 from moakit.engine.tool_calls import check_tool_specs
 from moakit.errors import ConfigError, QueryFailed, StackFailed
@@ -28,6 +28,7 @@ from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
 from moakit.models.registry import build_model
 from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel
+from moakit.plugins import registry
 from moakit.policies import BudgetConfig
 from moakit.references import ReferencePipeline
 from moakit.result import Result
@@ -81,6 +82,7 @@ class Stack(Model):
             aggregator_models=self.aggregator_models,
             references=self.references,
             config_hash=self.config_hash,
+            router=_router(config),
         )
         # A strategy may refuse a stack it cannot run (staircase: an aggregator without
         # prefill), with a ConfigError now rather than a failure on the first query.
@@ -323,6 +325,14 @@ class Stack(Model):
             usage=result.usage,
             tool_calls=tuple(result.tool_calls),
         )
+
+
+def _router(config: StackConfig) -> MemberRouter | None:
+    if config.router is None:
+        return None
+    factory = registry().routers.get(config.router.name, field="router.name")
+    router: MemberRouter = factory(config.router.options)
+    return router
 
 
 def _as_call_error(exc: QueryFailed) -> StackFailed:
