@@ -228,6 +228,11 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
         if q.advice_from:
             advice += f" (written by run {q.advice_from})"
         tree.add(Text(one_line(advice), style="dim"))
+    for d in q.decisions:
+        skipped = d.get("skipped") or []
+        saved = f"; skipped {', '.join(map(str, skipped))}" if skipped else ""
+        line = f"decision: {d.get('kind')} after layer {d.get('layer')}: {d.get('detail')}{saved}"
+        tree.add(Text(one_line(line), style="yellow"))
     if q.output is not None or q.tool_calls:
         final = tree.add(Text("final answer", style="bold"))
         if q.output is not None:

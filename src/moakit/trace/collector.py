@@ -152,6 +152,9 @@ class RunCollector:
             q.output = result.final or None
             q.tool_calls = [ToolCallRecord.of(c) for c in result.tool_calls]
             q.advice, q.advice_from = result.advice, result.advice_from
+            q.decisions = [
+                d.model_dump(mode="json", exclude={"calls_saved"}) for d in result.decisions
+            ]
             q.latency_s = result.latency_s
             error = error or result.error
         q.end_time = now

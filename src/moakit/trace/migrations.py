@@ -113,6 +113,13 @@ def m004_tool_calls(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE queries ADD COLUMN advice_from TEXT")
 
 
+@migration
+def m005_decisions(db: sqlite3.Connection) -> None:
+    # Adaptive compute (issue 24): what the engine decided per query (early exit, escalation,
+    # budget and route cuts: JSON list of {kind, layer, detail, skipped, answer_from}).
+    db.execute("ALTER TABLE queries ADD COLUMN decisions TEXT NOT NULL DEFAULT '[]'")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     db.execute(
         "CREATE TABLE IF NOT EXISTS _moakit_migrations (name TEXT PRIMARY KEY, applied_at REAL)"

@@ -149,6 +149,8 @@ class OtelSink:
             attrs["moakit.advice"] = q.advice
         if q.advice_from is not None:
             attrs["moakit.advice_from"] = q.advice_from
+        if q.decisions:
+            attrs["moakit.decisions"] = json.dumps(q.decisions, ensure_ascii=False)
         return attrs
 
     def _call_span(self, call: CallRecord, ctx: Any, r: Redactor, query_start: float) -> Span:

@@ -108,6 +108,11 @@ def m004_tool_calls(db: Any) -> None:
     db.execute("ALTER TABLE queries ADD COLUMN advice_from TEXT")
 
 
+@migration
+def m005_decisions(db: Any) -> None:
+    db.execute("ALTER TABLE queries ADD COLUMN decisions TEXT NOT NULL DEFAULT '[]'")
+
+
 def migrate(db: Any) -> list[str]:
     """Apply every pending migration in one transaction; returns the names applied. ``db`` is
     a psycopg connection in autocommit mode."""

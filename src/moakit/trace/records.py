@@ -149,6 +149,9 @@ class QueryRecord:
     # None when no tools were involved.
     advice: str | None = None
     advice_from: str | None = None
+    # Adaptive compute: each decision (``Result.decisions``) as JSON: kind, layer, detail,
+    # skipped, answer_from.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
     latency_s: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

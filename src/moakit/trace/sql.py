@@ -215,6 +215,7 @@ def _query(row: Row) -> QueryRecord:
         tool_calls=_tool_calls(row["tool_calls"]),
         advice=row["advice"],
         advice_from=row["advice_from"],
+        decisions=_loads(row["decisions"], []),
     )
 
 

@@ -281,6 +281,7 @@ class Writer:
             self._tool_calls(q.tool_calls, r),
             q.advice,
             q.advice_from,
+            _dumps([{**d, "detail": r.text(d.get("detail"))} for d in q.decisions]),
         )
         rows.append((self._query_sql, row))
         return rows
@@ -373,7 +374,7 @@ _QUERY_COLUMNS = (
     "id", "stack_name", "config_hash", "source", "start_time", "end_time", "input",
     "input_hash", "status", "output", "latency_s", "prompt_tokens", "completion_tokens",
     "cost_usd", "llm_calls", "serial_rounds", "status_message", "tool_calls", "advice",
-    "advice_from",
+    "advice_from", "decisions",
 )  # fmt: skip
 _CALL_COLUMNS = (
     "query_id", "layer", "idx", "role", "label", "provider", "model_name", "model_parameters",

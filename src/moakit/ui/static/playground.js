@@ -8,7 +8,7 @@ import {
 } from "./dom.js";
 import { Grid } from "./grid.js";
 import { openMember } from "./member.js";
-import { adviceText, showToolCalls } from "./tools.js";
+import { adviceText, decisionText, showToolCalls } from "./tools.js";
 
 // -- playground ---------------------------------------------------------------------------
 
@@ -124,6 +124,7 @@ export async function runQuery() {
   setText(final, "");
   showToolCalls($("final-calls"), []);
   setText($("run-advice"), "");
+  $("run-decisions").replaceChildren();
   setText($("run-summary"), "");
   $("open-trace").hidden = true;
   showError("");
@@ -174,6 +175,10 @@ export async function runQuery() {
     TextDelta(ev) {
       final.textContent += ev.text;
       if (aggCard) grid.appendText(aggCard, ev.text);
+    },
+    Decided(ev) {
+      // An early exit, escalation, budget or route cut, as the engine decided it.
+      $("run-decisions").append(el("li", "decision", decisionText(ev.decision)));
     },
     ToolCalls(ev) {
       // The final answer's calls, checked against the tools' schemas before they were sent.

@@ -65,3 +65,9 @@ export function adviceText(advice, from) {
   if (advice === "reused") return "advice reused" + (from ? " from run " + from : "");
   return "advice " + advice + " (the proposers answered for this run)";
 }
+
+// An adaptive decision (early exit, escalation, budget or route cut), as one line of text.
+export function decisionText(d) {
+  const skipped = (d.skipped || []).length ? "; skipped " + d.skipped.join(", ") : "";
+  return "decision: " + d.kind + " (layer " + d.layer + "): " + d.detail + skipped;
+}

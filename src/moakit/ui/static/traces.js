@@ -6,7 +6,7 @@
 import { $, clear, el, fmtCost, fmtSeconds, fmtTime, getJSON, setText, showError } from "./dom.js";
 import { Grid } from "./grid.js";
 import { openMember } from "./member.js";
-import { adviceText, messageNode, showToolCalls } from "./tools.js";
+import { adviceText, decisionText, messageNode, showToolCalls } from "./tools.js";
 
 // -- trace viewer -------------------------------------------------------------------------
 
@@ -72,6 +72,7 @@ export async function openTrace(id) {
   ].join(" · ")));
   if (q.status_message) header.append(el("p", "error", q.status_message));
   if (q.advice) header.append(el("p", "advice", adviceText(q.advice, q.advice_from)));
+  for (const d of q.decisions || []) header.append(el("p", "decision", decisionText(d)));
   if (Array.isArray(q.input)) {
     q.input.forEach((m) => header.append(messageNode(m, "answer question")));
   }
