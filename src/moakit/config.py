@@ -43,6 +43,7 @@ from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 
 PRESET_SUFFIXES = (".toml", ".yaml", ".yml")
 
+
 class AggregatorSpec(MemberSpec):
     """The final model. ``fallbacks`` take over, in order, if it fails."""
 
