@@ -31,6 +31,7 @@ from moakit.members import ResolvedMember as ResolvedMember
 from moakit.members import key_env_for as key_env_for
 from moakit.members import looks_embedded as looks_embedded
 from moakit.policies import (
+    AdaptiveConfig,
     AdviceConfig,
     ReferencesConfig,
     RetryPolicy,
@@ -95,6 +96,11 @@ class StackConfig(StrictModel):
     # no existing stack's identity or the eval records keyed by it.
     advice: AdviceConfig = Field(
         default_factory=AdviceConfig, exclude_if=lambda value: value == AdviceConfig()
+    )
+    # Adaptive compute (``engine.adaptive``): early exit on agreement and cascades. Off by
+    # default, and then left out of ``config_hash`` like ``advice``.
+    adaptive: AdaptiveConfig = Field(
+        default_factory=AdaptiveConfig, exclude_if=lambda value: value == AdaptiveConfig()
     )
 
     @model_validator(mode="after")

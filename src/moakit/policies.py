@@ -136,3 +136,41 @@ class AdviceConfig(StrictModel):
 
     refresh: Literal["user_turn", "every_iteration"] | AdviceEvery = "user_turn"
     result_chars: int = Field(default=2000, ge=100, le=1_000_000)
+
+
+class AgreementConfig(StrictModel):
+    """Early exit on agreement (``engine.adaptive``): once at least ``min_answers`` members
+    answered (after a layer, or after a cascade's first members) and every answer agrees, the
+    run stops and answers with one of them. ``rule``: ``answer`` (the same extracted final
+    answer, by the registered answer ``extractor``: ``gsm8k`` = the final number, ``choice`` =
+    a choice letter, ``code`` = the program, normalized) or ``similarity`` (every pair of
+    answers at least ``threshold`` alike, RapidFuzz's token-set ratio on 0..1)."""
+
+    rule: Literal["answer", "similarity"] = "answer"
+    extractor: str = "gsm8k"
+    threshold: float = Field(default=0.85, gt=0, le=1)
+    min_answers: int = Field(default=2, ge=2, le=64)
+
+
+class CascadeConfig(StrictModel):
+    """Sequential fan-out: layer 1 starts with its ``first`` members (cheapest first by
+    ``price_out_per_mtok`` when ``order = "price"``, members without a price last; else in
+    config order); only when their answers disagree does it escalate to the rest of the layer,
+    and then to the layers above and the aggregator."""
+
+    first: int = Field(default=2, ge=1, le=64)
+    order: Literal["position", "price"] = "price"
+
+
+class AdaptiveConfig(StrictModel):
+    """Compute spent only where it helps: ``early_exit`` stops on agreement; ``cascade``
+    (which needs ``early_exit`` to decide when to escalate) starts layer 1 small."""
+
+    early_exit: AgreementConfig | None = None
+    cascade: CascadeConfig | None = None
+
+    @model_validator(mode="after")
+    def _cascade_needs_agreement(self) -> AdaptiveConfig:
+        if self.cascade is not None and self.early_exit is None:
+            raise ValueError("cascade escalates on disagreement: set early_exit too")
+        return self

@@ -7,13 +7,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
+from moakit.engine.adaptive import (
+    agreement,
+    cascade_order,
+    escalate,
+    exit_early,
+    skipped_after,
+)
 from moakit.engine.advice import ADVICE, Advice, fresh_needed, tool_iteration, turn_key
 from moakit.engine.aggregate import aggregate
 from moakit.engine.calls import Call, call_with_retries
 from moakit.engine.run import Run
-from moakit.engine.supervisor import supervise_layer
+from moakit.engine.supervisor import finish_layer, supervise_layer
 from moakit.events import LayerStarted, MemberDelta
+from moakit.policies import AgreementConfig, CascadeConfig
 from moakit.references import Reference, from_outputs
 from moakit.result import LayerResult, MemberOutput
 
@@ -36,15 +45,31 @@ class LayeredStrategy:
                     return
             run.result.advice = "fresh"
         references = await self.propose(run)
+        if references is None:
+            return  # the proposers agreed: their answer is the answer (``engine.adaptive``)
         if key is not None:
             ADVICE.put(key, Advice(tuple(references), run.id))
         await self.finish(run, references)
 
-    async def propose(self, run: Run) -> list[Reference]:
-        """Every proposer layer in turn: the references the final step is shown."""
+    async def propose(self, run: Run) -> list[Reference] | None:
+        """Every proposer layer in turn: the references the final step is shown, or ``None``
+        when an early exit answered (``adaptive.early_exit``; never while tools are in play,
+        where the answer is the aggregator's to act on)."""
+        adaptive = run.config.adaptive
+        judge = adaptive.early_exit if not run.advising else None
         references: list[Reference] = []
         for position in range(len(run.config.layers)):
-            layer = await run_layer(run, position, references)
+            if position == 0 and judge is not None and adaptive.cascade is not None:
+                layer = await run_cascade(run, judge, adaptive.cascade)
+                if layer is None:
+                    return None
+            else:
+                layer = await run_layer(run, position, references)
+            if judge is not None:
+                found = agreement(judge, layer.members)
+                if found is not None:
+                    exit_early(run, position + 1, found, skipped_after(run, position))
+                    return None
             references, actions = await run.lineup.references.apply_recorded(
                 from_outputs(layer.members)
             )
@@ -61,6 +86,13 @@ class LayeredStrategy:
 async def run_layer(run: Run, position: int, references: Sequence[Reference]) -> LayerResult:
     """Proposer layer ``position`` (0-based in ``config.layers``; its number is position+1),
     shown ``references`` (the layer below's answers, already through the transforms)."""
+    calls = layer_calls(run, position, references)
+    tasks = {asyncio.create_task(_propose(run, call)): call for call in calls}
+    return await supervise_layer(run, position, tasks)
+
+
+def layer_calls(run: Run, position: int, references: Sequence[Reference]) -> list[Call]:
+    """Announce layer ``position`` and build its members' calls (not started)."""
     specs = run.lineup.layer_specs[position]
     models = run.lineup.layer_models[position]
     layer_no = position + 1
@@ -68,12 +100,51 @@ async def run_layer(run: Run, position: int, references: Sequence[Reference]) ->
     block, actions = run.lineup.references.block_recorded(references, run.config.aggregate_prompt)
     run.record_defenses(actions, layer=layer_no)
     shown = tuple(references)
-    calls = [
+    return [
         Call(spec, model, run.member_request(spec, block), layer_no, i, references=shown)
         for i, (spec, model) in enumerate(zip(specs, models, strict=True))
     ]
-    tasks = {asyncio.create_task(_propose(run, call)): call for call in calls}
-    return await supervise_layer(run, position, tasks)
+
+
+async def run_cascade(
+    run: Run, judge: AgreementConfig, cascade: CascadeConfig
+) -> LayerResult | None:
+    """Layer 1 as a cascade: its first members, then (if they disagree) the rest. ``None``
+    when the first members agreed and the run exited early."""
+    calls = layer_calls(run, 0, ())
+    order = cascade_order(cascade, run.lineup.layer_specs[0])
+    first, rest = order[: cascade.first], order[cascade.first :]
+    started = run.now()
+    batch = await supervise_layer(run, 0, _start(run, calls, first), partial=True)
+    outputs = list(batch.members)
+    found = agreement(judge, outputs) if rest else None
+    if found is not None:
+        skipped = [calls[i].spec.label for i in rest]
+        layer = LayerResult(
+            layer=1,
+            members=outputs,
+            latency_s=round(run.now() - started, 6),
+            min_successful=min(run.config.min_successful_for(0), len(first)),
+        )
+        finish_layer(run, layer, [calls[i] for i in first])
+        exit_early(run, 1, found, skipped_after(run, 0, skipped))
+        return None
+    if rest:
+        labels = ", ".join(calls[i].spec.label for i in first)
+        escalate(run, 1, f"the first answers ({labels}) disagree: asking the rest of layer 1")
+        more = await supervise_layer(run, 0, _start(run, calls, rest), partial=True)
+        outputs += more.members
+    layer = LayerResult(
+        layer=1,
+        members=sorted(outputs, key=lambda m: m.index),
+        latency_s=round(run.now() - started, 6),
+        min_successful=run.config.min_successful_for(0),
+    )
+    return finish_layer(run, layer, calls)
+
+
+def _start(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> dict[Any, Call]:
+    return {asyncio.create_task(_propose(run, calls[i])): calls[i] for i in positions}
 
 
 async def _propose(run: Run, call: Call) -> MemberOutput:
