@@ -123,7 +123,8 @@ def test_streamed_function_call_events_in_order() -> None:
 
 
 def test_a_two_step_loop_with_function_call_output() -> None:
-    stack, models = tool_stack(agent_aggregator(calls(weather_call())))
+    # The first answer has text and a call: the agent echoes both output items back.
+    stack, models = tool_stack(agent_aggregator(calls(weather_call(), text="Let me check.")))
     with serve(create_app({"tools": stack}, api_keys=[])) as base:
         sdk = client(base)
         items: list[Any] = [{"role": "user", "content": ASK}]
@@ -147,7 +148,7 @@ def test_a_two_step_loop_with_function_call_output() -> None:
     assert len(models["p1"].requests) == 1  # the second request reused the advice
     last = models["agg"].requests[-1].messages
     assert [m.role for m in last][-3:] == ["user", "assistant", "tool"]
-    assert last[-2].tool_calls == (weather_call(),)
+    assert last[-2].tool_calls == (weather_call(),) and last[-2].text == "Let me check."
     assert last[-1].tool_results[0].content == "18 C"
 
 
