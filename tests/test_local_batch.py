@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from moakit.errors import ModelCallError
+from moakit.messages import Message
 from moakit.models.base import ChatRequest, Completion
 from moakit.models.local import LocalModel
 from moakit.models.local.runtime import shared_runtime
@@ -332,7 +333,7 @@ async def test_a_prompt_that_starts_like_a_kept_one_answers_as_cold() -> None:
     references = [f"(answer {i}) " + REFERENCE * 3 for i in range(1, 4)]
 
     def ask(question: str) -> ChatRequest:
-        messages = inject_references([{"role": "user", "content": question}], references)
+        messages = inject_references([Message.user(question)], references)
         return ChatRequest(messages, temperature=0.7, seed=1, max_tokens=24)
 
     first = ask(

@@ -1,4 +1,5 @@
-"""Closed-form answers in free text: the final number of a worked answer.
+"""Closed-form answers in free text: the final number of a worked answer, a choice letter, a
+program (normalized).
 
 A neutral runtime module: the ``vote`` defense (which picks the most common answer at run
 time) and the eval's GSM8K/number scorers both read answers with it, so neither imports the
@@ -11,6 +12,7 @@ a unicode minus, trailing zeros and a sentence's final period all go, so ``$1,23
 
 from __future__ import annotations
 
+import ast
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -77,3 +79,34 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
         return False
     na, nb = normalize_number(a), normalize_number(b)
     return na is not None and na == nb
+
+
+_FENCE_RE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_CHOICE_RE = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?\*{0,2}([A-E])\b|^\s*\(?([A-E])[).:]", re.I | re.M
+)
+
+
+def extract_code(text: str) -> str:
+    """The first fenced code block, else the whole reply."""
+    match = _FENCE_RE.search(text)
+    return match.group(1) if match else text
+
+
+def normalized_code(text: str) -> str | None:
+    """The reply's program, normalized (its syntax tree: comments, blank lines and quoting
+    do not count), or ``None`` when it is not Python that parses."""
+    try:
+        return ast.dump(ast.parse(extract_code(text)))
+    except (SyntaxError, ValueError):
+        return None
+
+
+def extract_choice(text: str) -> str | None:
+    """The last choice letter (A-E) the reply states ("the answer is (B)", a line "C."), upper
+    case."""
+    found = _CHOICE_RE.findall(text)
+    if not found:
+        return None
+    letter: str = found[-1][0] or found[-1][1]
+    return letter.upper()

@@ -31,9 +31,12 @@ from moakit.members import ResolvedMember as ResolvedMember
 from moakit.members import key_env_for as key_env_for
 from moakit.members import looks_embedded as looks_embedded
 from moakit.policies import (
+    AdaptiveConfig,
     AdviceConfig,
+    BudgetConfig,
     ReferencesConfig,
     RetryPolicy,
+    RouterConfig,
     StaircaseConfig,
     StragglerPolicy,
     StrictModel,
@@ -96,6 +99,17 @@ class StackConfig(StrictModel):
     advice: AdviceConfig = Field(
         default_factory=AdviceConfig, exclude_if=lambda value: value == AdviceConfig()
     )
+    # Adaptive compute (``engine.adaptive``): early exit on agreement and cascades. Off by
+    # default, and then left out of ``config_hash`` like ``advice``.
+    adaptive: AdaptiveConfig = Field(
+        default_factory=AdaptiveConfig, exclude_if=lambda value: value == AdaptiveConfig()
+    )
+    # Per-query spending limits (``engine.budget``); a request may tighten them.
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, exclude_if=lambda value: value == BudgetConfig()
+    )
+    # Which members each query is worth (``moakit.routing``); none: every member, always.
+    router: RouterConfig | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _embedded_needs_local(self) -> StackConfig:

@@ -13,7 +13,7 @@ from typing import TypedDict
 
 from moakit.messages import ChatRequest, ToolCall
 from moakit.references import Reference
-from moakit.result import LayerResult, MemberOutput, Result
+from moakit.result import Decision, LayerResult, MemberOutput, Result
 
 
 class Stamp(TypedDict):
@@ -109,6 +109,13 @@ class TextDelta(BaseEvent):
 
 
 @dataclass(frozen=True)
+class Decided(BaseEvent):
+    """An adaptive decision (``engine.adaptive``): an early exit or an escalation."""
+
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class ToolCalls(BaseEvent):
     """The final answer's tool calls, once the attempt that made them completed and they were
     checked against the tools' schemas (after any ``TextDelta`` of that answer). Never a call
@@ -140,6 +147,7 @@ Event = (
     | AggregatorStarted
     | AggregatorAttemptFailed
     | TextDelta
+    | Decided
     | ToolCalls
     | RunFinished
     | RunFailed

@@ -92,6 +92,23 @@ class DefenseAction(BaseModel):
     step: int | None = None
 
 
+class Decision(BaseModel):
+    """What the engine chose to spend or not (``engine.adaptive``), and why: an early exit on
+    agreement, a cascade's escalation. ``skipped``: the calls not made (member labels, and
+    ``aggregator``); ``calls_saved`` counts them."""
+
+    kind: Literal["early_exit", "escalate", "budget", "route"]
+    layer: int  # the layer whose answers were judged
+    detail: str
+    skipped: list[str] = Field(default_factory=list)
+    answer_from: str | None = None  # early exit: the member whose answer is the answer
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def calls_saved(self) -> int:
+        return len(self.skipped)
+
+
 class Result(BaseModel):
     stack: str
     run_id: str = ""
@@ -111,6 +128,8 @@ class Result(BaseModel):
     error: str | None = None
     # Every time a defense acted (filtered, labelled, fenced, voted); empty without defenses.
     defenses: list[DefenseAction] = Field(default_factory=list)
+    # Adaptive compute: each early exit or escalation, in order (empty when not adaptive).
+    decisions: list[Decision] = Field(default_factory=list)
 
     @property
     def aggregator(self) -> MemberOutput | None:

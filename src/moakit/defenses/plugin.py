@@ -4,7 +4,7 @@ answer extractors it votes with."""
 
 from __future__ import annotations
 
-from moakit.answers import extract_final_number
+from moakit.answers import extract_choice, extract_final_number, normalized_code
 from moakit.defenses.cluster import cluster_transform
 from moakit.defenses.fence import fenced_formatter
 from moakit.defenses.trust import trust_transform
@@ -31,3 +31,5 @@ def register_strategies(register: Register) -> None:
 @hookimpl
 def register_answer_extractors(register: Register) -> None:
     register("gsm8k", extract_final_number)  # the final number of a worked answer
+    register("choice", extract_choice)  # a multiple-choice letter
+    register("code", normalized_code)  # the program, as its syntax tree

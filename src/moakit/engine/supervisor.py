@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 from moakit.engine.calls import Call
@@ -33,12 +33,18 @@ async def supervise_layer(
     on_settled: OnSettled | None = None,
     halt: asyncio.Event | None = None,
     halt_reason: Callable[[], str] = lambda: "cancelled",
+    partial: bool = False,
+    needed: int | None = None,
 ) -> LayerResult:
     """Layer ``position`` (0-based in ``config.layers``) once every member settled or was cut.
     ``halt``: set by the strategy to stop waiting (the answer is complete, or failed); the
     members still running are cut with ``halt_reason()`` and the quorum is not checked.
-    Raises ``LayerFailed`` (or ``DeadlineExceeded``) when the quorum is missed."""
-    needed = run.config.min_successful_for(position)
+    Raises ``LayerFailed`` (or ``DeadlineExceeded``) when the quorum is missed.
+    ``partial``: these are some of the layer's members (a cascade's first ones): their
+    outputs come back unrecorded, for ``finish_layer`` once the layer is complete.
+    ``needed``: the quorum, when not the layer's configured one (a budget started fewer)."""
+    if needed is None:
+        needed = run.config.min_successful_for(position)
     started = run.now()
     policy = run.config.straggler
     outputs: dict[int, MemberOutput] = {}
@@ -98,16 +104,23 @@ async def supervise_layer(
         latency_s=round(run.now() - started, 6),
         min_successful=needed,
     )
+    if partial:
+        return layer
+    return finish_layer(run, layer, members.values(), halted=halt is not None and halt.is_set())
+
+
+def finish_layer(
+    run: Run, layer: LayerResult, calls: Iterable[Call], *, halted: bool = False
+) -> LayerResult:
+    """Record the finished ``layer`` and check its quorum (not when ``halted``)."""
     run.result.layers.append(layer)
     run.emit(LayerFinished(layer=layer.layer, result=layer, **run.stamp()))
-    if layer.answered >= needed or (halt is not None and halt.is_set()):
+    needed = layer.min_successful
+    if layer.answered >= needed or halted:
         return layer
+    ok = {m.index for m in layer.members if m.ok}
     # Transient if a failed member's last error was (a timeout, a 5xx, a rate limit...).
-    retryable = any(
-        c.error is not None and c.error.retryable
-        for c in members.values()
-        if not outputs[c.index].ok
-    )
+    retryable = any(c.error is not None and c.error.retryable for c in calls if c.index not in ok)
     raise_quorum_missed(run, layer, needed, retryable=retryable)
 
 

