@@ -5,6 +5,7 @@ reaches the stream."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from moakit.server import create_app
 from moakit.testing.models import FunctionModel
+from moakit.trace import TraceStore
 from server_harness import client, serve
 from tools_harness import (
     ASK,
@@ -320,3 +322,46 @@ def test_a_stack_that_cannot_call_tools_is_a_400_before_any_call() -> None:
     assert err["param"] == "tools" and "cannot call tools" in err["message"]
     assert not any(m.requests for m in models.values())
     assert proposer("x").profile.tools is False
+
+
+def test_tool_calls_through_a_traced_server(tmp_path: Path) -> None:
+    """With the trace store on (as `moa serve` runs by default), tool calls stream and are
+    recorded like any run."""
+    store = TraceStore(tmp_path / "traces.db")
+    stack, _ = tool_stack(agent_aggregator(calls(weather_call())))
+    body = {"model": "tools", "messages": ASK, "tools": [CHAT_WEATHER]}
+    with serve(create_app({"tools": stack}, api_keys=[], trace_store=store)) as base:
+        streamed = stream_post(base, "/chat/completions", body)
+        plain = httpx.post(f"{base}/chat/completions", json=body)
+    assert plain.status_code == 200 and plain.json()["choices"][0]["finish_reason"] == "tool_calls"
+    finishes = [c["choices"][0]["finish_reason"] for c in sse_events(streamed) if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+    store.flush()
+    rows = store.list_queries()
+    assert len(rows) == 2 and {r.status for r in rows} == {"complete"}
+    store.close()
+
+
+def test_a_response_format_applies_to_the_final_text_not_to_a_tool_call() -> None:
+    """With a JSON format and tools (pydantic-ai's native output does both), an answer made of
+    tool calls is passed on; the final text must still match the format."""
+    agg = agent_aggregator(calls(weather_call()))
+    agg.profile = agg.profile.but(response_format=True)
+    stack, _ = tool_stack(agg)
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "w", "schema": {"type": "object", "required": ["c"]}},
+    }
+    body = {"model": "tools", "messages": ASK, "tools": [CHAT_WEATHER], "response_format": fmt}
+    then = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [CALL_1]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+    ]
+    with serve(create_app({"tools": stack}, api_keys=[])) as base:
+        called = httpx.post(f"{base}/chat/completions", json=body)
+        final = httpx.post(f"{base}/chat/completions", json={**body, "messages": then})
+    assert called.status_code == 200, called.text
+    assert called.json()["choices"][0]["finish_reason"] == "tool_calls"
+    # FINAL is prose, not the JSON object the format asks for.
+    assert final.status_code == 502 and final.json()["error"]["code"] == "invalid_output"

@@ -97,7 +97,7 @@ class Decision(BaseModel):
     agreement, a cascade's escalation. ``skipped``: the calls not made (member labels, and
     ``aggregator``); ``calls_saved`` counts them."""
 
-    kind: Literal["early_exit", "escalate"]
+    kind: Literal["early_exit", "escalate", "budget", "route"]
     layer: int  # the layer whose answers were judged
     detail: str
     skipped: list[str] = Field(default_factory=list)

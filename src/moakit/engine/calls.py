@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moakit.config import ResolvedMember
+from moakit.engine.budget import Cost
 from moakit.engine.run import Run
 from moakit.engine.tool_calls import check_tool_calls
 from moakit.errors import CallErrorKind, ModelCallError
@@ -21,7 +22,7 @@ from moakit.events import MemberStarted
 from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Completion, Model, Usage
 from moakit.references import Reference
-from moakit.result import Attempt, MemberOutput
+from moakit.result import Attempt, Decision, MemberOutput
 from moakit.retry import backoff_delay
 
 OnText = Callable[[str], None]
@@ -43,6 +44,8 @@ class Call:
     references: Sequence[Reference] = ()
     attempts: list[Attempt] = field(default_factory=list)
     error: ModelCallError | None = None  # the last failed attempt's
+    # What the query's budget set aside for the attempt about to run (``engine.budget``).
+    reserved: Cost | None = None
     # The attempt in flight: its start, first-token time, text so far and reported usage.
     live_started: float | None = None
     live_ttft: float | None = None
@@ -129,6 +132,8 @@ async def call_with_retries(
     reason is ``call.error``). ``final_after_text``: an attempt that failed after producing
     text is not retried (the stream rule: that text has been shown). ``allow_empty``: an empty
     answer is an answer (a continuation of a partial answer may have nothing to add)."""
+    if call.error is not None and not call.attempts:
+        return None  # refused before it started (the query's budget cannot afford it)
     retries = call.spec.retries
     for number in range(retries + 1):
         completion = await _attempt(run, call, deadline_at, on_text, allow_empty)
@@ -144,6 +149,18 @@ async def call_with_retries(
         )
         delay = backoff_delay(run.config.retry, number, error.retry_after_s) if retrying else None
         retrying = delay is not None and run.time_left(delay, deadline_at)
+        if retrying and run.ledger is not None:
+            call.reserved, why = run.ledger.admit(call.spec, call.request)
+            if why is not None:
+                retrying = False
+                run.decide(
+                    Decision(
+                        kind="budget",
+                        layer=call.layer,
+                        detail=f"no retry of {call.spec.label}: {why} would be exceeded",
+                        skipped=[call.spec.label],
+                    )
+                )
         if on_failure is not None:
             on_failure(call, error, retrying)
         if not retrying or delay is None:
@@ -201,6 +218,9 @@ async def _attempt(
     except Exception as exc:  # an adapter bug must fail this call, not the query
         error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
     usage = call.live_usage or Usage()
+    if run.ledger is not None and call.reserved is not None:
+        run.ledger.settle(call.spec, call.reserved, (error.usage if error else None) or usage)
+        call.reserved = None
     if error is not None or completion is None:
         call.error = error or ModelCallError("no answer", kind="other")
         call.end(run.now(), usage=call.error.usage or usage, error=call.error.describe())

@@ -200,7 +200,9 @@ async def answer(
             elif isinstance(event, LayerFinished | ToolCalls):
                 yield event
             elif isinstance(event, RunFinished):
-                await check_output(event.result.final, query.request.response_format)
+                if not event.result.tool_calls:
+                    # An answer that calls tools is not the final answer the format is for.
+                    await check_output(event.result.final, query.request.response_format)
                 yield event.result
 
 

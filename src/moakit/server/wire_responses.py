@@ -40,6 +40,8 @@ class InputText(WireModel):
     type: Literal["input_text", "output_text"]
     text: Text
     annotations: NoItems | None = None
+    # An output message echoed back (an agent's loop) carries its logprobs: read, not used.
+    logprobs: list[Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
