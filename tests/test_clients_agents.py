@@ -1,5 +1,7 @@
-"""The OpenAI Agents SDK with ``moa serve`` as its Chat Completions model: an agent with two
-function tools runs its loop through the stack to the final answer, whole and streamed."""
+"""The OpenAI Agents SDK with ``moa serve`` as its model: an agent with two function tools runs
+its loop through the stack to the final answer, whole and streamed, on the Chat Completions wire
+(``OpenAIChatCompletionsModel``) and on the Responses wire (``OpenAIResponsesModel``, the SDK's
+default)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import openai
 import pytest
 from agents import (
     Agent,
+    Model,
     OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
     Runner,
     function_tool,
     set_tracing_disabled,
@@ -29,7 +33,14 @@ SCRIPT = ToolScript(
 )
 
 
-def weather_agent(stack: ToolStack, log: ToolLog) -> Agent:
+def sdk_model(stack: ToolStack, wire: str) -> Model:
+    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="unused", max_retries=0)
+    if wire == "responses":
+        return OpenAIResponsesModel(model=stack.model, openai_client=client)
+    return OpenAIChatCompletionsModel(model=stack.model, openai_client=client)
+
+
+def weather_agent(stack: ToolStack, log: ToolLog, wire: str = "chat") -> Agent:
     @function_tool
     def get_weather(city: str) -> str:
         """Current weather in a city."""
@@ -42,20 +53,20 @@ def weather_agent(stack: ToolStack, log: ToolLog) -> Agent:
         log.record("get_local_time", city=city, format=format)
         return "14:05"
 
-    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="unused", max_retries=0)
     return Agent(
         name="weather",
         instructions="Answer with the tools' help, briefly.",
         tools=[get_weather, get_local_time],
-        model=OpenAIChatCompletionsModel(model=stack.model, openai_client=client),
+        model=sdk_model(stack, wire),
     )
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
-async def test_an_agent_with_two_tools_runs_to_its_final_answer(streamed: bool) -> None:
+@pytest.mark.parametrize("wire", ["chat", "responses"])
+async def test_an_agent_with_two_tools_runs_to_its_final_answer(wire: str, streamed: bool) -> None:
     log = ToolLog()
     with serve_tool_stack(SCRIPT) as stack:
-        agent = weather_agent(stack, log)
+        agent = weather_agent(stack, log, wire)
         if streamed:
             run = Runner.run_streamed(agent, "What is the weather and the time in Paris?")
             async for _event in run.stream_events():
