@@ -20,6 +20,7 @@ from tools_harness import (
     ASK,
     CHAT_WEATHER,
     FINAL,
+    RESPONSES_WEATHER,
     agent_aggregator,
     calls,
     fresh_advice,  # noqa: F401  (autouse fixture)
@@ -365,3 +366,45 @@ def test_a_response_format_applies_to_the_final_text_not_to_a_tool_call() -> Non
     assert called.json()["choices"][0]["finish_reason"] == "tool_calls"
     # FINAL is prose, not the JSON object the format asks for.
     assert final.status_code == 502 and final.json()["error"]["code"] == "invalid_output"
+
+
+ODD_VALUES: list[Any] = [
+    None,
+    1,
+    "x",
+    [],
+    {},
+    [1],
+    [{}],
+    {"type": "function"},
+    {"type": "function", "function": {"name": 5}},
+    {"type": "function", "name": None},
+    [{"type": "function", "function": {"name": "f", "parameters": []}}],
+    [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#"}}}],
+    [{"type": "function", "name": "f", "parameters": {"properties": {"a": {"$ref": "#/x"}}}}],
+    [{"type": "function", "function": {"name": "f", "strict": "yes"}}],
+]
+
+
+async def test_odd_tool_fields_never_get_a_500() -> None:
+    """Every tool field with values of every JSON shape, on both wires: a 4xx (or an
+    answer), never a server error."""
+    stack, _ = tool_stack(agent_aggregator(calls(weather_call())))
+    app = create_app({"tools": stack}, api_keys=[])
+    wires = [
+        ("/v1/chat/completions", {"model": "tools", "messages": ASK, "tools": [CHAT_WEATHER]}),
+        ("/v1/responses", {"model": "tools", "input": "hi", "tools": [RESPONSES_WEATHER]}),
+    ]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+        for field in ("tools", "tool_choice", "parallel_tool_calls"):
+            for i, value in enumerate(ODD_VALUES):
+                for path, body in wires:
+                    stream = i % 2 == 0  # validation comes before the stream either way
+                    r = await c.post(path, json={**body, field: value, "stream": stream})
+                    assert r.status_code != 500 and "internal_error" not in r.text, (
+                        path,
+                        field,
+                        value,
+                        r.text[:300],
+                    )

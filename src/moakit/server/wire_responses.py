@@ -24,6 +24,7 @@ from moakit.server.text import Text, check_text
 from moakit.server.wire import Empty, NoItems, only_text, text_parts
 from moakit.server.wire_base import WireModel
 from moakit.server.wire_tools import (
+    CallId,
     CallIds,
     CallName,
     ChoiceValue,
@@ -68,7 +69,7 @@ class InputItem(WireModel):
     content: TextParts | None = None
     id: Text | None = None
     status: Text | None = None
-    call_id: Text | None = Field(default=None, min_length=1)
+    call_id: CallId | None = None
     name: CallName | None = None
     arguments: Text | None = None
     output: TextParts | None = None

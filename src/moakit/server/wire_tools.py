@@ -15,19 +15,22 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import AfterValidator, Field, JsonValue, model_validator
 from pydantic_core import PydanticCustomError
 
 from moakit.messages import ForceTool, ToolCall, ToolChoice, ToolSpec
 from moakit.server.errors import ApiError, bad_request
-from moakit.server.text import Text
+from moakit.server.text import Text, check_text
 from moakit.server.wire_base import WireModel
 
 # OpenAI's rule for a function's name (the engine checks the same before any call).
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # A call the client echoes back names a function it was given; any non-empty name is kept as
 # data (the aggregator sees it), the offered tools are what the engine checks calls against.
-CallName = Annotated[Text, Field(min_length=1, max_length=256)]
+CallName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(check_text)]
+# A call's id, as the client echoes it (constraints before the Unicode check, so a 400 for an
+# empty one says "string", not "item").
+CallId = Annotated[str, Field(min_length=1), AfterValidator(check_text)]
 
 
 def only_functions(data: Any) -> Any:
@@ -96,7 +99,7 @@ class CallFunction(WireModel):
 class ChatToolCall(WireModel):
     """A call in an assistant message the client sends back."""
 
-    id: Text = Field(min_length=1)
+    id: CallId
     type: Literal["function"]
     function: CallFunction
 
@@ -190,7 +193,9 @@ class CallIds:
 
 
 __all__ = [
+    "CallId",
     "CallIds",
+    "CallName",
     "ChatTool",
     "ChatToolCall",
     "ResponsesTool",
