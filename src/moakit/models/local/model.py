@@ -101,13 +101,17 @@ class LocalModel(Model):
                     if text or calls:
                         yield Chunk(text=text, tool_calls=tuple(calls))
                 elif isinstance(event, Finished):
-                    text, calls = reader.finish(truncated=event.finish_reason == "length")
-                    if text or calls:
-                        yield Chunk(text=text, tool_calls=tuple(calls))
                     usage = Usage(
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
                     )
+                    try:
+                        text, calls = reader.finish(truncated=event.finish_reason == "length")
+                    except ModelCallError as exc:  # the tokens were spent all the same
+                        exc.usage = usage
+                        raise
+                    if text or calls:
+                        yield Chunk(text=text, tool_calls=tuple(calls))
                     reason = event.finish_reason
                     if reader.calls and reason == "stop":
                         reason = "tool_calls"
