@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moakit.errors import QueryFailed
-from moakit.events import LayerFinished, TextDelta
+from moakit.events import LayerFinished, TextDelta, ToolCalls
 from moakit.server.errors import (
     UNSUPPORTED,
     ApiError,
@@ -34,6 +34,7 @@ from moakit.server.wire import (
     chunk_body,
     completion_body,
     finish_reason,
+    tool_call_deltas,
     usage_body,
     usage_chunk_body,
 )
@@ -74,10 +75,15 @@ def _stream(
 
     async def gen() -> AsyncIterator[str]:
         yield chunk({"role": "assistant", "content": ""})
+        calls_sent = 0
         try:
             async for item in answer(query, streaming=True):
                 if isinstance(item, TextDelta):
                     yield chunk({"content": item.text})
+                elif isinstance(item, ToolCalls):
+                    for delta in tool_call_deltas(item.calls, first_index=calls_sent):
+                        yield chunk(delta)
+                    calls_sent += len(item.calls)
                 elif isinstance(item, LayerFinished):
                     # Progress as an SSE comment: clients ignore it, curl users see it.
                     layer = item.result
