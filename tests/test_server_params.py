@@ -317,3 +317,26 @@ def test_a_previous_answer_can_be_sent_back(backend: FakeBackend) -> None:
         follow = [*USER, echoed, {"role": "user", "content": "and then?"}]
         again = sdk.chat.completions.create(model="fake", messages=follow)  # type: ignore[arg-type]
     assert again.choices[0].message.content
+
+
+def test_moa_budget_tightens_this_query_only(backend: FakeBackend) -> None:
+    app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
+    with serve(app) as base:
+        sdk = client(base)
+        cut = sdk.chat.completions.create(
+            model="fake",
+            messages=USER,
+            extra_body={"moa_budget": {"max_calls": 2}, "moa_details": True},
+        )
+        whole = sdk.chat.completions.create(model="fake", messages=USER)
+        bad = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "fake", "messages": USER, "moa_budget": {"max_calls": 0}},
+        )
+    details = cut.model_extra["moa"]  # type: ignore[index]
+    (decision,) = details["decisions"]
+    assert decision["kind"] == "budget" and decision["skipped"] == ["p2"]
+    assert cut.choices[0].message.content and whole.choices[0].message.content
+    received = [b["model"] for b in backend.stats.received]
+    assert received.count("p2") == 1  # only the query without a budget asked p2
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "moa_budget.max_calls"

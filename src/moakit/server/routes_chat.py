@@ -50,7 +50,10 @@ async def chat(state: ServerState, request: Request, access: Access) -> Response
         raise request_stacks_disabled()
     body = validate(ChatCompletionRequest, raw, UNSUPPORTED)
     access.model = body.model
-    query = await prepare(state, body.model, body.chat_request(), body.moa, run_id=access.id)
+    budget = body.moa_budget.config() if body.moa_budget is not None else None
+    query = await prepare(
+        state, body.model, body.chat_request(), body.moa, run_id=access.id, budget=budget
+    )
     slot = await admit(state, query)
     created = int(time.time())
     if body.stream:

@@ -23,6 +23,7 @@ from moakit.engine.tool_calls import check_tool_specs
 from moakit.errors import ConfigError, QueryFailed
 from moakit.events import Event, LayerFinished, RunFinished, TextDelta, ToolCalls
 from moakit.models.base import ChatRequest, Model
+from moakit.policies import BudgetConfig
 from moakit.result import Result
 from moakit.schema import OutputInvalid, SchemaRefused, check_answer, check_schema
 from moakit.server.errors import ApiError, bad_request, query_error
@@ -54,6 +55,7 @@ class Query:
     owned: bool  # built for this request (a request stack): closed when it ends
     run_id: str | None = None  # the request id, so logs, traces and results share one id
     recorder: TraceRecorder | None = None
+    budget: BudgetConfig | None = None  # the request's own limits (``moa_budget``)
 
     async def aclose(self) -> None:
         if self.owned:
@@ -79,6 +81,7 @@ async def prepare(
     run_id: str,
     schema_param: str = CHAT_SCHEMA_PARAM,
     tool_param: ToolParam = same_path,
+    budget: BudgetConfig | None = None,
 ) -> Query:
     await check_response_format(request.response_format, schema_param)
     await check_tools(request, tool_param)
@@ -105,8 +108,15 @@ async def prepare(
             run_id=run_id,
             recorder=state.recorder,
         )
+    query.budget = budget
     try:
         check_capabilities(query.stack, request)
+        if budget is not None and not getattr(query.stack.strategy, "budgets", False):
+            raise bad_request(
+                f"moa_budget is not supported by the {query.stack.config.strategy!r} strategy",
+                "moa_budget",
+                "unsupported_parameter",
+            )
     except ApiError:
         await query.aclose()
         raise
@@ -186,10 +196,15 @@ async def answer(
             run_id=query.run_id,
             streaming=streaming,
             member_deltas=False,
+            budget=query.budget,
         )
         if query.recorder is not None
         else query.stack.events(
-            query.request, run_id=query.run_id, streaming=streaming, member_deltas=False
+            query.request,
+            run_id=query.run_id,
+            streaming=streaming,
+            member_deltas=False,
+            budget=query.budget,
         )
     )
     async with aclosing(events):

@@ -22,6 +22,7 @@ from moakit.messages import (
     ToolResult,
     call_to_openai,
 )
+from moakit.policies import BudgetConfig
 from moakit.result import Result
 from moakit.server.errors import bad_request
 from moakit.server.request_stack import RequestStack
@@ -191,6 +192,19 @@ Empty = Annotated[dict[str, Any], Field(max_length=0)]
 NoItems = Annotated[list[Any], Field(max_length=0)]
 
 
+class MoaBudget(WireModel):
+    """``moa_budget``: this query's spending limits (each the smaller of this and the
+    stack's own); the engine cuts members and layers to stay within them."""
+
+    max_calls: int | None = Field(default=None, ge=1, le=10_000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_latency_s: float | None = Field(default=None, gt=0)
+
+    def config(self) -> BudgetConfig:
+        return BudgetConfig(**self.model_dump())
+
+
 class ChatCompletionRequest(WireModel):
     model: Text = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -208,9 +222,11 @@ class ChatCompletionRequest(WireModel):
     response_format: ResponseFormat | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    # moakit's own: a stack sent with the request, and the per-layer breakdown.
+    # moakit's own: a stack sent with the request, the per-layer breakdown, and a budget for
+    # this query (it can only tighten the stack's own, ``engine.budget``).
     moa: RequestStack | None = None
     moa_details: bool | None = None
+    moa_budget: MoaBudget | None = None
     # Harmless metadata: accepted, not forwarded to any backend.
     user: Text | None = None
     metadata: dict[str, Text] | None = None
