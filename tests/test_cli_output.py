@@ -196,3 +196,16 @@ def test_progress_lines_never_split_a_streaming_answer() -> None:
     lines = screen.getvalue().splitlines()
     assert lines[0] == "The answer is 72."
     assert any(line.startswith("  ✓ p#1") for line in lines[1:])
+
+
+def test_json_shows_the_decisions_of_an_adaptive_stack(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    stack = write_stack(tmp_path, backend.base_url, ["p1", "p2", "p3"])
+    stack.write_text(stack.read_text() + "[budget]\nmax_calls = 3\n")
+    proc = moa("ask", "--json", "--config", str(stack), "hi")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    (decision,) = result["decisions"]
+    assert decision["kind"] == "budget" and decision["skipped"] == ["p3"]
+    assert decision["calls_saved"] == 1 and result["llm_calls"] == 3

@@ -665,3 +665,90 @@ def test_a_compromised_member_is_distrusted_by_the_trust_defense(
     assert len(records) == 6  # (an empty run would pass the loop below)
     for record in records.values():
         assert record["defenses"][0]["dropped"] == ["m#3"]
+
+
+def test_the_frontier_counts_what_adaptive_systems_spend_and_tests_them_against_full_moa(
+    stack_file: Path, dataset: Path, tmp_path: Path
+) -> None:
+    # The cascade asks two proposers (seeds 1 and 2) first: both are right, and so agree,
+    # exactly when q % 3 == 0 (q3, q6); otherwise it escalates to the whole stack.
+    adaptive = tmp_path / "fake3-adaptive.toml"
+    adaptive.write_text(
+        stack_file.read_text().replace('name = "fake3"', 'name = "fake3-adaptive"')
+        + '\n[adaptive]\nearly_exit = { rule = "answer" }\n'
+        + 'cascade = { first = 2, order = "position" }\n'
+    )
+    out = tmp_path / "frontier"
+    args = ["eval", "run", "--dataset", str(dataset), "--out", str(out), "--scorer", "number"]
+    for spec in (f"single:{stack_file}", f"moa:{stack_file}", f"moa:{adaptive}"):
+        args += ["--system", spec]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    per_item = summary["frontier"]["per_item"]
+    full, cheap = per_item["moa:fake3"], per_item["moa:fake3-adaptive"]
+    assert full["calls_mean"] == 4 and full["early_exits"] == 0
+    assert cheap["early_exits"] == 2 and cheap["escalations"] == 4
+    # Exits cost 2 calls (saving the third proposer and the aggregator), the rest 4.
+    assert cheap["calls_mean"] == (2 * 2 + 4 * 4) / 6 and cheap["calls_saved"] == 4
+    (test,) = summary["frontier"]["adaptive_vs_full"]
+    assert (test["system"], test["reference"]) == ("moa:fake3-adaptive", "moa:fake3")
+    assert "## Spend per item (the frontier)" in (out / "report.md").read_text()
+    assert (out / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_moa_eval_route_trains_on_one_split_and_judges_on_another(
+    stack_file: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "many.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "answer": str(i), "id": f"q{i}"}) + "\n"
+            for i in range(1, 13)
+        )
+    )
+    out = tmp_path / "route"
+    ran = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "run",
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+            "--scorer",
+            "number",
+            "--system",
+            f"moa:{stack_file}",
+        ],
+        catch_exceptions=False,
+    )
+    assert ran.exit_code == 0, ran.output
+    saved = tmp_path / "router.json"
+    args = [
+        "eval",
+        "route",
+        "--out",
+        str(out),
+        "--system",
+        "moa:fake3",
+        "--train",
+        "0:6",
+        "--test",
+        "6:12",
+        "--save",
+        str(saved),
+        "--k",
+        "1",
+    ]
+    routed = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert routed.exit_code == 0, routed.output
+    judged = json.loads(routed.stdout)
+    assert judged["items"] == 6 and judged["members_all"] == 3
+    # Every item had two right members of three, so calling all is always right; k=1 routes
+    # to the members right on the single nearest training item.
+    assert judged["any_right_all"] == 1.0 and 1 <= judged["members_mean"] <= 3
+    assert json.loads(saved.read_text())["format"] == "moakit-knn-router/1"
+    overlap = CliRunner().invoke(cli, [*args[:8], "--test", "3:9"])
+    assert overlap.exit_code != 0 and "overlap" in overlap.output

@@ -133,9 +133,7 @@ async def test_a_member_streams_only_when_something_reads_its_stream() -> None:
     quiet = counted()
     async with Stack(two_layers(), models=quiet) as stack:
         result = await stack.run(CONV)
-    assert {n: (m.streamed, m.plain) for n, m in quiet.items()} == {
-        n: (0, 1) for n in quiet
-    }
+    assert {n: (m.streamed, m.plain) for n, m in quiet.items()} == {n: (0, 1) for n in quiet}
     assert all(c.ttft_s is None for c in result.calls())
     # The answer streams to its reader; proposer deltas are not wanted (the server's way).
     served = counted()

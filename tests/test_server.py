@@ -172,7 +172,7 @@ async def test_input_errors_never_500() -> None:
         r = await post({"model": "fake", "messages": USER, "n": 2})
         assert r.status_code == 400 and r.json()["error"]["param"] == "n"
         r = await post({"model": "fake", "messages": USER, "tools": [{"type": "function"}]})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools.0.function"
         image = [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]
         r = await post({"model": "fake", "messages": [{"role": "user", "content": image}]})
         assert r.status_code == 400 and "image_url" in r.json()["error"]["message"]

@@ -156,7 +156,7 @@ _message = st.fixed_dictionaries(
         "role": st.sampled_from(["user", "system", "developer", "assistant", "tool", "robot"]),
         "content": st.one_of(_strings, st.lists(_part, max_size=3), _json),
     },
-    optional={"name": _strings, "tool_calls": _json, "refusal": _json},
+    optional={"name": _strings, "tool_calls": _json, "refusal": _json, "tool_call_id": _json},
 )
 _stack = st.one_of(
     st.just({"layers": [[{"endpoint": "fake", "model": "p1"}]], "aggregator": {"model": "agg"}}),
@@ -204,7 +204,13 @@ _input_item = st.fixed_dictionaries(
             _json,
         ),
     },
-    optional={"type": st.sampled_from(["message", "function_call", "reasoning"])},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning"]),
+        "call_id": _json,
+        "name": _json,
+        "arguments": _json,
+        "output": _json,
+    },
 )
 _responses_fields = sorted(ResponsesRequest.model_fields)
 _responses_body = st.fixed_dictionaries(

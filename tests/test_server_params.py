@@ -61,8 +61,6 @@ def test_sampling_parameters_reach_the_aggregator_only(backend: FakeBackend) -> 
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logit_bias": {"42": 5}}, "logit_bias"),
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
         ({"audio": {"voice": "x"}}, "audio"),
         ({"modalities": ["text", "audio"]}, "modalities"),
     ],
@@ -83,27 +81,40 @@ def test_parameters_not_honoured_are_refused_by_name(
 
 
 @pytest.mark.parametrize(
-    "message",
+    ("extra", "param", "replacement"),
     [
-        {"role": "tool", "tool_call_id": "c1", "content": "42"},
-        {"role": "function", "name": "f", "content": "42"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}],
-        },
+        ({"functions": [{"name": "f"}]}, "functions", "'tools'"),
+        ({"function_call": "auto"}, "function_call", "'tool_choice'"),
+        (
+            {"messages": [*USER, {"role": "function", "name": "f", "content": "42"}]},
+            "messages.1",
+            "role 'tool'",
+        ),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                ]
+            },
+            "messages.1",
+            "'tool_calls'",
+        ),
     ],
 )
-def test_tool_messages_get_the_tool_calls_error(
-    backend: FakeBackend, message: dict[str, Any]
+def test_the_legacy_functions_api_is_refused_naming_its_replacement(
+    backend: FakeBackend, extra: dict[str, Any], param: str, replacement: str
 ) -> None:
     app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
-    with serve(app) as base, pytest.raises(openai.BadRequestError) as info:
-        client(base).chat.completions.create(model="fake", messages=[*USER, message])  # type: ignore[list-item]
-    err = info.value.body
-    assert isinstance(err, dict)
-    assert err["message"] == "tool calls are not supported (messages.1)"
-    assert err["param"] == "messages.1"
+    with serve(app) as base:
+        r = httpx.post(
+            f"{base}/chat/completions", json={"model": "fake", "messages": USER, **extra}
+        )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == "unsupported_parameter"
+    assert "deprecated functions API" in err["message"] and replacement in err["message"]
+    assert backend.stats.requests == 0
 
 
 def test_sdk_parse_gets_the_format_on_the_aggregator_only() -> None:
@@ -306,3 +317,26 @@ def test_a_previous_answer_can_be_sent_back(backend: FakeBackend) -> None:
         follow = [*USER, echoed, {"role": "user", "content": "and then?"}]
         again = sdk.chat.completions.create(model="fake", messages=follow)  # type: ignore[arg-type]
     assert again.choices[0].message.content
+
+
+def test_moa_budget_tightens_this_query_only(backend: FakeBackend) -> None:
+    app = create_app({"fake": fake_stack(backend.base_url)}, api_keys=[])
+    with serve(app) as base:
+        sdk = client(base)
+        cut = sdk.chat.completions.create(
+            model="fake",
+            messages=USER,
+            extra_body={"moa_budget": {"max_calls": 2}, "moa_details": True},
+        )
+        whole = sdk.chat.completions.create(model="fake", messages=USER)
+        bad = httpx.post(
+            f"{base}/chat/completions",
+            json={"model": "fake", "messages": USER, "moa_budget": {"max_calls": 0}},
+        )
+    details = cut.model_extra["moa"]  # type: ignore[index]
+    (decision,) = details["decisions"]
+    assert decision["kind"] == "budget" and decision["skipped"] == ["p2"]
+    assert cut.choices[0].message.content and whole.choices[0].message.content
+    received = [b["model"] for b in backend.stats.received]
+    assert received.count("p2") == 1  # only the query without a budget asked p2
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "moa_budget.max_calls"

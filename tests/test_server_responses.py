@@ -102,11 +102,15 @@ def test_responses_stream_failure_is_response_failed() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools.0"),
         ({"background": True}, "background"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input.0"),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+            "input.0.call_id",  # answers no earlier function_call
+        ),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input.0"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content.0"),
     ],
 )

@@ -23,7 +23,7 @@ from moakit.trace.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 from moakit.trace.pg_migrations import MIGRATIONS as PG_MIGRATIONS
 from moakit.trace.pg_migrations import applied
 from moakit.trace.postgres import PostgresTraceStore, safe_url
-from moakit.trace.records import CallRecord, QueryRecord
+from moakit.trace.records import CallRecord, QueryRecord, ToolCallRecord
 from pg_harness import fresh_database, postgres_server
 
 
@@ -71,7 +71,12 @@ def _write_and_read(store: BaseTraceStore) -> dict[str, Any]:
     store.query_started(q)
     store.call_finished(_call(q.id, 0, "first"))
     store.call_finished(_call(q.id, 1, "nul \x00 inside"))
+    calling = _call(q.id, 2, "")
+    calling.tool_calls = [ToolCallRecord("call_1", "get_weather", '{"city": "Paris"}')]
+    store.call_finished(calling)
     q.status, q.output, q.latency_s = "complete", "final answer", 1.5
+    q.tool_calls = list(calling.tool_calls)
+    q.advice, q.advice_from = "reused", "an-earlier-run"
     store.query_finished(q, [])
     assert store.flush()
     record = store.get(store.resolve("abcd") or "")
@@ -87,9 +92,15 @@ def test_postgres_reads_back_what_sqlite_does(pg_url: str, tmp_path: Path) -> No
         assert from_pg["calls"][1]["output"] == "nul \ufffd inside"
         from_pg["calls"][1]["output"] = from_lite["calls"][1]["output"]
         assert from_pg == from_lite
+        # Tool calls and the advice state (issue 23) come back from both.
+        call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+        assert from_pg["calls"][2]["tool_calls"] == [{**call, "arguments_hash": None}]
+        assert from_pg["query"]["tool_calls"] == from_pg["calls"][2]["tool_calls"]
+        assert from_pg["query"]["advice"] == "reused"
+        assert from_pg["query"]["advice_from"] == "an-earlier-run"
         assert pg.dropped == 0
         assert [q.id for q in pg.list_queries(status="complete")] == ["abcd1234"]
-        assert pg.stats().queries == 1 and pg.stats().calls == 2
+        assert pg.stats().queries == 1 and pg.stats().calls == 3
         assert pg.prune(1.0) == 1 and pg.stats().queries == 0
 
 
@@ -102,6 +113,32 @@ def test_migrations_mirror_sqlite_and_survive_concurrent_opening(pg_url: str) ->
         store.close()
     with psycopg.connect(pg_url, row_factory=psycopg.rows.dict_row) as db:
         assert applied(db) == [name for name, _ in PG_MIGRATIONS]
+
+
+def test_a_database_from_before_tools_migrates_forward(pg_url: str) -> None:
+    names = [name for name, _ in PG_MIGRATIONS]
+    shipped = names.index("m004_tool_calls")
+    # The database as the moakit before tools left it: its migrations, and a query.
+    with psycopg.connect(pg_url, autocommit=True, row_factory=psycopg.rows.dict_row) as db:
+        db.execute(
+            "CREATE TABLE _moakit_migrations "
+            "(seq SERIAL, name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
+        )
+        for name, fn in PG_MIGRATIONS[:shipped]:
+            fn(db)
+            db.execute("INSERT INTO _moakit_migrations (name, applied_at) VALUES (%s, 0)", (name,))
+        db.execute(
+            "INSERT INTO queries (id, stack_name, start_time, status, output)"
+            " VALUES ('old-run', 's', 1.0, 'complete', 'an old answer')"
+        )
+    with PostgresTraceStore(pg_url) as store:
+        old = store.get("old-run")
+        assert old is not None and old.query.output == "an old answer"
+        assert old.query.tool_calls == [] and old.query.advice is None
+        from_new = _write_and_read(store)
+    assert from_new["query"]["advice"] == "reused"
+    with psycopg.connect(pg_url, row_factory=psycopg.rows.dict_row) as db:
+        assert applied(db) == names
 
 
 def test_password_never_shown(pg_server: str) -> None:

@@ -7,6 +7,8 @@ Screenshots land in ``test-artifacts/`` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -15,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from moakit import Stack, parse_config
+from moakit.messages import Message, ToolCall, ToolSpec
 from moakit.models.base import ChatRequest
 from moakit.testing.fake_backend import Behavior, FakeBackend, Fault
 from moakit.testing.models import FunctionModel
-from moakit.trace import TraceStore
+from moakit.trace import TraceRecorder, TraceStore, traced_run
+from trace_helpers import tool_stack
 from ui_app import ServerThread, make_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,6 +37,13 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 KEY = "browser-key-42"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 # An answer that would run script (and show an image) if it were ever rendered as HTML.
 HOSTILE = (
     '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -168,3 +179,83 @@ def test_playground_run_and_trace_viewer_in_chromium(ui: tuple[str, TraceStore])
     assert store.flush()
     [query] = store.list_queries()
     assert query.status == "complete" and query.source == "ui"
+
+
+# A tool call whose arguments would run script if they were ever rendered as HTML.
+TOOL_ARGS = json.dumps({"city": '<img src=x onerror="window.__pwned = 3"> [b]Paris[/b]'})
+
+
+def test_tool_calls_and_tool_results_are_shown_as_text(tmp_path: Path) -> None:
+    """The live run shows the answer's ToolCalls event and the advice state; the trace viewer
+    shows each call's tool calls and, in the input, the tool's result: all of it as text."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
+    stack = tool_stack(TOOL_ARGS, name="tools-stack")
+    store = TraceStore(tmp_path / "tools.db")
+    tools = [ToolSpec.from_openai(WEATHER).to_openai()]
+
+    def offer_tools(route: Route) -> None:
+        # The playground offers no tools itself; an API client does, as this adds them.
+        body = route.request.post_data_json
+        route.continue_(post_data=json.dumps({**body, "tools": tools}))
+
+    try:
+        app = make_app(store, {"tools-stack": stack}, None)
+        with ServerThread(app) as server, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.route("**/ui/api/run", offer_tools)
+                page.goto(f"{server.url}/ui")
+                page.fill("#question", "Weather in Paris?")
+                page.click("#run-button")
+                expect(page.locator("#run-status")).to_have_text("done", timeout=30_000)
+                shown = f"get_weather({TOOL_ARGS})"
+                expect(page.locator("#final-calls .tool-call-text")).to_have_text(shown)
+                expect(page.locator("#run-advice")).to_contain_text("advice fresh")
+                agg = page.locator("#live-grid .card[data-role='aggregator']")
+                expect(agg.locator(".tool-call-text")).to_have_text(shown)
+                run_id = page.locator("#open-trace").get_attribute("data-run-id")
+
+                # The agent runs the tool and sends the result back (a library loop here);
+                # the same user turn reuses the proposers' advice.
+                follow = [
+                    Message.user("Weather in Paris?"),
+                    Message.assistant("", [ToolCall("call_1", "get_weather", TOOL_ARGS)]),
+                    Message.tool("call_1", "<script>window.__pwned = 4</script> 18 C"),
+                ]
+                request = ChatRequest(messages=follow, tools=(ToolSpec.from_openai(WEATHER),))
+                recorder = TraceRecorder(store, stack=stack)
+                # In a thread of its own: Playwright's sync API holds this thread's loop.
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    follow_up = traced_run(stack, request, recorder, run_id="tools-followup")
+                    pool.submit(asyncio.run, follow_up).result(30)
+                assert store.flush()
+
+                page.goto(f"{server.url}/ui#/traces/{run_id}")
+                expect(page.locator("#trace-final-calls .tool-call-text")).to_have_text(shown)
+                page.click("#trace-grid .card[data-role='aggregator']")
+                expect(page.locator("#member-calls .tool-call-text")).to_have_text(shown)
+                page.click("#member-close")
+
+                page.goto(f"{server.url}/ui#/traces/tools-followup")
+                header = page.locator("#trace-header")
+                expect(header).to_contain_text(f"advice reused from run {run_id}")
+                result = header.locator(".message[data-role='tool']")
+                expect(result).to_contain_text("tool result for call_1")
+                expect(result).to_contain_text("<script>window.__pwned = 4</script> 18 C")
+                call = header.locator(".message[data-role='assistant'] .tool-call-text")
+                expect(call).to_have_text(shown)
+                page.screenshot(path=str(ARTIFACTS / "ui-tools.png"), full_page=True)
+                assert page.locator("main img, main script, aside img").count() == 0
+                assert page.evaluate("() => window.__pwned === undefined")
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        store.close()
+        asyncio.run(stack.aclose())

@@ -62,3 +62,23 @@ def raw_bytes(path: Path) -> bytes:
         if p.exists():
             data += p.read_bytes()
     return data
+
+
+def tool_stack(arguments: str, name: str = "tools-ui") -> Stack:
+    """One proposer and an aggregator that can call tools: it answers with a ``get_weather``
+    call of ``arguments``, or with text once a tool result is in the conversation."""
+    from moakit.messages import Completion, ToolCall
+
+    def aggregator(request: ChatRequest) -> Completion:
+        if any(m.role == "tool" for m in request.messages):
+            return Completion(text="It is sunny.")
+        return Completion(text="", tool_calls=(ToolCall("call_1", "get_weather", arguments),))
+
+    config = parse_config(
+        {"name": name, "layers": [[{"model": "a"}]], "aggregator": {"model": "agg"}}
+    )
+    models = {
+        "a": FunctionModel(lambda r: "call get_weather", name="a"),
+        "agg": FunctionModel(aggregator, name="agg", tools=True),
+    }
+    return Stack(config, models=models)

@@ -33,8 +33,10 @@ from moakit.members import looks_embedded as looks_embedded
 from moakit.policies import (
     AdaptiveConfig,
     AdviceConfig,
+    BudgetConfig,
     ReferencesConfig,
     RetryPolicy,
+    RouterConfig,
     StaircaseConfig,
     StragglerPolicy,
     StrictModel,
@@ -43,6 +45,7 @@ from moakit.policies import (
 from moakit.prompts import AGGREGATE_AND_SYNTHESIZE
 
 PRESET_SUFFIXES = (".toml", ".yaml", ".yml")
+
 
 class AggregatorSpec(MemberSpec):
     """The final model. ``fallbacks`` take over, in order, if it fails."""
@@ -101,6 +104,12 @@ class StackConfig(StrictModel):
     adaptive: AdaptiveConfig = Field(
         default_factory=AdaptiveConfig, exclude_if=lambda value: value == AdaptiveConfig()
     )
+    # Per-query spending limits (``engine.budget``); a request may tighten them.
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, exclude_if=lambda value: value == BudgetConfig()
+    )
+    # Which members each query is worth (``moakit.routing``); none: every member, always.
+    router: RouterConfig | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _embedded_needs_local(self) -> StackConfig:

@@ -73,5 +73,12 @@ def register_trace_stores(register: Register) -> None:
 
 
 @hookspec
+def register_routers(register: Register) -> None:
+    """``register(name, factory)``: ``factory(options) -> router``, whose
+    ``select(query, layer, members)`` returns the members worth calling for that query (see
+    ``moakit.routing``); a stack names it in ``[router]``."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``moa`` click group ``cli``."""

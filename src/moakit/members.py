@@ -70,6 +70,10 @@ class MemberSpec(StrictModel):
     # untrusted member's references are labelled to the next layer, or dropped when enough
     # trusted members answered. Nothing changes while that transform is off.
     trust: Literal["trusted", "untrusted"] = "trusted"
+    # Built-in tools the member may use inside its own answer (``engine.member_tools``):
+    # "python" runs a program it writes in ``moakit.sandbox`` and shows it the output. Left out
+    # of the dump (and of config hashes) when empty, so existing stacks keep their identity.
+    tools: list[Literal["python"]] = Field(default_factory=list, exclude_if=lambda v: not v)
 
     @property
     def display(self) -> str:

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "moakit.defenses.plugin",
     "moakit.trace.open",
     "moakit.eval.plugin",
+    "moakit.routing",
 )
 
 # Hook name -> what the registry calls that kind (in errors and ``moa plugins``).
@@ -45,6 +46,7 @@ KINDS = {
     "register_datasets": "dataset",
     "register_scorers": "scorer",
     "register_trace_stores": "trace store",
+    "register_routers": "router",
 }
 
 
@@ -124,6 +126,10 @@ class Registry:
     @property
     def trace_stores(self) -> Kind:
         return self.kinds["register_trace_stores"]
+
+    @property
+    def routers(self) -> Kind:
+        return self.kinds["register_routers"]
 
     def contributions(self, plugin: str) -> Iterator[tuple[str, str]]:
         """``(kind label, name)`` of everything ``plugin`` registered."""

@@ -4,7 +4,7 @@ the options of the vote and staircase strategies. ``moakit.config`` re-exports e
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -174,3 +174,45 @@ class AdaptiveConfig(StrictModel):
         if self.cascade is not None and self.early_exit is None:
             raise ValueError("cascade escalates on disagreement: set early_exit too")
         return self
+
+
+class BudgetConfig(StrictModel):
+    """Hard limits on what one query may spend (``engine.budget``). The engine never starts a
+    call that could break one: it calls fewer members, runs fewer layers, or goes straight to
+    the aggregator (whose share is reserved from the start), and records each cut as a
+    ``budget`` decision. Token and cost limits bound each call by its ``max_tokens`` (a member
+    without one is given ``default_max_tokens``); prompts are counted at 3 characters a token,
+    an over-estimate for English and code. ``max_latency_s`` starts no proposer layer that the
+    previous one's duration says would end past 70% of it."""
+
+    max_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_latency_s: float | None = Field(default=None, gt=0)
+    default_max_tokens: int = Field(default=512, ge=1)
+
+    def tighter(self, other: BudgetConfig | None) -> BudgetConfig:
+        """Each limit the smaller of this one's and ``other``'s (a request within the stack's)."""
+        if other is None:
+            return self
+        merged = {}
+        for name in ("max_calls", "max_tokens", "max_cost_usd", "max_latency_s"):
+            values = [v for v in (getattr(self, name), getattr(other, name)) if v is not None]
+            merged[name] = min(values) if values else None
+        return BudgetConfig(**merged, default_max_tokens=self.default_max_tokens)
+
+    @property
+    def limited(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.max_calls, self.max_tokens, self.max_cost_usd, self.max_latency_s)
+        )
+
+
+class RouterConfig(StrictModel):
+    """A router (``moakit.routing``): which members a query is worth, chosen before any is
+    called. ``name`` is a registered router; ``options`` are its own (the built-in ``knn``
+    takes ``file``, ``k``, ``margin``, ``min_members``)."""
+
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)

@@ -23,6 +23,16 @@ class Attempt(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class ToolExchange(BaseModel):
+    """One use of a built-in tool inside a member's answer (``engine.member_tools``): the
+    call the member made, what the tool returned, and whether it ran cleanly."""
+
+    call: ToolCall
+    result: str
+    ok: bool
+    round: int  # 1-based: the model call that made it (parallel calls share a round)
+
+
 class StairStep(BaseModel):
     """One step of a staircase writer (an aggregator, or a member above layer 1): the
     reference text it had seen, in characters per reference label, and how many characters of
@@ -59,6 +69,9 @@ class MemberOutput(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     # Staircase strategy only: the writer's steps in order (empty for the layered strategy).
     steps: list[StairStep] = Field(default_factory=list)
+    # A tool-using member: each built-in tool it used, in order; every exchange cost one more
+    # model call (counted in ``Result.llm_calls``).
+    tool_exchanges: list[ToolExchange] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,7 +110,7 @@ class Decision(BaseModel):
     agreement, a cascade's escalation. ``skipped``: the calls not made (member labels, and
     ``aggregator``); ``calls_saved`` counts them."""
 
-    kind: Literal["early_exit", "escalate"]
+    kind: Literal["early_exit", "escalate", "budget", "route"]
     layer: int  # the layer whose answers were judged
     detail: str
     skipped: list[str] = Field(default_factory=list)
@@ -154,8 +167,8 @@ class Result(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def llm_calls(self) -> int:
-        """Every request sent: retries and cut stragglers included."""
-        return sum(len(m.attempts) for m in self.calls())
+        """Every request sent: retries, cut stragglers and tool rounds included."""
+        return sum(len(m.attempts) + _tool_rounds(m) for m in self.calls())
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -183,3 +196,8 @@ class Result(BaseModel):
     def truncated(self) -> bool:
         agg = self.aggregator
         return bool(agg and agg.truncated)
+
+
+def _tool_rounds(member: MemberOutput) -> int:
+    """Model calls a tool-using member made beyond one per attempt: one per round of calls."""
+    return len({e.round for e in member.tool_exchanges})

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from moakit.cli.literal import literal, one_line
+from moakit.cli.tools_file import load_tools
 from moakit.config import resolve_stack
 from moakit.engine import Stack
 from moakit.errors import QueryFailed
@@ -32,7 +33,9 @@ from moakit.events import (
     RunFailed,
     RunFinished,
     TextDelta,
+    ToolCalls,
 )
+from moakit.messages import ChatRequest, ToolCall, ToolSpec
 from moakit.models.base import Message
 from moakit.result import Result
 from moakit.trace import TraceRecorder, TraceStoreError, default_recorder, traced_run
@@ -103,6 +106,13 @@ class TerminalView:
                 self.out.write(self.show(event.text))
                 self.out.flush()
                 self.wrote_text = True
+        elif isinstance(event, ToolCalls):
+            # The answer's tool calls, for the caller to run: part of the answer, on stdout.
+            if self.out is not None and event.calls:
+                lead = "\n" if self.wrote_text else ""
+                self.out.write(lead + "\n".join(self.show(tool_call_line(c)) for c in event.calls))
+                self.out.flush()
+                self.wrote_text = True
         elif isinstance(event, LayerStarted):
             self.line((f"layer {event.layer}", "bold"), f": {len(event.members)} members")
         elif isinstance(event, MemberFinished):
@@ -155,6 +165,22 @@ class TerminalView:
         self._held.clear()
 
 
+def tool_call_line(call: ToolCall) -> str:
+    """``tool call: get_weather({"city": "Paris"})``: the call as the model wrote it (plain
+    text: written to the answer stream, never through Rich)."""
+    return f"tool call: {call.name}({call.arguments})"
+
+
+tools_option = click.option(
+    "--tools",
+    "tools_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Offer these function tools (a JSON file: an OpenAI-style tools array). The answer "
+    "may then be tool calls, printed as `tool call: NAME(ARGUMENTS)`.",
+)
+
+
 def recorder_or_warning(stack: Stack, progress: Console) -> TraceRecorder | None:
     """The default recorder; when the trace store cannot be used (a corrupt or foreign file),
     a warning and no recording: a broken audit trail never stops an answer."""
@@ -168,24 +194,37 @@ def recorder_or_warning(stack: Stack, progress: Console) -> TraceRecorder | None
 
 
 async def answer(
-    stack: Stack, messages: list[Message], view: TerminalView, recorder: TraceRecorder | None
+    stack: Stack,
+    messages: list[Message],
+    view: TerminalView,
+    recorder: TraceRecorder | None,
+    tools: tuple[ToolSpec, ...] = (),
 ) -> Result:
     # Streamed when the answer is shown as it comes; otherwise retries stay free.
     streaming = view.out is not None
+    request = ChatRequest(messages=tuple(messages), tools=tools)
     if recorder is None:
-        return await stack.run(messages, observers=[view], streaming=streaming)
-    return await traced_run(stack, messages, recorder, observers=[view], streaming=streaming)
+        return await stack.run(request, observers=[view], streaming=streaming)
+    return await traced_run(stack, request, recorder, observers=[view], streaming=streaming)
 
 
 @click.command("ask")
 @click.argument("question", required=False)
 @with_stack_options
+@tools_option
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def ask_cmd(
-    question: str | None, preset: str | None, config_path: Path | None, as_json: bool, quiet: bool
+    question: str | None,
+    preset: str | None,
+    config_path: Path | None,
+    tools_path: Path | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Answer QUESTION (or stdin when piped) with a MoA stack."""
+    # Checked before reading stdin or building the stack: a bad file fails fast.
+    tools = load_tools(tools_path) if tools_path is not None else ()
     if question is None:
         if sys.stdin.isatty():
             raise click.UsageError("give a question, or pipe one on stdin")
@@ -200,7 +239,7 @@ def ask_cmd(
             # Every CLI query is recorded (MOAKIT_TRACE=0 turns it off): `moa trace list`.
             # The store's writer commits what is queued before the process exits.
             recorder = recorder_or_warning(stack, view.progress)
-            return await answer(stack, [Message.user(question)], view, recorder)
+            return await answer(stack, [Message.user(question)], view, recorder, tools)
 
     try:
         result = asyncio.run(go())

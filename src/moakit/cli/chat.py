@@ -19,9 +19,11 @@ from moakit.cli.ask import (
     answer,
     progress_console,
     recorder_or_warning,
+    tools_option,
     with_stack_options,
 )
 from moakit.cli.literal import one_line
+from moakit.cli.tools_file import load_tools
 from moakit.config import StackConfig, resolve_stack
 from moakit.engine import Stack
 from moakit.errors import QueryFailed
@@ -31,14 +33,18 @@ HELP = """commands:
   /help         this list
   /clear        forget the conversation so far
   /exit, /quit  leave (Ctrl-D too)
-Ctrl-C while an answer is being written stops that answer; the chat goes on."""
+Ctrl-C while an answer is being written stops that answer; the chat goes on.
+With --tools, an answer may be tool calls: type each call's result when asked (you run the
+tool), and the stack goes on with them."""
 
 
 @click.command("chat")
 @with_stack_options
-def chat_cmd(preset: str | None, config_path: Path | None) -> None:
+@tools_option
+def chat_cmd(preset: str | None, config_path: Path | None, tools_path: Path | None) -> None:
     """Multi-turn chat: every layer sees the whole conversation. /help lists the commands;
     Ctrl-C stops an answer, Ctrl-D or /exit quits."""
+    tools = load_tools(tools_path) if tools_path is not None else ()
     config = resolve_stack(preset, config_path)
     progress = progress_console()
     view = TerminalView(progress, sys.stdout)
@@ -70,21 +76,31 @@ def chat_cmd(preset: str | None, config_path: Path | None) -> None:
                     continue
                 if not command:
                     continue
+                turn_start = len(history)
                 history.append(Message.user(line))
                 try:
-                    result = runner.run(answer(stack, history, view, recorder))
+                    while True:
+                        result = runner.run(answer(stack, history, view, recorder, tools))
+                        history.append(Message.assistant(result.final, result.tool_calls))
+                        if not result.tool_calls:
+                            break
+                        # The user runs the tools: their results continue the same turn.
+                        for call in result.tool_calls:
+                            content = input(f"result of {one_line(call.name)}> ")
+                            history.append(Message.tool(call.id, content, name=call.name))
                 except KeyboardInterrupt:
                     # Runner cancelled the answer (its calls with it); the turn is dropped.
                     view.stopped()
                     progress.print(Text("answer stopped", style="yellow"))
-                    history.pop()
+                    del history[turn_start:]
                     continue
+                except EOFError:
+                    return
                 except QueryFailed as exc:
                     # This turn failed; the conversation goes on without it.
                     progress.print(Text.assemble(("error: ", "red"), one_line(str(exc))))
-                    history.pop()
+                    del history[turn_start:]
                     continue
-                history.append(Message.assistant(result.final))
         finally:
             runner.run(stack.aclose())
 

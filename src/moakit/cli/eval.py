@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from moakit.cli.eval_route import route_cmd
 from moakit.config import MemberSpec
 from moakit.errors import ConfigError
 
@@ -67,6 +68,9 @@ def _judge_spec(
 @click.group("eval")
 def eval_group() -> None:
     """Measure MoA against single models on benchmarks or your own data."""
+
+
+eval_group.add_command(route_cmd)
 
 
 @eval_group.command("run")

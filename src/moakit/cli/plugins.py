@@ -26,8 +26,14 @@ def plugins_cmd(as_json: bool, show_all: bool) -> None:
         return
     for info in found:
         # Names come from installed third-party code: printed literally.
-        origin = "built-in" if info.builtin else (
-            f"{info.distribution} {info.version}" if info.distribution else "registered at run time"
+        origin = (
+            "built-in"
+            if info.builtin
+            else (
+                f"{info.distribution} {info.version}"
+                if info.distribution
+                else "registered at run time"
+            )
         )
         click.echo(one_line(f"{info.name}  ({origin})"))
         for kind, name in info.registered:

@@ -14,6 +14,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -196,8 +197,7 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
     if q.input is not None:
         question = tree.add(Text("input", style="bold"))
         for message in q.input:
-            role = Text(one_line(f"{message.get('role', '?')}: "))
-            question.add(role + _body(str(message.get("content")), full))
+            question.add(_message(message, full))
     elif q.input_hash:
         tree.add(Text(one_line(f"input: not stored ({q.input_hash})"), style="dim"))
     for layer, calls in record.layers().items():
@@ -217,14 +217,70 @@ def render_trace(record: TraceRecord, *, full: bool = False) -> Tree:
                     )
             if call.status_message is not None:
                 member.add(Text(one_line(call.status_message), style="red"))
-            if call.output is not None:
+            if call.output:
                 member.add(_body(call.output, full))
+            for tool_call in call.tool_calls:
+                member.add(tool_call_text(tool_call.name, tool_call.arguments, full))
     if q.status_message:
         tree.add(Text(one_line(f"error: {q.status_message}"), style="red"))
-    if q.output is not None:
+    if q.advice is not None:
+        advice = f"advice: {q.advice}"
+        if q.advice_from:
+            advice += f" (written by run {q.advice_from})"
+        tree.add(Text(one_line(advice), style="dim"))
+    for d in q.decisions:
+        skipped = d.get("skipped") or []
+        saved = f"; skipped {', '.join(map(str, skipped))}" if skipped else ""
+        line = f"decision: {d.get('kind')} after layer {d.get('layer')}: {d.get('detail')}{saved}"
+        tree.add(Text(one_line(line), style="yellow"))
+    if q.output is not None or q.tool_calls:
         final = tree.add(Text("final answer", style="bold"))
-        final.add(_body(q.output, True))
+        if q.output is not None:
+            final.add(_body(q.output, True))
+        for tool_call in q.tool_calls:
+            final.add(tool_call_text(tool_call.name, tool_call.arguments, True))
     return tree
+
+
+def tool_call_text(name: str, arguments: str | None, full: bool = True) -> Text:
+    """``tool call: name({...})``, the name and arguments as literal text (model output:
+    never Rich markup, control characters made visible). ``arguments`` None: not stored."""
+    line = Text("tool call: ", style="cyan")
+    line.append(one_line(name), style="bold")
+    if arguments is None:
+        line.append("(arguments not stored)", style="dim")
+        return line
+    return line + Text("(") + _body(arguments, full) + Text(")")
+
+
+def _message(message: dict[str, Any], full: bool) -> Text:
+    """One input message: its role and text, the tool calls an assistant made, or the tool
+    result a tool message carries (with the call it answers)."""
+    role = str(message.get("role", "?"))
+    content = message.get("content")
+    if isinstance(content, list):  # text and image parts
+        content = " ".join(
+            str(p.get("text", "")) if p.get("type") == "text" else f"[{p.get('type')}]"
+            for p in content
+            if isinstance(p, dict)
+        )
+    head = f"{role}: "
+    if role == "tool":
+        head = f"tool result for {message.get('tool_call_id', '?')}: "
+    line = Text(one_line(head)) + _body(str(content) if content is not None else "", full)
+    for raw in message.get("tool_calls") or ():
+        function = raw.get("function") if isinstance(raw, dict) else None
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            line.append("\n")
+            line.append_text(
+                tool_call_text(
+                    str(function.get("name", "?")),
+                    arguments if isinstance(arguments, str) else None,
+                    full,
+                )
+            )
+    return line
 
 
 @trace_group.command("show")

@@ -23,7 +23,7 @@ from rapidfuzz import fuzz
 
 from moakit.config import ResolvedMember
 from moakit.engine.run import Run
-from moakit.events import Decided, TextDelta
+from moakit.events import TextDelta
 from moakit.plugins import registry
 from moakit.policies import AgreementConfig, CascadeConfig
 from moakit.result import Decision, MemberOutput
@@ -73,16 +73,13 @@ def exit_early(run: Run, layer: int, found: Agreement, skipped: Sequence[str]) -
         skipped=list(skipped),
         answer_from=found.representative.label,
     )
-    run.result.decisions.append(decision)
+    run.decide(decision)
     run.result.final = found.representative.output or ""
-    run.emit(Decided(decision=decision, **run.stamp()))
     run.emit(TextDelta(text=run.result.final, **run.stamp()))
 
 
 def escalate(run: Run, layer: int, detail: str) -> None:
-    decision = Decision(kind="escalate", layer=layer, detail=detail)
-    run.result.decisions.append(decision)
-    run.emit(Decided(decision=decision, **run.stamp()))
+    run.decide(Decision(kind="escalate", layer=layer, detail=detail))
 
 
 def cascade_order(config: CascadeConfig, specs: Sequence[ResolvedMember]) -> list[int]:

@@ -19,7 +19,7 @@ from moakit.errors import AggregatorFailed, DeadlineExceeded, ModelCallError
 from moakit.events import AggregatorAttemptFailed, AggregatorStarted, TextDelta, ToolCalls
 from moakit.models.base import ChatRequest, Completion
 from moakit.references import Reference
-from moakit.result import MemberOutput, StairStep
+from moakit.result import Decision, MemberOutput, StairStep
 
 RequestFor = Callable[[ResolvedMember], ChatRequest]
 
@@ -61,7 +61,16 @@ class AggregatorChain:
                 **run.stamp(),
             )
         )
-        return Call(spec, model, request_for(spec), self.layer, index, references=tuple(references))
+        call = Call(spec, model, request_for(spec), self.layer, index, references=tuple(references))
+        if run.ledger is not None:
+            call.request, call.reserved, why = run.ledger.admit_final(spec, call.request)
+            if why is not None:
+                reason = f"budget: {why} would be exceeded"
+                call.error = ModelCallError(reason, kind="other")
+                run.decide(
+                    Decision(kind="budget", layer=self.layer, detail=reason, skipped=[spec.label])
+                )
+        return call
 
     def reporter(self, text_out: Callable[[Call], bool]) -> OnFailure:
         """Emits ``AggregatorAttemptFailed`` after each failed attempt. ``text_out(call)``: the

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moakit.config import ResolvedMember
+from moakit.engine.budget import Cost
+from moakit.engine.member_tools import answer_with_tools, with_builtin_tools
 from moakit.engine.run import Run
 from moakit.engine.tool_calls import check_tool_calls
 from moakit.errors import CallErrorKind, ModelCallError
@@ -21,7 +23,7 @@ from moakit.events import MemberStarted
 from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Completion, Model, Usage
 from moakit.references import Reference
-from moakit.result import Attempt, MemberOutput
+from moakit.result import Attempt, Decision, MemberOutput, ToolExchange
 from moakit.retry import backoff_delay
 
 OnText = Callable[[str], None]
@@ -43,6 +45,10 @@ class Call:
     references: Sequence[Reference] = ()
     attempts: list[Attempt] = field(default_factory=list)
     error: ModelCallError | None = None  # the last failed attempt's
+    # What the query's budget set aside for the attempt about to run (``engine.budget``).
+    reserved: Cost | None = None
+    # A tool-using member's built-in tool exchanges in its current attempt.
+    exchanges: list[ToolExchange] = field(default_factory=list)
     # The attempt in flight: its start, first-token time, text so far and reported usage.
     live_started: float | None = None
     live_ttft: float | None = None
@@ -55,6 +61,7 @@ class Call:
         return bool(self.live_parts)
 
     def begin(self, now: float) -> None:
+        self.exchanges = []
         self.live_started = now
         self.live_ttft = None
         self.live_parts = []
@@ -104,6 +111,7 @@ class Call:
             error=error,
             finish_reason=completion.finish_reason if completion else None,
             tool_calls=list(completion.tool_calls) if completion else [],
+            tool_exchanges=list(self.exchanges),
             truncated=bool(completion and completion.truncated),
             cancelled=cancelled,
             started_s=round(started, 6),
@@ -129,6 +137,8 @@ async def call_with_retries(
     reason is ``call.error``). ``final_after_text``: an attempt that failed after producing
     text is not retried (the stream rule: that text has been shown). ``allow_empty``: an empty
     answer is an answer (a continuation of a partial answer may have nothing to add)."""
+    if call.error is not None and not call.attempts:
+        return None  # refused before it started (the query's budget cannot afford it)
     retries = call.spec.retries
     for number in range(retries + 1):
         completion = await _attempt(run, call, deadline_at, on_text, allow_empty)
@@ -144,6 +154,18 @@ async def call_with_retries(
         )
         delay = backoff_delay(run.config.retry, number, error.retry_after_s) if retrying else None
         retrying = delay is not None and run.time_left(delay, deadline_at)
+        if retrying and run.ledger is not None:
+            call.reserved, why = run.ledger.admit(call.spec, call.request)
+            if why is not None:
+                retrying = False
+                run.decide(
+                    Decision(
+                        kind="budget",
+                        layer=call.layer,
+                        detail=f"no retry of {call.spec.label}: {why} would be exceeded",
+                        skipped=[call.spec.label],
+                    )
+                )
         if on_failure is not None:
             on_failure(call, error, retrying)
         if not retrying or delay is None:
@@ -181,13 +203,15 @@ async def _attempt(
     completion: Completion | None = None
     try:
         async with asyncio.timeout(timeout):
-            if on_text is None and not run.member_ttft and _has_plain_request(call.model):
-                # Nobody reads this call's text as it is written: one plain request, which
-                # costs the backend and us far less than parsing a stream token by token.
-                completion = await call.model.complete(call.request)
+            if call.spec.tools and not call.request.tools:
+                completion = await answer_with_tools(
+                    lambda request: _ask(run, call, started, on_text, request),
+                    with_builtin_tools(call.request, list(call.spec.tools)),
+                    call.exchanges,
+                )
                 call.live_usage = completion.usage
             else:
-                completion = await _streamed(run, call, started, on_text)
+                completion = await _ask(run, call, started, on_text, call.request)
         if completion.tool_calls or call.request.tools:
             checked = await check_tool_calls(completion.tool_calls, call.request)
             completion = dataclasses.replace(completion, tool_calls=checked)
@@ -201,6 +225,9 @@ async def _attempt(
     except Exception as exc:  # an adapter bug must fail this call, not the query
         error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
     usage = call.live_usage or Usage()
+    if run.ledger is not None and call.reserved is not None:
+        run.ledger.settle(call.spec, call.reserved, (error.usage if error else None) or usage)
+        call.reserved = None
     if error is not None or completion is None:
         call.error = error or ModelCallError("no answer", kind="other")
         call.end(run.now(), usage=call.error.usage or usage, error=call.error.describe())
@@ -214,6 +241,18 @@ async def _attempt(
     )
 
 
+async def _ask(
+    run: Run, call: Call, started: float, on_text: OnText | None, request: ChatRequest
+) -> Completion:
+    """One request of ``call``: plain when nobody reads its text as it is written (cheaper for
+    the backend and for us than parsing a stream token by token), else streamed."""
+    if on_text is None and not run.member_ttft and _has_plain_request(call.model):
+        completion = await call.model.complete(request)
+        call.live_usage = completion.usage
+        return completion
+    return await _streamed(run, call, started, on_text, request)
+
+
 def _has_plain_request(model: Model) -> bool:
     """Whether ``model`` answers a plain request cheaper than its stream. One whose
     ``complete`` only collects its stream (the embedded model, test doubles) is read as a stream
@@ -221,13 +260,18 @@ def _has_plain_request(model: Model) -> bool:
     return type(model).complete is not Model.complete
 
 
-async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None) -> Completion:
+async def _streamed(
+    run: Run, call: Call, started: float, on_text: OnText | None, request: ChatRequest
+) -> Completion:
     """The call's answer as it streams: each chunk's text goes to ``on_text`` and into
-    ``call.live_parts`` (what the stream rule and a cut call's record read)."""
+    ``call.live_parts`` (what the stream rule and a cut call's record read). A tool-using
+    member's later rounds add to those parts; the answer is this request's text."""
     parts = call.live_parts
+    first = len(parts)
+    usage: Usage | None = None
     tool_calls: list[ToolCall] = []
     finish_reason: str | None = None
-    chunks = call.model.stream(call.request)
+    chunks = call.model.stream(request)
     try:
         async for chunk in chunks:
             if chunk.text:
@@ -241,14 +285,17 @@ async def _streamed(run: Run, call: Call, started: float, on_text: OnText | None
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
             if chunk.usage is not None:
-                call.live_usage = chunk.usage
+                call.live_usage = usage = chunk.usage
     except BaseException:
         # Stopped early (timeout, cancellation, error): close the stream now, so it releases
         # its connection or limiter slot at once, not when collected.
         await _close(chunks)
         raise
     return Completion(
-        text="".join(parts), finish_reason=finish_reason, tool_calls=tuple(tool_calls)
+        text="".join(parts[first:]),
+        finish_reason=finish_reason,
+        usage=usage or Usage(),
+        tool_calls=tuple(tool_calls),
     )
 
 

@@ -19,18 +19,20 @@ from moakit.engine.adaptive import (
 from moakit.engine.advice import ADVICE, Advice, fresh_needed, tool_iteration, turn_key
 from moakit.engine.aggregate import aggregate
 from moakit.engine.calls import Call, call_with_retries
-from moakit.engine.run import Run
+from moakit.engine.run import AGGREGATOR_RESERVE, Run
 from moakit.engine.supervisor import finish_layer, supervise_layer
 from moakit.events import LayerStarted, MemberDelta
 from moakit.policies import AgreementConfig, CascadeConfig
 from moakit.references import Reference, from_outputs
-from moakit.result import LayerResult, MemberOutput
+from moakit.result import Decision, LayerResult, MemberOutput
 
 
 class LayeredStrategy:
     name = "layered"
     # The final aggregator may be sent the caller's tools (the proposers advise).
     tools = True
+    # Budgets cut members and layers (``engine.budget``).
+    budgets = True
 
     async def execute(self, run: Run) -> None:
         key = None
@@ -64,7 +66,12 @@ class LayeredStrategy:
                 if layer is None:
                     return None
             else:
-                layer = await run_layer(run, position, references)
+                if position > 0 and over_latency_budget(run, position):
+                    break
+                found_layer = await run_layer(run, position, references)
+                if found_layer is None:
+                    break  # the budget affords no member: aggregate what we have
+                layer = found_layer
             if judge is not None:
                 found = agreement(judge, layer.members)
                 if found is not None:
@@ -83,12 +90,47 @@ class LayeredStrategy:
         await aggregate(run, references)
 
 
-async def run_layer(run: Run, position: int, references: Sequence[Reference]) -> LayerResult:
+async def run_layer(run: Run, position: int, references: Sequence[Reference]) -> LayerResult | None:
     """Proposer layer ``position`` (0-based in ``config.layers``; its number is position+1),
-    shown ``references`` (the layer below's answers, already through the transforms)."""
+    shown ``references`` (the layer below's answers, already through the transforms).
+    ``None``: the budget could afford none of its members."""
     calls = layer_calls(run, position, references)
-    tasks = {asyncio.create_task(_propose(run, call)): call for call in calls}
-    return await supervise_layer(run, position, tasks)
+    admitted = admit(run, calls, range(len(calls)))
+    if not admitted:
+        return None
+    tasks = {asyncio.create_task(_propose(run, calls[i])): calls[i] for i in admitted}
+    needed = min(run.config.min_successful_for(position), len(admitted))
+    return await supervise_layer(run, position, tasks, needed=needed)
+
+
+def admit(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> list[int]:
+    """The ``positions`` the stack's router chooses for this query and its budget can afford
+    (all, without either); the others are recorded as a ``route`` or ``budget`` decision and
+    never started."""
+    positions = route(run, calls, positions)
+    ledger = run.ledger
+    if ledger is None:
+        return list(positions)
+    aggregator = run.lineup.aggregator_specs[0]
+    chosen = [(calls[i].spec, calls[i].request) for i in positions]
+    reserved, why = ledger.admit_layer(chosen, aggregator)
+    admitted = []
+    for k, i in enumerate(positions):
+        if k in reserved:
+            calls[i].reserved = reserved[k]
+            admitted.append(i)
+    skipped = [calls[i].spec.label for i in positions if i not in admitted]
+    if skipped:
+        layer = calls[0].layer
+        run.decide(
+            Decision(
+                kind="budget",
+                layer=layer,
+                detail=f"{len(skipped)} of layer {layer}'s members not started: {why}",
+                skipped=skipped,
+            )
+        )
+    return admitted
 
 
 def layer_calls(run: Run, position: int, references: Sequence[Reference]) -> list[Call]:
@@ -113,9 +155,10 @@ async def run_cascade(
     when the first members agreed and the run exited early."""
     calls = layer_calls(run, 0, ())
     order = cascade_order(cascade, run.lineup.layer_specs[0])
-    first, rest = order[: cascade.first], order[cascade.first :]
+    first = admit(run, calls, order[: cascade.first])
+    rest = order[cascade.first :]
     started = run.now()
-    batch = await supervise_layer(run, 0, _start(run, calls, first), partial=True)
+    batch = await supervise_layer(run, 0, _start(run, calls, first), partial=True, needed=0)
     outputs = list(batch.members)
     found = agreement(judge, outputs) if rest else None
     if found is not None:
@@ -132,15 +175,61 @@ async def run_cascade(
     if rest:
         labels = ", ".join(calls[i].spec.label for i in first)
         escalate(run, 1, f"the first answers ({labels}) disagree: asking the rest of layer 1")
-        more = await supervise_layer(run, 0, _start(run, calls, rest), partial=True)
+        rest = admit(run, calls, rest)
+        more = await supervise_layer(run, 0, _start(run, calls, rest), partial=True, needed=0)
         outputs += more.members
     layer = LayerResult(
         layer=1,
         members=sorted(outputs, key=lambda m: m.index),
         latency_s=round(run.now() - started, 6),
-        min_successful=run.config.min_successful_for(0),
+        min_successful=min(run.config.min_successful_for(0), len(outputs)),
     )
     return finish_layer(run, layer, calls)
+
+
+def route(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> list[int]:
+    router = run.lineup.router
+    if router is None or not positions:
+        return list(positions)
+    layer = calls[0].layer
+    query = next((m.text for m in reversed(run.conversation) if m.role == "user"), "")
+    chosen = {m.label for m in router.select(query, layer, [calls[i].spec for i in positions])}
+    kept = [i for i in positions if calls[i].spec.label in chosen]
+    skipped = [calls[i].spec.label for i in positions if i not in kept]
+    if skipped:
+        run.decide(
+            Decision(
+                kind="route",
+                layer=layer,
+                detail=f"the router chose {len(kept)} of layer {layer}'s {len(positions)} members",
+                skipped=skipped,
+            )
+        )
+    return kept
+
+
+def over_latency_budget(run: Run, position: int) -> bool:
+    """Whether layer ``position`` would, going by the last layer's duration, end past 70% of
+    the latency budget (the rest is the aggregator's); if so the skip is recorded."""
+    limit = run.ledger.limits.max_latency_s if run.ledger is not None else None
+    if limit is None or not run.result.layers:
+        return False
+    expected = run.now() + run.result.layers[-1].latency_s
+    if expected <= limit * (1 - AGGREGATOR_RESERVE):
+        return False
+    later = [s.label for specs in run.lineup.layer_specs[position:] for s in specs]
+    run.decide(
+        Decision(
+            kind="budget",
+            layer=position + 1,
+            detail=(
+                f"layers {position + 1}+ skipped: expected to end at {expected:.2f}s, past "
+                f"{1 - AGGREGATOR_RESERVE:.0%} of max_latency_s {limit:g}"
+            ),
+            skipped=later,
+        )
+    )
+    return True
 
 
 def _start(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> dict[Any, Call]:

@@ -13,12 +13,14 @@ from typing import Any, Protocol
 
 from moakit.config import ResolvedMember, StackConfig
 from moakit.engine.advice import ACTING_NOTE, advisory_view, context_tokens, involves_tools
-from moakit.events import Event, Stamp
+from moakit.engine.budget import Ledger
+from moakit.events import Decided, Event, Stamp
 from moakit.messages import Message
 from moakit.models.base import ChatRequest, Model
+from moakit.policies import BudgetConfig
 from moakit.prompts import inject_block, with_system_prompt
 from moakit.references import ReferencePipeline
-from moakit.result import DefenseAction, Result
+from moakit.result import Decision, DefenseAction, Result
 
 # Share of the deadline kept for the final aggregator: proposer layers are cut this early so a
 # query that hits its deadline can still be answered from the references it has.
@@ -90,6 +92,14 @@ class Discard(EventChannel):
         pass
 
 
+class MemberRouter(Protocol):
+    """Which of a layer's members a query is worth (``moakit.routing``)."""
+
+    def select(
+        self, query: str, layer: int, members: Sequence[ResolvedMember]
+    ) -> Sequence[ResolvedMember]: ...
+
+
 @dataclass(frozen=True)
 class Lineup:
     """What a strategy works with, and all it sees of its stack: the config, each layer's
@@ -103,6 +113,7 @@ class Lineup:
     aggregator_models: Sequence[Model]
     references: ReferencePipeline
     config_hash: str = ""
+    router: MemberRouter | None = None
 
 
 class Strategy(Protocol):
@@ -115,7 +126,15 @@ class Strategy(Protocol):
 
 
 class Run:
-    def __init__(self, lineup: Lineup, request: ChatRequest, *, run_id: str, streaming: bool):
+    def __init__(
+        self,
+        lineup: Lineup,
+        request: ChatRequest,
+        *,
+        run_id: str,
+        streaming: bool,
+        budget: BudgetConfig | None = None,
+    ):
         self.lineup = lineup
         self.config = lineup.config
         self.request = request
@@ -137,6 +156,13 @@ class Run:
             for name in FINAL_OVERRIDES
             if getattr(request, name) not in (None, ())
         }
+        # Spending limits: the stack's, tightened by the caller's (``engine.budget``).
+        limits = lineup.config.budget.tighter(budget)
+        self.ledger = (
+            Ledger(limits, self.conversation, self.config.aggregate_prompt)
+            if limits.limited
+            else None
+        )
         # Tools in play: proposers see the advisory view (built once per context window).
         self.advising = involves_tools(request)
         self._views: dict[tuple[int, int], list[Message]] = {}
@@ -195,7 +221,14 @@ class Run:
         )
         if final and self.final_overrides:
             request = dataclasses.replace(request, **self.final_overrides)
+        if self.ledger is not None:
+            request = self.ledger.bounded(request)
         return request
+
+    def decide(self, decision: Decision) -> None:
+        """Record an adaptive or budget decision and tell the observers."""
+        self.result.decisions.append(decision)
+        self.emit(Decided(decision=decision, **self.stamp()))
 
     def _advisory_view(self, spec: ResolvedMember) -> list[Message]:
         window = context_tokens(spec.options)

@@ -17,7 +17,7 @@ from typing import Any
 
 from moakit.config import EndpointId, MemberSpec, ResolvedMember, StackConfig, config_hash
 from moakit.engine.observers import Observer, Observers
-from moakit.engine.run import Lineup, Run
+from moakit.engine.run import Lineup, MemberRouter, Run
 from moakit.engine.strategies import strategy_for
 from moakit.engine.tool_calls import check_tool_specs
 from moakit.errors import ConfigError, QueryFailed, StackFailed
@@ -28,6 +28,8 @@ from moakit.models.profile import ModelProfile
 from moakit.models.provider import ResourcePool
 from moakit.models.registry import build_model
 from moakit.models.wrappers import ConcurrencyLimitedModel, ScrubbingModel
+from moakit.plugins import registry
+from moakit.policies import BudgetConfig
 from moakit.references import ReferencePipeline
 from moakit.result import Result
 from moakit.secrets import secret_values
@@ -80,9 +82,15 @@ class Stack(Model):
             aggregator_models=self.aggregator_models,
             references=self.references,
             config_hash=self.config_hash,
+            router=_router(config),
         )
         # A strategy may refuse a stack it cannot run (staircase: an aggregator without
         # prefill), with a ConfigError now rather than a failure on the first query.
+        if config.budget.limited and not getattr(self.strategy, "budgets", False):
+            raise ConfigError(
+                f"budgets are not supported by the {config.strategy!r} strategy",
+                field="budget",
+            )
         check = getattr(self.strategy, "check", None)
         if check is not None:
             check(self.lineup)
@@ -149,6 +157,7 @@ class Stack(Model):
         member_deltas: bool = True,
         member_ttft: bool = False,
         tools: Sequence[ToolSpec] = (),
+        budget: BudgetConfig | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Run the stack, yielding every event (``observers`` see each one first), ending
         with ``RunFinished``, or ``RunFailed`` followed by the ``QueryFailed`` (carrying the
@@ -166,7 +175,7 @@ class Stack(Model):
         ``member_ttft=True`` streams every call anyway, so each member's time to first token
         is measured.
         """
-        run = self._new_run(request, run_id, streaming, tools)
+        run = self._new_run(request, run_id, streaming, tools, budget)
         run.member_deltas = member_deltas
         run.member_ttft = member_ttft
         watchers = Observers(observers) if observers else None
@@ -205,6 +214,7 @@ class Stack(Model):
         run_id: str | None,
         streaming: bool,
         tools: Sequence[ToolSpec] = (),
+        budget: BudgetConfig | None = None,
     ) -> Run:
         if not isinstance(request, ChatRequest):
             request = ChatRequest(messages=as_messages(request), tools=tuple(tools))
@@ -213,7 +223,18 @@ class Stack(Model):
         refused = self.refusal(request)
         if refused is not None:
             raise ConfigError(refused[0], field=refused[1])
-        return Run(self.lineup, request, run_id=run_id or uuid.uuid4().hex, streaming=streaming)
+        if budget is not None and budget.limited and not getattr(self.strategy, "budgets", False):
+            raise ConfigError(
+                f"budgets are not supported by the {self.config.strategy!r} strategy",
+                field="budget",
+            )
+        return Run(
+            self.lineup,
+            request,
+            run_id=run_id or uuid.uuid4().hex,
+            streaming=streaming,
+            budget=budget,
+        )
 
     async def _execute(self, run: Run) -> None:
         if run.request.tools:
@@ -248,12 +269,13 @@ class Stack(Model):
         streaming: bool = False,
         member_ttft: bool = False,
         tools: Sequence[ToolSpec] = (),
+        budget: BudgetConfig | None = None,
     ) -> Result:
         """The whole result. Non-streaming by default: retries and fallbacks stay free."""
         if not observers and not member_ttft:
             # Nobody can see this run's events: run it directly and drop them unbuilt (the
             # per-call ones) or as they come. The result is the same.
-            run = self._new_run(request, run_id, streaming, tools).unwatched()
+            run = self._new_run(request, run_id, streaming, tools, budget).unwatched()
             await self._execute(run)
             return run.result
         async with aclosing(
@@ -264,6 +286,7 @@ class Stack(Model):
                 streaming=streaming,
                 member_ttft=member_ttft,
                 tools=tools,
+                budget=budget,
             )
         ) as events:
             async for event in events:
@@ -302,6 +325,14 @@ class Stack(Model):
             usage=result.usage,
             tool_calls=tuple(result.tool_calls),
         )
+
+
+def _router(config: StackConfig) -> MemberRouter | None:
+    if config.router is None:
+        return None
+    factory = registry().routers.get(config.router.name, field="router.name")
+    router: MemberRouter = factory(config.router.options)
+    return router
 
 
 def _as_call_error(exc: QueryFailed) -> StackFailed:

@@ -34,14 +34,17 @@ async def supervise_layer(
     halt: asyncio.Event | None = None,
     halt_reason: Callable[[], str] = lambda: "cancelled",
     partial: bool = False,
+    needed: int | None = None,
 ) -> LayerResult:
     """Layer ``position`` (0-based in ``config.layers``) once every member settled or was cut.
     ``halt``: set by the strategy to stop waiting (the answer is complete, or failed); the
     members still running are cut with ``halt_reason()`` and the quorum is not checked.
     Raises ``LayerFailed`` (or ``DeadlineExceeded``) when the quorum is missed.
     ``partial``: these are some of the layer's members (a cascade's first ones): their
-    outputs come back unrecorded, for ``finish_layer`` once the layer is complete."""
-    needed = run.config.min_successful_for(position)
+    outputs come back unrecorded, for ``finish_layer`` once the layer is complete.
+    ``needed``: the quorum, when not the layer's configured one (a budget started fewer)."""
+    if needed is None:
+        needed = run.config.min_successful_for(position)
     started = run.now()
     policy = run.config.straggler
     outputs: dict[int, MemberOutput] = {}

@@ -11,12 +11,12 @@ sent) instead of reaching the client.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 
 from moakit.errors import ConfigError, ModelCallError
 from moakit.messages import ChatRequest, ForceTool, ToolCall, ToolSpec
 from moakit.schema import OutputInvalid, SchemaRefused, check_schema, check_value
+from moakit.tool_specs import NAME
 
 
 async def check_tool_calls(calls: Sequence[ToolCall], request: ChatRequest) -> tuple[ToolCall, ...]:
@@ -54,9 +54,6 @@ async def check_tool_calls(calls: Sequence[ToolCall], request: ChatRequest) -> t
     return tuple(out)
 
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
 async def check_tool_specs(tools: Sequence[ToolSpec]) -> None:
     """A ``ConfigError`` naming the field (``tools.N.function...``) for a tool the engine could
     not check calls against: a bad or repeated name, or a schema ``schema.check_schema``
@@ -64,7 +61,7 @@ async def check_tool_specs(tools: Sequence[ToolSpec]) -> None:
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         where = f"tools.{i}.function"
-        if not _NAME.match(tool.name):
+        if not NAME.match(tool.name):
             raise ConfigError(
                 "a tool name is 1-64 letters, digits, '_' or '-'", field=f"{where}.name"
             )

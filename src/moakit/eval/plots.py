@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moakit.eval import frontier
+
 if TYPE_CHECKING:
     from moakit.eval.records import EvalRecord
 
@@ -91,6 +93,9 @@ def write_plots(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     written.append(_save(fig, out_dir / "length_score.png", plt))
+    drawn = frontier.plot(summary, out_dir, plt, _pareto)
+    if drawn is not None:
+        written.append(drawn)
     return written
 
 

@@ -22,7 +22,7 @@ from moakit.errors import ConfigError
 from moakit.eval.scorers.base import Score
 from moakit.messages import ToolCall
 from moakit.models.base import Usage
-from moakit.result import DefenseAction
+from moakit.result import Decision, DefenseAction
 
 Warn = Callable[[str], None]
 
@@ -80,6 +80,8 @@ class EvalRecord(BaseModel):
     answer_words: int = 0
     calls: int = 0
     cache_hits: int = 0
+    # What an adaptive system decided on this item (early exits, escalations, budget cuts).
+    decisions: list[Decision] = Field(default_factory=list)
     layers: list[list[MemberRecord]] = Field(default_factory=list)
     # What each defense did (fenced, filtered, labelled, voted).
     defenses: list[DefenseAction] = Field(default_factory=list)

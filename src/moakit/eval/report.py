@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moakit.eval import analyses, stats
+from moakit.eval import analyses, frontier, stats
 from moakit.eval.readings import side
 from moakit.eval.records import EvalRecord
 from moakit.eval.systems import SystemInfo
@@ -174,6 +174,7 @@ def summarize(
     collab = analyses.collaborativeness(
         {s.name: records.get(s.name, []) for s in systems if s.kind == "collab"}
     )
+    front = frontier.frontier(systems, records, lambda a, b: compare(a, b, closed_form))
     return {
         "dataset": dataset,
         "scorer": scorer,
@@ -184,6 +185,7 @@ def summarize(
         "comparisons": comparisons,
         "analyses": {k: v for k, v in per_system.items() if v},
         "collaborativeness": collab,
+        "frontier": front,
     }
 
 
@@ -359,10 +361,11 @@ def markdown(summary: dict[str, Any], *, wall_s: float | None = None) -> str:
             f"| {c['n']} |"
             for c in summary["collaborativeness"]
         ]
+    lines += frontier.markdown(summary, _fmt, _cell)
     lines += [
         "",
         "Plots: `plots/layer_curve.png`, `plots/cost_quality.png`, "
-        "`plots/error_correlation.png`, `plots/length_score.png`.",
+        "`plots/error_correlation.png`, `plots/length_score.png`, `plots/frontier.png`.",
         "",
     ]
     return "\n".join(lines)

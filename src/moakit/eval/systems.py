@@ -49,6 +49,7 @@ from pydantic import BaseModel
 
 from moakit.config import MemberSpec, StackConfig, load_preset, parse_config, read_config_file
 from moakit.errors import ConfigError
+from moakit.policies import AdaptiveConfig
 
 Kind = Literal["single", "moa", "ranker", "self-moa", "majority", "sweep", "collab"]
 KINDS: tuple[str, ...] = ("single", "moa", "ranker", "self-moa", "majority", "sweep", "collab")
@@ -123,6 +124,8 @@ class System:
             spec=self.spec,
             source=self.source,
             max_items=self.max_items,
+            adaptive=self.config is not None
+            and (self.config.adaptive != AdaptiveConfig() or self.config.budget.limited),
         )
 
 
@@ -136,6 +139,8 @@ class SystemInfo(BaseModel):
     spec: str = ""
     source: str | None = None
     max_items: int | None = None
+    # Early exit, cascades or a budget: it spends per query only what it decides to.
+    adaptive: bool = False
 
 
 def load_stack(

@@ -188,6 +188,7 @@ class Worker:
             answer_words=len(final.split()),
             calls=tally.calls,
             cache_hits=tally.cache_hits,
+            decisions=list(result.decisions),
             layers=[
                 [
                     MemberRecord(

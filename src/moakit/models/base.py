@@ -19,6 +19,7 @@ from moakit.messages import (
     Chunk,
     Completion,
     Message,
+    ToolCall,
     Usage,
     approx_tokens,
     message_text,
@@ -70,11 +71,13 @@ async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
     """The whole answer of a stream. A stream that fails after reporting usage fails with that
     usage on its error (the tokens were spent), as the engine's streamed path records it."""
     parts: list[str] = []
+    calls: list[ToolCall] = []
     finish_reason: str | None = None
     usage: Usage | None = None
     try:
         async for chunk in chunks:
             parts.append(chunk.text)
+            calls.extend(chunk.tool_calls)
             if chunk.finish_reason is not None:
                 finish_reason = chunk.finish_reason
             if chunk.usage is not None:
@@ -83,7 +86,12 @@ async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
         if exc.usage is None and usage is not None:
             exc.usage = usage
         raise
-    return Completion(text="".join(parts), finish_reason=finish_reason, usage=usage or Usage())
+    return Completion(
+        text="".join(parts),
+        finish_reason=finish_reason,
+        usage=usage or Usage(),
+        tool_calls=tuple(calls),
+    )
 
 
 __all__ = [

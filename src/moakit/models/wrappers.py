@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, closing_stream, collect
 
 
@@ -89,6 +90,12 @@ class ScrubbingModel(WrapperModel):
                 text = text.replace(secret, "***")
         return text
 
+    def _clean_calls(self, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+        """Tool calls are answers too: a key echoed into a call's arguments is scrubbed."""
+        return tuple(
+            ToolCall(call.id, self.clean(call.name), self.clean(call.arguments)) for call in calls
+        )
+
     def _held_from(self, text: str) -> int:
         """Where the longest tail of ``text`` that begins some key (but is not all of it) starts;
         ``len(text)`` when none does."""
@@ -111,10 +118,16 @@ class ScrubbingModel(WrapperModel):
                     last = chunk.finish_reason is not None
                     cut = len(text) if last else self._held_from(text)
                     text, held = text[:cut], text[cut:]
-                    if text == chunk.text:
+                    calls = self._clean_calls(chunk.tool_calls)
+                    if text == chunk.text and calls == chunk.tool_calls:
                         yield chunk  # nothing held or replaced: the chunk as it came
-                    elif text or last or chunk.usage is not None:
-                        yield Chunk(text=text, finish_reason=chunk.finish_reason, usage=chunk.usage)
+                    elif text or last or chunk.usage is not None or calls:
+                        yield Chunk(
+                            text=text,
+                            finish_reason=chunk.finish_reason,
+                            usage=chunk.usage,
+                            tool_calls=calls,
+                        )
         except Exception as exc:
             self._clean_error(exc)
             raise
@@ -128,5 +141,8 @@ class ScrubbingModel(WrapperModel):
             self._clean_error(exc)
             raise
         return Completion(
-            text=self.clean(done.text), finish_reason=done.finish_reason, usage=done.usage
+            text=self.clean(done.text),
+            finish_reason=done.finish_reason,
+            usage=done.usage,
+            tool_calls=self._clean_calls(done.tool_calls),
         )

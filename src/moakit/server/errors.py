@@ -85,10 +85,8 @@ UNSUPPORTED = {
     "top_logprobs": "'top_logprobs' is not supported by MoA stacks",
     "logit_bias": "'logit_bias' is not supported by MoA stacks",
     "n": "only n=1 is supported: a MoA stack writes one answer",
-    "tools": "'tools' is not supported by MoA stacks",
-    "functions": "'functions' is not supported by MoA stacks",
-    "tool_choice": "'tool_choice' is not supported by MoA stacks",
-    "function_call": "'function_call' is not supported by MoA stacks",
+    "functions": "'functions' is the deprecated functions API: use 'tools'",
+    "function_call": "'function_call' is the deprecated functions API: use 'tool_choice'",
     "prediction": "'prediction' is not supported by MoA stacks",
     "audio": "'audio' output is not supported by MoA stacks",
     "modalities": "only text output is supported",
@@ -140,7 +138,9 @@ def from_validation(
 
 # pydantic error types (ours from wire.py, and pydantic's own) -> OpenAI-style error codes.
 _CODES = {
-    "tool_calls": "unsupported_parameter",
+    "legacy_functions": "unsupported_parameter",
+    "unsupported_tool": "unsupported_parameter",
+    "unknown_field": "unknown_parameter",
     "unsupported_content": "unsupported_parameter",
     "invalid_unicode": "invalid_unicode",
     "string_unicode": "invalid_unicode",

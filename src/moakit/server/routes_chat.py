@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moakit.errors import QueryFailed
-from moakit.events import LayerFinished, TextDelta
+from moakit.events import LayerFinished, TextDelta, ToolCalls
 from moakit.server.errors import (
     UNSUPPORTED,
     ApiError,
@@ -34,6 +34,7 @@ from moakit.server.wire import (
     chunk_body,
     completion_body,
     finish_reason,
+    tool_call_deltas,
     usage_body,
     usage_chunk_body,
 )
@@ -49,7 +50,10 @@ async def chat(state: ServerState, request: Request, access: Access) -> Response
         raise request_stacks_disabled()
     body = validate(ChatCompletionRequest, raw, UNSUPPORTED)
     access.model = body.model
-    query = await prepare(state, body.model, body.chat_request(), body.moa, run_id=access.id)
+    budget = body.moa_budget.config() if body.moa_budget is not None else None
+    query = await prepare(
+        state, body.model, body.chat_request(), body.moa, run_id=access.id, budget=budget
+    )
     slot = await admit(state, query)
     created = int(time.time())
     if body.stream:
@@ -74,10 +78,15 @@ def _stream(
 
     async def gen() -> AsyncIterator[str]:
         yield chunk({"role": "assistant", "content": ""})
+        calls_sent = 0
         try:
             async for item in answer(query, streaming=True):
                 if isinstance(item, TextDelta):
                     yield chunk({"content": item.text})
+                elif isinstance(item, ToolCalls):
+                    for delta in tool_call_deltas(item.calls, first_index=calls_sent):
+                        yield chunk(delta)
+                    calls_sent += len(item.calls)
                 elif isinstance(item, LayerFinished):
                     # Progress as an SSE comment: clients ignore it, curl users see it.
                     layer = item.result

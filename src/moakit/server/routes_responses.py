@@ -1,5 +1,5 @@
-"""``POST /v1/responses`` (text subset), streamed with the typed events and not, over the same
-query runner as chat completions."""
+"""``POST /v1/responses`` (text and function tools), streamed with the typed events and not,
+over the same query runner as chat completions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from moakit.errors import QueryFailed
-from moakit.events import TextDelta
+from moakit.events import TextDelta, ToolCalls
+from moakit.messages import ToolCall
 from moakit.result import Result
 from moakit.server.errors import ApiError, internal_error, query_error
 from moakit.server.handling import Access, EventStream, read_body, sse, validate
@@ -22,7 +23,10 @@ from moakit.server.state import ServerState
 from moakit.server.wire_responses import (
     UNSUPPORTED,
     ResponsesRequest,
+    call_item_id,
     final_status,
+    function_call_item,
+    output_items,
     output_message,
     output_text,
     response_object,
@@ -43,6 +47,7 @@ async def responses(state: ServerState, request: Request, access: Access) -> Res
         None,
         run_id=access.id,
         schema_param="text.format.schema",
+        tool_param=responses_tool_param,
     )
     slot = await admit(state, query)
     item_id = f"msg_{uuid.uuid4().hex}"
@@ -51,7 +56,7 @@ async def responses(state: ServerState, request: Request, access: Access) -> Res
     result = await run_to_result(state, request, query, slot)
     access.tokens = result.usage.total_tokens
     status = final_status(result)
-    output = [output_message(item_id, result.final, status)]
+    output = output_items(item_id, result)
     return JSONResponse(
         response_object(access.id, body, status=status, output=output, result=result)
     )
@@ -81,25 +86,42 @@ def _stream(
         yield event("response.created", response=response("in_progress", output=[]))
         yield event("response.in_progress", response=response("in_progress", output=[]))
         parts: list[str] = []
-        started = False
+        # The output items sent so far, finished: the message (when it has text), then one
+        # per tool call; the text always comes first (the engine sends calls after it).
+        done: list[dict[str, Any]] = []
+        message_open = False
         try:
             async for item in answer(query, streaming=True):
                 if isinstance(item, TextDelta):
-                    if not started:
-                        started = True
+                    if not message_open:
+                        message_open = True
                         for line in _open_item(event, item_id):
                             yield line
                     parts.append(item.text)
                     yield event("response.output_text.delta", **where, delta=item.text, logprobs=[])
+                elif isinstance(item, ToolCalls):
+                    if message_open:
+                        message_open = False
+                        text = "".join(parts)
+                        for line in _close_item(event, item_id, text, "completed"):
+                            yield line
+                        done.append(output_message(item_id, text, "completed"))
+                    for call in item.calls:
+                        call_id = call_item_id()
+                        for line in _call_events(event, len(done), call_id, call):
+                            yield line
+                        done.append(function_call_item(call_id, call))
                 elif isinstance(item, Result):
-                    if not started:
+                    status = final_status(item)
+                    if not done and not message_open:
+                        message_open = True
                         for line in _open_item(event, item_id):
                             yield line
-                    status = final_status(item)
-                    for line in _close_item(event, item_id, item.final, status):
-                        yield line
+                    if message_open:
+                        for line in _close_item(event, item_id, item.final, status):
+                            yield line
+                        done.append(output_message(item_id, item.final, status))
                     access.tokens = item.usage.total_tokens
-                    done = [output_message(item_id, item.final, status)]
                     yield event(
                         f"response.{status}",
                         response=response(status, output=done, result=item),
@@ -136,6 +158,37 @@ def _open_item(event: EventFn, item_id: str) -> list[str]:
             part=output_text(""),
         ),
     ]
+
+
+def _call_events(event: EventFn, index: int, item_id: str, call: ToolCall) -> list[str]:
+    """One function call's events, in OpenAI's order. The call is whole and checked (the
+    stream rule), so its arguments go in one delta."""
+    where = {"item_id": item_id, "output_index": index}
+    return [
+        event(
+            "response.output_item.added",
+            output_index=index,
+            item=function_call_item(item_id, call, "in_progress"),
+        ),
+        event("response.function_call_arguments.delta", **where, delta=call.arguments),
+        event(
+            "response.function_call_arguments.done",
+            **where,
+            name=call.name,
+            arguments=call.arguments,
+        ),
+        event(
+            "response.output_item.done",
+            output_index=index,
+            item=function_call_item(item_id, call),
+        ),
+    ]
+
+
+def responses_tool_param(field: str) -> str:
+    """The engine names a tool's field Chat's way (``tools.N.function.x``); Responses tools
+    are flat (``tools.N.x``)."""
+    return field.replace(".function.", ".", 1)
 
 
 def _close_item(event: EventFn, item_id: str, text: str, status: str) -> list[str]:

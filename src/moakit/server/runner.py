@@ -10,7 +10,7 @@ attempt that wrote it ends the query with an error, never with another attempt's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,9 +19,11 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from moakit.engine import Stack
-from moakit.errors import QueryFailed
-from moakit.events import Event, LayerFinished, RunFinished, TextDelta
+from moakit.engine.tool_calls import check_tool_specs
+from moakit.errors import ConfigError, QueryFailed
+from moakit.events import Event, LayerFinished, RunFinished, TextDelta, ToolCalls
 from moakit.models.base import ChatRequest, Model
+from moakit.policies import BudgetConfig
 from moakit.result import Result
 from moakit.schema import OutputInvalid, SchemaRefused, check_answer, check_schema
 from moakit.server.errors import ApiError, bad_request, query_error
@@ -53,6 +55,7 @@ class Query:
     owned: bool  # built for this request (a request stack): closed when it ends
     run_id: str | None = None  # the request id, so logs, traces and results share one id
     recorder: TraceRecorder | None = None
+    budget: BudgetConfig | None = None  # the request's own limits (``moa_budget``)
 
     async def aclose(self) -> None:
         if self.owned:
@@ -61,6 +64,12 @@ class Query:
 
 # Where the client put the format's schema (named in a 400): chat and Responses differ.
 CHAT_SCHEMA_PARAM = "response_format.json_schema.schema"
+# Where a tool's field is, from the engine's Chat-shaped path (``tools.N.function.x``).
+ToolParam = Callable[[str], str]
+
+
+def same_path(field: str) -> str:
+    return field
 
 
 async def prepare(
@@ -71,8 +80,11 @@ async def prepare(
     *,
     run_id: str,
     schema_param: str = CHAT_SCHEMA_PARAM,
+    tool_param: ToolParam = same_path,
+    budget: BudgetConfig | None = None,
 ) -> Query:
     await check_response_format(request.response_format, schema_param)
+    await check_tools(request, tool_param)
     if custom is None:
         query = Query(
             model, request, state.stack(model), owned=False, run_id=run_id, recorder=state.recorder
@@ -96,8 +108,15 @@ async def prepare(
             run_id=run_id,
             recorder=state.recorder,
         )
+    query.budget = budget
     try:
         check_capabilities(query.stack, request)
+        if budget is not None and not getattr(query.stack.strategy, "budgets", False):
+            raise bad_request(
+                f"moa_budget is not supported by the {query.stack.config.strategy!r} strategy",
+                "moa_budget",
+                "unsupported_parameter",
+            )
     except ApiError:
         await query.aclose()
         raise
@@ -117,6 +136,16 @@ async def check_response_format(response_format: Mapping[str, Any] | None, param
         raise bad_request(f"{param}: {exc}", param) from None
 
 
+async def check_tools(request: ChatRequest, tool_param: ToolParam) -> None:
+    """A 400 before any call for tools the engine could not check calls against (a bad or
+    repeated name, a schema ``schema.check_schema`` refuses), naming the field."""
+    try:
+        await check_tool_specs(request.tools)
+    except ConfigError as err:
+        param = tool_param(err.field) if err.field else "tools"
+        raise bad_request(f"{param}: {err}", param) from None
+
+
 def _aggregator_models(stack: Stack) -> list[tuple[str, Model]]:
     # The final aggregator and its fallbacks: whichever answers gets the client's parameters.
     return [
@@ -127,6 +156,10 @@ def _aggregator_models(stack: Stack) -> list[tuple[str, Model]]:
 
 def check_capabilities(stack: Stack, request: ChatRequest) -> None:
     """A 400 before any call when the aggregator cannot honour what the client asked."""
+    refused = stack.refusal(request)
+    if refused is not None:
+        message, param = refused
+        raise bad_request(message, param, "unsupported_parameter")
     for label, model in _aggregator_models(stack):
         if request.response_format is not None and not model.profile.response_format:
             raise bad_request(
@@ -146,8 +179,10 @@ def check_capabilities(stack: Stack, request: ChatRequest) -> None:
 
 async def answer(
     query: Query, *, streaming: bool
-) -> AsyncIterator[TextDelta | LayerFinished | Result]:
+) -> AsyncIterator[TextDelta | ToolCalls | LayerFinished | Result]:
     """Run the query. Raises ``QueryFailed`` (or ``ApiError``) when there is no answer.
+    ``ToolCalls`` come after the answer's text, already checked against the tools' schemas
+    (never a call of a discarded attempt).
 
     The stream rule is the engine's (``streaming=True``): once answer text was emitted, a
     failure of the attempt that wrote it raises ``AggregatorFailed`` instead of retrying, so
@@ -161,10 +196,15 @@ async def answer(
             run_id=query.run_id,
             streaming=streaming,
             member_deltas=False,
+            budget=query.budget,
         )
         if query.recorder is not None
         else query.stack.events(
-            query.request, run_id=query.run_id, streaming=streaming, member_deltas=False
+            query.request,
+            run_id=query.run_id,
+            streaming=streaming,
+            member_deltas=False,
+            budget=query.budget,
         )
     )
     async with aclosing(events):
@@ -172,10 +212,12 @@ async def answer(
             if isinstance(event, TextDelta):
                 if event.text and streaming:
                     yield event
-            elif isinstance(event, LayerFinished):
+            elif isinstance(event, LayerFinished | ToolCalls):
                 yield event
             elif isinstance(event, RunFinished):
-                await check_output(event.result.final, query.request.response_format)
+                if not event.result.tool_calls:
+                    # An answer that calls tools is not the final answer the format is for.
+                    await check_output(event.result.final, query.request.response_format)
                 yield event.result
 
 

@@ -8,20 +8,35 @@ accepted as harmless metadata, or refused with a 400 naming it. Nothing is silen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from moakit.messages import ChatRequest, Message
+from moakit.messages import (
+    ChatRequest,
+    Message,
+    TextPart,
+    ToolCall,
+    ToolResult,
+    call_to_openai,
+)
+from moakit.policies import BudgetConfig
 from moakit.result import Result
+from moakit.server.errors import bad_request
 from moakit.server.request_stack import RequestStack
 from moakit.server.text import Text, check_text
-
-
-class WireModel(BaseModel):
-    # strict: "5" is not an integer and "yes" is not a boolean, as on OpenAI's own API.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+from moakit.server.wire_base import WireModel
+from moakit.server.wire_tools import (
+    CallIds,
+    ChatTool,
+    ChatToolCall,
+    ChoiceValue,
+    chat_choice_name,
+    check_arguments,
+    tool_choice,
+)
 
 
 class WireTextPart(WireModel):
@@ -65,30 +80,75 @@ Content = Annotated[list[WireTextPart], text_parts("text")]
 
 
 _EMPTY_OK = frozenset({"tool_calls", "function_call", "audio", "annotations", "refusal"})
+# The deprecated ``functions`` API: refused with the name of its replacement. Mapping only the
+# request would answer with ``tool_calls`` a legacy client does not read (it waits for
+# ``message.function_call``); every current SDK and agent framework sends ``tools``.
+LEGACY_ROLE = (
+    "role 'function' is the deprecated functions API: send the result as a message with role "
+    "'tool' and the call's 'tool_call_id'"
+)
+LEGACY_CALL = "'function_call' is the deprecated functions API: use 'tool_calls'"
 
 
 class ChatMessage(WireModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Content
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # ``None`` only where OpenAI allows it: an assistant message that makes tool calls.
+    content: Content | None = None
     name: Text | None = None
     refusal: None = None
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: Text | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _no_tools(cls, data: Any) -> Any:
-        # Checked before the role, so a tool message gets this error rather than a role list.
+    def _legacy_and_echoes(cls, data: Any) -> Any:
+        # Checked before the role, so a legacy message gets this error rather than a role list.
         if isinstance(data, dict):
-            if data.get("role") in ("tool", "function") or data.get("tool_calls"):
-                raise PydanticCustomError("tool_calls", "tool calls are not supported")
-            if data.get("role") == "assistant" and data.get("content") is None:
-                data = {**data, "content": ""}
+            if data.get("role") == "function":
+                raise PydanticCustomError("legacy_functions", LEGACY_ROLE)
+            if data.get("function_call") is not None:
+                raise PydanticCustomError("legacy_functions", LEGACY_CALL)
             # An assistant message echoed back from a previous response carries these empty.
             data = {k: v for k, v in data.items() if not (k in _EMPTY_OK and v in (None, []))}
         return data
 
-    def wire(self) -> Message:
-        role = "system" if self.role == "developer" else self.role
-        return Message.of(role, "".join(p.text for p in self.content))
+
+def typed_messages(messages: list[ChatMessage]) -> list[Message]:
+    """The conversation as typed messages; a 400 naming the field for what only the whole
+    conversation shows (a tool result answering no earlier call, a part in the wrong role)."""
+    out: list[Message] = []
+    calls = CallIds()
+    for i, message in enumerate(messages):
+        where = f"messages.{i}"
+        role = "system" if message.role == "developer" else message.role
+        text = "".join(p.text for p in message.content or ())
+        if message.tool_calls and role != "assistant":
+            raise bad_request("only assistant messages carry 'tool_calls'", f"{where}.tool_calls")
+        if message.tool_call_id is not None and role != "tool":
+            raise bad_request("only tool messages carry 'tool_call_id'", f"{where}.tool_call_id")
+        if message.content is None and role != "assistant":
+            raise _missing(f"{where}.content")
+        if role == "tool":
+            if message.tool_call_id is None:
+                raise _missing(f"{where}.tool_call_id")
+            call_id = message.tool_call_id
+            name = calls.name_of(call_id, f"{where}.tool_call_id")
+            out.append(Message("tool", (ToolResult(call_id, text, name),)))
+        elif role == "assistant":
+            made = []
+            for j, wire_call in enumerate(message.tool_calls or ()):
+                param = f"{where}.tool_calls.{j}.function.arguments"
+                check_arguments(wire_call.function.arguments, param)
+                made.append(wire_call.call())
+                calls.add(made[-1])
+            out.append(Message.assistant(text, made))
+        else:
+            out.append(Message(role, (TextPart(text),)))
+    return out
+
+
+def _missing(param: str) -> Exception:
+    return bad_request(f"missing required parameter: {param}", param, "missing_required_parameter")
 
 
 class JsonSchemaFormat(WireModel):
@@ -132,6 +192,19 @@ Empty = Annotated[dict[str, Any], Field(max_length=0)]
 NoItems = Annotated[list[Any], Field(max_length=0)]
 
 
+class MoaBudget(WireModel):
+    """``moa_budget``: this query's spending limits (each the smaller of this and the
+    stack's own); the engine cuts members and layers to stay within them."""
+
+    max_calls: int | None = Field(default=None, ge=1, le=10_000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_latency_s: float | None = Field(default=None, gt=0)
+
+    def config(self) -> BudgetConfig:
+        return BudgetConfig(**self.model_dump())
+
+
 class ChatCompletionRequest(WireModel):
     model: Text = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -149,15 +222,16 @@ class ChatCompletionRequest(WireModel):
     response_format: ResponseFormat | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    # moakit's own: a stack sent with the request, and the per-layer breakdown.
+    # moakit's own: a stack sent with the request, the per-layer breakdown, and a budget for
+    # this query (it can only tighten the stack's own, ``engine.budget``).
     moa: RequestStack | None = None
     moa_details: bool | None = None
+    moa_budget: MoaBudget | None = None
     # Harmless metadata: accepted, not forwarded to any backend.
     user: Text | None = None
     metadata: dict[str, Text] | None = None
     store: bool | None = None
     service_tier: Text | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
     safety_identifier: Text | None = None
     # Refused unless absent or at their no-op value (errors.UNSUPPORTED words the 400).
@@ -165,14 +239,25 @@ class ChatCompletionRequest(WireModel):
     logprobs: Literal[False] | None = None
     top_logprobs: None = None
     logit_bias: Empty | None = None
-    tools: NoItems | None = None
-    tool_choice: Literal["none"] | None = None
+    # Function tools: offered to the final aggregator, whose calls come back checked.
+    tools: list[ChatTool] | None = None
+    tool_choice: ChoiceValue | None = None
+    parallel_tool_calls: bool | None = None
+    # The deprecated functions API (LEGACY_*): refused, naming its replacement.
     functions: NoItems | None = None
     function_call: None = None
 
     def chat_request(self) -> ChatRequest:
+        """The typed request; a 400 (``ApiError``) naming the field for what the schema alone
+        cannot see."""
+        tools = tuple(t.spec() for t in self.tools or ())
         return ChatRequest(
-            messages=[m.wire() for m in self.messages],
+            messages=typed_messages(self.messages),
+            tools=tools,
+            tool_choice=tool_choice(
+                self.tool_choice, tools, chat_choice_name, "tool_choice.function.name"
+            ),
+            parallel_tool_calls=self.parallel_tool_calls,
             temperature=self.temperature,
             max_tokens=self.max_completion_tokens or self.max_tokens,
             seed=self.seed,
@@ -188,6 +273,8 @@ class ChatCompletionRequest(WireModel):
 
 
 def finish_reason(result: Result) -> str:
+    if result.tool_calls:
+        return "tool_calls"
     agg = result.aggregator
     return (agg.finish_reason if agg and agg.finish_reason else None) or "stop"
 
@@ -212,7 +299,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.final, "refusal": None},
+                "message": message_body(result),
                 "finish_reason": finish_reason(result),
                 "logprobs": None,
             }
@@ -222,6 +309,15 @@ def completion_body(
     if details:
         body["moa"] = result.model_dump(mode="json")
     return body
+
+
+def message_body(result: Result) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.final, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = [call_to_openai(c) for c in result.tool_calls]
+        if not result.final:
+            message["content"] = None  # OpenAI's shape for an answer made only of calls
+    return message
 
 
 def chunk_body(
@@ -234,6 +330,23 @@ def chunk_body(
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
     }
+
+
+def tool_call_deltas(calls: Sequence[ToolCall], first_index: int = 0) -> list[dict[str, Any]]:
+    """OpenAI's streamed shape for each call, in order: a delta that opens it (index, id,
+    name, empty arguments), then one with its arguments. The calls arrive whole and checked
+    (the stream rule), so the arguments need not be cut into the upstream's fragments."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls, start=first_index):
+        opening = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        deltas.append({"tool_calls": [opening]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
+    return deltas
 
 
 def usage_chunk_body(rid: str, created: int, model: str, result: Result) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.types import Message, Receive, Scope, Send
 
+from moakit.testing import _fake_tools as tools
 from moakit.testing import _fake_wire as wire
 
 if TYPE_CHECKING:
@@ -170,39 +171,59 @@ class ChatEndpoint:
         skip = len(prefill.split()) if prefill is not None else 0
         if prefill is not None:
             messages = messages[:-1]
-        n = max(0, behavior.tokens - skip)
-        finish = "stop"
+        script = behavior.tool_calls
+        answer = None
+        if script is not None and prefill is None and tools.offers_tools(req):
+            answer = script(req)
+        calls: list[tools.WireCall] = []
+        if answer is not None and answer.calls and kind != "empty":
+            digest = wire.messages_digest(messages)
+            spoil = kind == "bad_tool_arguments"
+            calls = tools.wire_calls(answer, req, digest, spoil=spoil)
         cap = req.get("max_completion_tokens")
         if cap is None:
             cap = req.get("max_tokens")
+        finish = "tool_calls" if calls else "stop"
+        if answer is not None and answer.text is not None:
+            words = answer.text.split(" ") if answer.text else []
+            n = len(words)
+        else:
+            n = 0 if calls else max(0, behavior.tokens - skip)
+            words = []
         if cap is not None and cap < n:
             n, finish = cap, "length"
         if kind == "empty":
             n = 0
         elif kind == "truncated":
             finish = "length"
-        words = wire.content_words(model, messages, skip + n)[skip:]
+            calls = tools.truncate_calls(calls)
+        if not words:
+            words = wire.content_words(model, messages, skip + n)[skip:]
+        words = words[:n]
         if prefill and words and not prefill[-1].isspace():
             words[0] = " " + words[0]
+        completion_tokens = n + tools.calls_tokens(calls)
         prompt_tokens = wire.count_prompt_tokens(req["messages"])
         ttft += behavior.latency.prompt_per_token_s * prompt_tokens
         rid = f"chatcmpl-fake-{next(self._backend._ids)}"
         created = int(time.time())
 
         if not req.get("stream"):
-            if not await conn.sleep(ttft + per_token * n):
+            if not await conn.sleep(ttft + per_token * completion_tokens):
                 return "cancelled"
             if kind == "reset_mid_stream":
                 return await self._reset(scope, send, conn, [], headers_only=True)
             if kind == "malformed_json":
                 return await _send_json(send, 200, wire.GARBAGE_JSON_BODY)
+            text = " ".join(words)
             body = wire.completion_body(
                 rid=rid,
                 created=created,
                 model=model,
-                content=" ".join(words),
+                content=text,
                 finish_reason=finish,
-                usage_=wire.usage(prompt_tokens, n),
+                usage_=wire.usage(prompt_tokens, completion_tokens),
+                message=tools.message_with_calls(text, calls) if calls else None,
             )
             return await _send_json(send, 200, body)
 
@@ -210,8 +231,12 @@ class ChatEndpoint:
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         cw = wire.ChunkWriter(rid, created, model, include_usage)
         # (delay before, bytes): contiguous zero-delay events are coalesced into one write.
-        events: list[tuple[float, bytes]] = [(ttft, cw.first(words[0] if words else ""))]
-        events.extend((per_token, cw.token(" " + w)) for w in words[1:])
+        if calls:
+            deltas = tools.call_deltas(cw, words, calls)
+            events = [(ttft, deltas[0]), *((per_token, d) for d in deltas[1:])]
+        else:
+            events = [(ttft, cw.first(words[0] if words else ""))]
+            events.extend((per_token, cw.token(" " + w)) for w in words[1:])
         if kind == "malformed_json":
             events.insert(1, (0.0, wire.GARBAGE_SSE_LINE))
         if kind == "reset_mid_stream":
@@ -219,7 +244,7 @@ class ChatEndpoint:
         else:
             events.append((0.0, cw.finish(finish)))
             if include_usage:
-                events.append((0.0, cw.usage(wire.usage(prompt_tokens, n))))
+                events.append((0.0, cw.usage(wire.usage(prompt_tokens, completion_tokens))))
             events.append((0.0, wire.DONE))
 
         await send(
@@ -302,7 +327,7 @@ def validate_request(req: Any) -> str | None:
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             return f"'{key}' must be a non-negative integer"
-    return None
+    return tools.check_tool_messages(req)
 
 
 async def _send_json(

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from moakit.testing._fake_tools import ToolCaller, ToolScript, rounds_from_config
+
 FaultKind = Literal[
     "http_500",
     "http_503",
@@ -27,6 +29,9 @@ FaultKind = Literal[
     "malformed_json",
     "empty",
     "truncated",
+    # An answer with tool calls whose arguments the tool's schema refuses (still a JSON
+    # object, one property of the wrong type): what the stream rule's tests need.
+    "bad_tool_arguments",
 ]
 Distribution = Literal["fixed", "lognormal"]
 
@@ -79,6 +84,8 @@ class Behavior:
     latency: Latency = field(default_factory=Latency)
     fault: Fault | None = None
     tokens: int = 12
+    # Answers with tool calls when a request offers tools (see ``ToolScript``); ``None``: text.
+    tool_calls: ToolCaller | None = None
 
     def __post_init__(self) -> None:
         if self.tokens < 0:
@@ -163,6 +170,8 @@ _KEYS = frozenset(
         "fault",
         "fault_times",
         "retry_after_s",
+        "tool_rounds",
+        "tool_final",
     }
 )
 
@@ -170,7 +179,8 @@ _KEYS = frozenset(
 def behavior_from_mapping(data: Mapping[str, Any], base: Behavior | None = None) -> Behavior:
     """Build a Behavior from flat config keys, starting from `base` (keys absent keep its values).
 
-    ``fault = "none"`` clears a fault inherited from `base`.
+    ``fault = "none"`` clears a fault inherited from `base`. ``tool_rounds`` (a list of rounds,
+    each a list of ``{name, arguments}``) and ``tool_final`` script a tool loop (``ToolScript``).
     """
     unknown = set(data) - _KEYS
     if unknown:
@@ -197,7 +207,22 @@ def behavior_from_mapping(data: Mapping[str, Any], base: Behavior | None = None)
             ra = data["retry_after_s"]
             updates["retry_after_s"] = None if ra is None else float(ra)
         fault = replace(fault, **updates)
-    return Behavior(latency=latency, fault=fault, tokens=int(data.get("tokens", base.tokens)))
+    tool_calls = base.tool_calls
+    if "tool_rounds" in data or "tool_final" in data:
+        inherited = tool_calls if isinstance(tool_calls, ToolScript) else ToolScript(rounds=[])
+        final = data.get("tool_final", inherited.final)
+        if final is not None and not isinstance(final, str):
+            raise ValueError("tool_final must be a string")
+        rounds = inherited.rounds
+        if "tool_rounds" in data:
+            rounds = rounds_from_config(data["tool_rounds"])
+        tool_calls = ToolScript(rounds, final=final)
+    return Behavior(
+        latency=latency,
+        fault=fault,
+        tokens=int(data.get("tokens", base.tokens)),
+        tool_calls=tool_calls,
+    )
 
 
 def load_behaviors(path: str | Path) -> tuple[Behavior, dict[str, Behavior]]:

@@ -53,7 +53,8 @@ _ERROR_INFO: dict[int, tuple[str, str]] = {
 }
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, as OpenAI writes it."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -113,8 +114,10 @@ def completion_body(
     content: str,
     finish_reason: str,
     usage_: dict[str, int],
+    message: dict[str, Any] | None = None,
 ) -> bytes:
-    return _dumps(
+    """A whole chat completion; ``message`` replaces the plain text message (tool calls)."""
+    return dumps(
         {
             "id": rid,
             "object": "chat.completion",
@@ -123,7 +126,7 @@ def completion_body(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "message": message or {"role": "assistant", "content": content},
                     "finish_reason": finish_reason,
                     "logprobs": None,
                 }
@@ -135,7 +138,7 @@ def completion_body(
 
 def error_body(status: int, model: str, *, message: str | None = None) -> bytes:
     err_type, code = _ERROR_INFO.get(status, ("server_error", "error"))
-    return _dumps(
+    return dumps(
         {
             "error": {
                 "message": message or f"fake backend: injected HTTP {status} for model {model!r}",
@@ -148,7 +151,7 @@ def error_body(status: int, model: str, *, message: str | None = None) -> bytes:
 
 
 def bad_request_body(message: str) -> bytes:
-    return _dumps(
+    return dumps(
         {
             "error": {
                 "message": message,
@@ -177,11 +180,11 @@ class ChunkWriter:
         self._usage_null = include_usage
         self._head = (
             b'data: {"id":'
-            + _dumps(rid)
+            + dumps(rid)
             + b',"object":"chat.completion.chunk","created":'
             + str(created).encode()
             + b',"model":'
-            + _dumps(model)
+            + dumps(model)
             + b',"choices":[{"index":0,"delta":{"content":'
         )
         self._tail = (
@@ -198,7 +201,7 @@ class ChunkWriter:
         }
         if self._usage_null or usage_ is not None:
             obj["usage"] = usage_
-        return b"data: " + _dumps(obj) + b"\n\n"
+        return b"data: " + dumps(obj) + b"\n\n"
 
     def first(self, text: str) -> bytes:
         return self._event(
@@ -212,8 +215,12 @@ class ChunkWriter:
             None,
         )
 
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        """A chunk with any ``delta`` (tool-call deltas), finish_reason null."""
+        return self._event([{"index": 0, "delta": delta, "finish_reason": None}], None)
+
     def token(self, text: str) -> bytes:
-        return self._head + _dumps(text) + self._tail
+        return self._head + dumps(text) + self._tail
 
     def finish(self, finish_reason: str) -> bytes:
         return self._event([{"index": 0, "delta": {}, "finish_reason": finish_reason}], None)

@@ -1,7 +1,9 @@
 """A fault-injecting, OpenAI-compatible chat-completions server on loopback.
 
 Tests and benchmarks point MoA members at it to get deterministic answers (see
-``expected_content``), controllable latency and injected faults, over real HTTP.
+``expected_content``), controllable latency and injected faults, over real HTTP. A model can
+be scripted to answer with tool calls (``Behavior(tool_calls=ToolScript(...))``), in OpenAI's
+exact shapes, whole or streamed as ``delta.tool_calls``.
 
 Three ways to run it::
 
@@ -34,6 +36,13 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from moakit.testing._fake_chat import ChatEndpoint
+from moakit.testing._fake_tools import (
+    ScriptedAnswer,
+    ScriptedCall,
+    ToolCaller,
+    ToolScript,
+    tool_rounds_done,
+)
 from moakit.testing._fake_types import (
     BackendStats,
     Behavior,
@@ -55,11 +64,16 @@ __all__ = [
     "FaultKind",
     "Latency",
     "LatencySampler",
+    "ScriptedAnswer",
+    "ScriptedCall",
+    "ToolCaller",
+    "ToolScript",
     "behavior_from_mapping",
     "expected_content",
     "load_behaviors",
     "messages_digest",
     "sample_ttfts",
+    "tool_rounds_done",
 ]
 
 

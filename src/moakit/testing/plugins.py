@@ -30,8 +30,6 @@ def _impl(hook: str, entries: dict[str, Any]) -> Any:
     return impl
 
 
-
-
 def register_provider(name: str, factory: Any) -> str:
     """Register a one-provider plugin for the rest of the process (a test module's fake
     backend): ``factory(spec, pool) -> Model``. Returns the plugin's name."""

@@ -18,6 +18,7 @@ from moakit.engine.observers import Observer
 from moakit.errors import QueryFailed
 from moakit.events import Event, RunFinished
 from moakit.messages import ChatRequest, MessagesLike, as_messages
+from moakit.policies import BudgetConfig
 from moakit.result import Result
 from moakit.trace.recorder import TraceRecorder
 
@@ -35,6 +36,7 @@ async def traced_events(
     observers: Sequence[Observer] = (),
     streaming: bool = True,
     member_deltas: bool = True,
+    budget: BudgetConfig | None = None,
 ) -> AsyncGenerator[Event, None]:
     """``stack.events(request, ...)``, recorded. ``request`` may be a ChatRequest, a message
     list or one user message as a string. ``run_id`` defaults to a new uuid4 hex."""
@@ -49,6 +51,7 @@ async def traced_events(
         observers=[recorder, *observers],
         streaming=streaming,
         member_deltas=member_deltas,
+        budget=budget,
     )
     finished = False
     try:

@@ -30,6 +30,7 @@ from moakit.trace.records import (
     Level,
     QueryRecord,
     ReferenceShown,
+    ToolCallRecord,
 )
 
 if TYPE_CHECKING:
@@ -149,6 +150,11 @@ class RunCollector:
             q.cost_usd = result.cost_usd
             q.llm_calls, q.serial_rounds = result.llm_calls, result.serial_rounds
             q.output = result.final or None
+            q.tool_calls = [ToolCallRecord.of(c) for c in result.tool_calls]
+            q.advice, q.advice_from = result.advice, result.advice_from
+            q.decisions = [
+                d.model_dump(mode="json", exclude={"calls_saved"}) for d in result.decisions
+            ]
             q.latency_s = result.latency_s
             error = error or result.error
         q.end_time = now
@@ -189,6 +195,7 @@ class RunCollector:
             input=start.input if start else None,
             references=list(start.references) if start else [],
             output=out.output,
+            tool_calls=[ToolCallRecord.of(c) for c in out.tool_calls],
             finish_reason=out.finish_reason,
             truncated=out.truncated,
             cancelled=out.cancelled,

@@ -102,6 +102,24 @@ def m003_call_steps(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
 
 
+@migration
+def m004_tool_calls(db: sqlite3.Connection) -> None:
+    # Tools (issue 23): each call's tool calls (JSON list of {id, name, arguments,
+    # arguments_hash}), and per query the final answer's tool calls and whether the proposers'
+    # advice was fresh or reused (and from which run).
+    db.execute("ALTER TABLE calls ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE queries ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE queries ADD COLUMN advice TEXT")
+    db.execute("ALTER TABLE queries ADD COLUMN advice_from TEXT")
+
+
+@migration
+def m005_decisions(db: sqlite3.Connection) -> None:
+    # Adaptive compute (issue 24): what the engine decided per query (early exit, escalation,
+    # budget and route cuts: JSON list of {kind, layer, detail, skipped, answer_from}).
+    db.execute("ALTER TABLE queries ADD COLUMN decisions TEXT NOT NULL DEFAULT '[]'")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     db.execute(
         "CREATE TABLE IF NOT EXISTS _moakit_migrations (name TEXT PRIMARY KEY, applied_at REAL)"

@@ -143,6 +143,14 @@ class OtelSink:
         if q.output is not None:
             attrs["output.value"] = r.text(q.output)
             attrs["output.mime_type"] = "text/plain"
+        if q.tool_calls:
+            attrs["moakit.tool_calls"] = [r.text(c.name) or "" for c in q.tool_calls]
+        if q.advice is not None:
+            attrs["moakit.advice"] = q.advice
+        if q.advice_from is not None:
+            attrs["moakit.advice_from"] = q.advice_from
+        if q.decisions:
+            attrs["moakit.decisions"] = json.dumps(q.decisions, ensure_ascii=False)
         return attrs
 
     def _call_span(self, call: CallRecord, ctx: Any, r: Redactor, query_start: float) -> Span:
@@ -188,13 +196,25 @@ class OtelSink:
             attrs["input.value"] = json.dumps(messages, ensure_ascii=False)
             attrs["input.mime_type"] = "application/json"
             for i, m in enumerate(messages):
-                attrs[f"llm.input_messages.{i}.message.role"] = str(m.get("role", ""))
-                attrs[f"llm.input_messages.{i}.message.content"] = str(m.get("content", ""))
+                attrs.update(_input_message(f"llm.input_messages.{i}.message", m))
+        for i, tool in enumerate(params.get("tools") or ()):
+            attrs[f"llm.tools.{i}.tool.json_schema"] = json.dumps(r.value(tool), ensure_ascii=False)
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                attrs[f"llm.tools.{i}.tool.name"] = r.text(function["name"])
+        if call.output is not None or call.tool_calls:
+            attrs["llm.output_messages.0.message.role"] = "assistant"
         if call.output is not None:
             attrs["output.value"] = r.text(call.output)
             attrs["output.mime_type"] = "text/plain"
-            attrs["llm.output_messages.0.message.role"] = "assistant"
             attrs["llm.output_messages.0.message.content"] = r.text(call.output)
+        for j, tool_call in enumerate(call.tool_calls):
+            # The arguments are user data, left out with the prompts (names and ids stay).
+            prefix = f"llm.output_messages.0.message.tool_calls.{j}.tool_call"
+            attrs[f"{prefix}.id"] = r.text(tool_call.id) or ""
+            attrs[f"{prefix}.function.name"] = r.text(tool_call.name) or ""
+            if self.include_prompts and tool_call.arguments is not None:
+                attrs[f"{prefix}.function.arguments"] = r.text(tool_call.arguments) or ""
         span = self._tracer.start_span(
             f"{call.role} {call.label}",
             context=ctx,
@@ -216,3 +236,27 @@ class OtelSink:
             span.set_status(Status(StatusCode.ERROR, r.text(call.status_message)))
         span.end(end_time=_ns(call.end_time))
         return span
+
+
+def _input_message(prefix: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One input message (OpenAI's dict shape, already scrubbed) as OpenInference attributes:
+    its role, its text, the tool calls an assistant made and the call a tool result answers."""
+    attrs: dict[str, Any] = {f"{prefix}.role": str(message.get("role", ""))}
+    content = message.get("content")
+    if isinstance(content, str):
+        attrs[f"{prefix}.content"] = content
+    elif content is not None:
+        attrs[f"{prefix}.content"] = json.dumps(content, ensure_ascii=False)
+    if isinstance(message.get("tool_call_id"), str):
+        attrs[f"{prefix}.tool_call_id"] = message["tool_call_id"]
+    for j, raw in enumerate(message.get("tool_calls") or ()):
+        function = raw.get("function") if isinstance(raw, dict) else None
+        if not isinstance(function, dict):
+            continue
+        call = f"{prefix}.tool_calls.{j}.tool_call"
+        attrs[f"{call}.id"] = str(raw.get("id", ""))
+        attrs[f"{call}.function.name"] = str(function.get("name", ""))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            attrs[f"{call}.function.arguments"] = arguments
+    return attrs

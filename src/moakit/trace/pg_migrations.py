@@ -100,6 +100,19 @@ def m003_call_steps(db: Any) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
 
 
+@migration
+def m004_tool_calls(db: Any) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE queries ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE queries ADD COLUMN advice TEXT")
+    db.execute("ALTER TABLE queries ADD COLUMN advice_from TEXT")
+
+
+@migration
+def m005_decisions(db: Any) -> None:
+    db.execute("ALTER TABLE queries ADD COLUMN decisions TEXT NOT NULL DEFAULT '[]'")
+
+
 def migrate(db: Any) -> list[str]:
     """Apply every pending migration in one transaction; returns the names applied. ``db`` is
     a psycopg connection in autocommit mode."""

@@ -15,17 +15,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from moakit.hashing import canonical_json, content_hash
+from moakit.messages import ToolCall
 
 __all__ = [
     "AttemptRecord",
     "CallRecord",
     "QueryRecord",
     "ReferenceShown",
+    "ToolCallRecord",
     "TraceRecord",
     "call_input_hash",
     "canonical_json",
     "content_hash",
     "reference_hash",
+    "tool_call_hash",
 ]
 
 QueryStatus = Literal["incomplete", "complete", "failed", "cancelled"]
@@ -49,6 +52,31 @@ class ReferenceShown:
     text_hash: str | None
     text: str | None = None
     truncated: bool = False
+
+
+@dataclass
+class ToolCallRecord:
+    """A tool call a model answered with (checked against its tool's schema by the engine).
+    The arguments are user data, like prompts: ``arguments`` is None when prompts are not
+    stored, and ``arguments_hash`` is then set (a sink computes it, see ``tool_call_hash``)."""
+
+    id: str
+    name: str
+    arguments: str | None
+    arguments_hash: str | None = None
+
+    @classmethod
+    def of(cls, call: ToolCall) -> ToolCallRecord:
+        return cls(id=call.id, name=call.name, arguments=call.arguments)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ToolCallRecord:
+        return cls(
+            id=str(data.get("id", "")),
+            name=str(data.get("name", "")),
+            arguments=data.get("arguments"),
+            arguments_hash=data.get("arguments_hash"),
+        )
 
 
 @dataclass
@@ -77,6 +105,9 @@ class CallRecord:
     input_hash: str | None = None  # set by sinks when None (see ``call_input_hash``)
     references: list[ReferenceShown] = field(default_factory=list)
     output: str | None = None
+    # The answer's tool calls (a final aggregator offered tools); ``output`` is the text
+    # beside them, often empty.
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
     finish_reason: str | None = None
     truncated: bool = False
     cancelled: bool = False
@@ -111,6 +142,16 @@ class QueryRecord:
     input_hash: str | None = None
     status: QueryStatus = "incomplete"
     output: str | None = None  # the final answer
+    # The final answer's tool calls, for the caller to run (empty: ``output`` is the answer).
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    # With tools in play: whether the proposers' advice was written for this query ("fresh")
+    # or reused from earlier in the same user turn ("reused", written by ``advice_from``);
+    # None when no tools were involved.
+    advice: str | None = None
+    advice_from: str | None = None
+    # Adaptive compute: each decision (``Result.decisions``) as JSON: kind, layer, detail,
+    # skipped, answer_from.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
     latency_s: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -148,6 +189,13 @@ def call_input_hash(call: CallRecord) -> str | None:
     if call.input_hash is not None or call.input is None:
         return call.input_hash
     return content_hash(call.input)
+
+
+def tool_call_hash(call: ToolCallRecord) -> str | None:
+    """The hash of a call's arguments: the recorded one, else computed from them."""
+    if call.arguments_hash is not None or call.arguments is None:
+        return call.arguments_hash
+    return content_hash(call.arguments)
 
 
 def reference_hash(ref: ReferenceShown) -> str:

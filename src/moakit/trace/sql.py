@@ -23,6 +23,7 @@ from moakit.trace.records import (
     CallRecord,
     QueryRecord,
     ReferenceShown,
+    ToolCallRecord,
     TraceRecord,
     reference_hash,
 )
@@ -211,7 +212,15 @@ def _query(row: Row) -> QueryRecord:
         llm_calls=row["llm_calls"],
         serial_rounds=row["serial_rounds"],
         status_message=row["status_message"],
+        tool_calls=_tool_calls(row["tool_calls"]),
+        advice=row["advice"],
+        advice_from=row["advice_from"],
+        decisions=_loads(row["decisions"], []),
     )
+
+
+def _tool_calls(text: str | None) -> list[ToolCallRecord]:
+    return [ToolCallRecord.from_json(c) for c in _loads(text, [])]
 
 
 def _reference(data: dict[str, Any]) -> ReferenceShown:
@@ -235,6 +244,7 @@ def _call(row: Row) -> CallRecord:
         input_hash=row["input_hash"],
         references=[_reference(r) for r in _loads(row["references_shown"], [])],
         output=row["output"],
+        tool_calls=_tool_calls(row["tool_calls"]),
         finish_reason=row["finish_reason"],
         truncated=bool(row["truncated"]),
         cancelled=bool(row["cancelled"]),

@@ -24,10 +24,12 @@ from moakit.trace.records import (
     CallRecord,
     QueryRecord,
     ReferenceShown,
+    ToolCallRecord,
     call_input_hash,
     reference_hash,
+    tool_call_hash,
 )
-from moakit.trace.redact import Redactor
+from moakit.trace.redact import Redactor, config_env_names
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +54,6 @@ class _Op:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _config_env_names(config: dict[str, Any] | None) -> set[str]:
-    """Every ``api_key_env`` named anywhere in a stack config (members, defaults, fallbacks)."""
-    names: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            env = value.get("api_key_env")
-            if isinstance(env, str):
-                names.add(env)
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(config)
-    return names
 
 
 class Writer:
@@ -254,7 +237,7 @@ class Writer:
             key = id(config)
             names = self._env_names.get(key)
             if names is None or names[0] is not config:
-                names = (config, _config_env_names(config))
+                names = (config, config_env_names(config))
                 self._env_names = {key: names}  # the last config seen: the common case
             found = Redactor.from_environment(names[1])
             self._redactors[query_id] = found
@@ -295,6 +278,10 @@ class Writer:
             q.llm_calls,
             q.serial_rounds,
             r.text(q.status_message),
+            self._tool_calls(q.tool_calls, r),
+            q.advice,
+            q.advice_from,
+            _dumps([{**d, "detail": r.text(d.get("detail"))} for d in q.decisions]),
         )
         rows.append((self._query_sql, row))
         return rows
@@ -340,6 +327,24 @@ class Writer:
             _dumps(r.value(c.steps)) if c.steps else "[]",
             c.level,
             r.text(c.status_message),
+            self._tool_calls(c.tool_calls, r),
+        )
+
+    def _tool_calls(self, calls: list[ToolCallRecord], r: Redactor) -> str:
+        """The calls as JSON. Their arguments are user data, like prompts: without
+        ``store_prompts`` only their hash is kept (names and ids stay)."""
+        if not calls:
+            return "[]"
+        return _dumps(
+            [
+                {
+                    "id": r.text(call.id),
+                    "name": r.text(call.name),
+                    "arguments": r.text(call.arguments) if self.store_prompts else None,
+                    "arguments_hash": None if self.store_prompts else tool_call_hash(call),
+                }
+                for call in calls
+            ]
         )
 
     def _reference(self, ref: ReferenceShown, r: Redactor) -> dict[str, Any]:
@@ -368,13 +373,14 @@ def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> s
 _QUERY_COLUMNS = (
     "id", "stack_name", "config_hash", "source", "start_time", "end_time", "input",
     "input_hash", "status", "output", "latency_s", "prompt_tokens", "completion_tokens",
-    "cost_usd", "llm_calls", "serial_rounds", "status_message",
+    "cost_usd", "llm_calls", "serial_rounds", "status_message", "tool_calls", "advice",
+    "advice_from", "decisions",
 )  # fmt: skip
 _CALL_COLUMNS = (
     "query_id", "layer", "idx", "role", "label", "provider", "model_name", "model_parameters",
     "input", "input_hash", "references_shown", "output", "finish_reason", "truncated",
     "cancelled", "prompt_tokens", "completion_tokens", "cost_usd", "start_time", "end_time",
-    "latency_s", "ttft_s", "attempts", "steps", "level", "status_message",
+    "latency_s", "ttft_s", "attempts", "steps", "level", "status_message", "tool_calls",
 )  # fmt: skip
 _QUERY_SQL = _upsert_sql("queries", _QUERY_COLUMNS, ("id",))
 _CALL_SQL = _upsert_sql("calls", _CALL_COLUMNS, ("query_id", "layer", "idx"))

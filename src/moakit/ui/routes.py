@@ -26,6 +26,8 @@ from starlette.staticfiles import StaticFiles
 from moakit.engine import Stack
 from moakit.errors import MoaError, QueryFailed
 from moakit.jsonlimits import TooDeep, loads_bounded
+from moakit.messages import ChatRequest, ToolSpec, as_messages
+from moakit.tool_specs import ToolsInvalid, parse_tools
 from moakit.trace.adapter import new_run_id, traced_events
 from moakit.trace.base import BaseTraceStore
 from moakit.trace.recorder import TraceRecorder
@@ -138,6 +140,17 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
+def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
+    """Function tools offered to the stack's final aggregator (optional; an API client's,
+    the playground offers none): OpenAI's tools array, checked naming the field."""
+    if body.get("tools") is None:
+        return ()
+    try:
+        return parse_tools(body["tools"])
+    except ToolsInvalid as exc:
+        raise _BadRequest(400, exc.message, exc.field, "invalid_value") from None
+
+
 async def _read_body(request: Request) -> bytes:
     """The body, refused with 413 as soon as it passes MAX_BODY_BYTES (never read whole)."""
     parts: list[bytes] = []
@@ -240,6 +253,8 @@ def ui_routes(
                     "total_tokens": q.total_tokens,
                     "cost_usd": q.cost_usd,
                     "question": question,
+                    "tool_calls": [c.name for c in q.tool_calls],
+                    "advice": q.advice,
                 }
             )
         return JSONResponse({"object": "list", "data": items})
@@ -286,6 +301,7 @@ def ui_routes(
             if not isinstance(name, str) or not name:
                 raise _BadRequest(400, "stack must be a stack name", "stack", "invalid_value")
             messages = _messages(body)
+            tools = _tools(body)
             try:
                 stack = get_stack(name)
             except KeyError:
@@ -314,10 +330,11 @@ def ui_routes(
         async def stream() -> AsyncIterator[str]:
             yield _sse({"type": "run", "run_id": run_id, "stack": name})
             try:
+                request = ChatRequest(messages=as_messages(messages), tools=tools)
                 events = (
-                    traced_events(stack, messages, recorder, run_id=run_id)
+                    traced_events(stack, request, recorder, run_id=run_id)
                     if recorder is not None
-                    else stack.events(messages, run_id=run_id)
+                    else stack.events(request, run_id=run_id)
                 )
                 async for event in events:
                     yield _sse(event_json(event))

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from moakit.errors import ConfigError, ModelCallError
-from moakit.models.base import ChatRequest, Chunk, Model, Usage
+from moakit.messages import ChatRequest, Chunk, Usage
+from moakit.models.base import Model
 from moakit.models.local.runtime import RuntimeKey, is_loaded, shared_runtime
 from moakit.models.local.sampling import (
     DEFAULT_SEED,
@@ -23,6 +24,8 @@ from moakit.models.local.sampling import (
     grammar_for,
 )
 from moakit.models.local.scheduler import Delta, Failed, Finished, SequenceEvent, SequenceRequest
+from moakit.models.local.tool_calls import ToolCallReader
+from moakit.models.local.tools import ToolPlan, call_ids, plan_tools
 from moakit.models.local.weights import resolve_model_path
 from moakit.models.profile import ModelProfile
 
@@ -38,8 +41,9 @@ class LocalModel(Model):
     # JSON output through a llama.cpp grammar. Prefill: a partial answer is appended to the
     # rendered prompt as plain text tokens (never special ones, so the partial answer cannot
     # close its own turn) and continued; the scheduler's kept streams mean the unchanged start
-    # of the prompt is not decoded again.
-    profile = ModelProfile(response_format=True, prefill=True)
+    # of the prompt is not decoded again. Tools: rendered through the model's chat template, the
+    # calls constrained by a grammar built from the tools' schemas (``tools.py``).
+    profile = ModelProfile(response_format=True, prefill=True, tools=True)
 
     def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
         options = options or {}
@@ -59,14 +63,18 @@ class LocalModel(Model):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         try:
-            sampling = _sampling(request)
+            plan = await asyncio.to_thread(plan_tools, request)
+            sampling = _sampling(request, plan)
             runtime = await asyncio.to_thread(shared_runtime, self.key)
-            prompt = await asyncio.to_thread(runtime.template.render, request.messages)
+            prompt = await asyncio.to_thread(
+                runtime.template.render, request.messages, plan.rendered
+            )
             tokens = prompt.tokens
             if request.prefill:
                 tokens = [*tokens, *await asyncio.to_thread(runtime.tokenize, request.prefill)]
         except ConfigError as exc:
             raise ModelCallError(str(exc), kind="other") from exc
+        reader = ToolCallReader(plan.mode, call_ids(request.seed, tokens))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[SequenceEvent] = asyncio.Queue()
 
@@ -81,20 +89,33 @@ class LocalModel(Model):
             max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
             sampling=sampling,
             emit=emit,
-            stop=[*(request.stop or ()), *prompt.stop],
+            # A stop string is for text: an answer that can only be calls ignores the caller's.
+            stop=[*(request.stop or ()), *prompt.stop] if plan.mode != "calls" else prompt.stop,
         )
         try:
             runtime.scheduler.submit(sequence)
             while True:
                 event = await events.get()
                 if isinstance(event, Delta):
-                    yield Chunk(text=event.text)
+                    text, calls = reader.feed(event.text)
+                    if text or calls:
+                        yield Chunk(text=text, tool_calls=tuple(calls))
                 elif isinstance(event, Finished):
                     usage = Usage(
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
                     )
-                    yield Chunk(finish_reason=event.finish_reason, usage=usage)
+                    try:
+                        text, calls = reader.finish(truncated=event.finish_reason == "length")
+                    except ModelCallError as exc:  # the tokens were spent all the same
+                        exc.usage = usage
+                        raise
+                    if text or calls:
+                        yield Chunk(text=text, tool_calls=tuple(calls))
+                    reason = event.finish_reason
+                    if reader.calls and reason == "stop":
+                        reason = "tool_calls"
+                    yield Chunk(finish_reason=reason, usage=usage)
                     return
                 elif isinstance(event, Failed):
                     error = event.error
@@ -106,14 +127,15 @@ class LocalModel(Model):
             sequence.cancelled.set()
 
 
-def _sampling(request: ChatRequest) -> SamplingParams:
+def _sampling(request: ChatRequest, plan: ToolPlan) -> SamplingParams:
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         seed=DEFAULT_SEED if request.seed is None else request.seed & 0xFFFFFFFF,
-        grammar=grammar_for(request.response_format),
+        grammar=plan.grammar or grammar_for(request.response_format),
+        grammar_source="tools" if plan.grammar else "response_format",
     )
 
 

@@ -9,12 +9,17 @@ added unless the template emitted it). A test compares the result with ``create_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from moakit.errors import ConfigError
-from moakit.messages import Message, to_openai
+from moakit.messages import Message, ToolSpec
+from moakit.models.local.chat_messages import template_messages, with_tools_block
+
+# A template that reads a ``tools`` variable renders tools, calls and results itself (Qwen2.5's).
+_TAKES_TOOLS = re.compile(r"\btools\b")
 
 
 @dataclass(frozen=True)
@@ -40,18 +45,27 @@ class ChatTemplate:
         guessed = chat_format.guess_chat_format_from_gguf_metadata(meta)
         template = meta.get("tokenizer.chat_template")
         self._formatter: Any
+        self.native_tools = False
         if guessed in named:
             self._formatter = named[guessed]
         elif template is not None:
             self._formatter = chat_format.Jinja2ChatFormatter(
                 template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id]
             )
+            self.native_tools = bool(_TAKES_TOOLS.search(template))
         else:
             self._formatter = chat_format.format_llama2
 
-    def render(self, messages: Sequence[Message]) -> Prompt:
+    def render(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> Prompt:
+        """The prompt of ``messages``, with ``tools`` offered (none: the plain prompt)."""
+        dicts = template_messages(messages, native_tools=self.native_tools)
+        extra: dict[str, Any] = {}
+        if tools and self.native_tools:
+            extra["tools"] = [tool.to_openai() for tool in tools]
+        elif tools:
+            dicts = with_tools_block(dicts, tools)
         try:
-            result = self._formatter(messages=to_openai(messages))
+            result = self._formatter(messages=dicts, **extra)
         except Exception as exc:  # a template's raise_exception(), or a missing key
             raise ConfigError(
                 f"the model's chat template rejected the conversation: {exc}", field="messages"

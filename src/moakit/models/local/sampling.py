@@ -1,9 +1,9 @@
 """One sampler chain per sequence, built like llama-cpp-python's ``Llama._init_sampler``.
 
 Order: repetition penalties (presence / frequency from the request), an optional grammar
-(``response_format``), then greedy at temperature 0, else top-k → top-p → min-p → temperature →
-a seeded draw. Each sequence owns its chain, so seeds and penalty histories never mix between
-the sequences of one batch.
+(``response_format``, or the tools), then greedy at temperature 0, else top-k → top-p → min-p →
+temperature → a seeded draw. Each sequence owns its chain, so seeds, penalty histories and
+grammars never mix between the sequences of one batch.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int = DEFAULT_SEED
     grammar: str | None = None  # GBNF text with a ``root`` rule
+    grammar_source: str = "response_format"  # the request field it comes from (for errors)
 
 
 def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
@@ -105,8 +106,8 @@ def build_chain(params: SamplingParams, model: Any) -> Any:
             )
             if not grammar:
                 raise ConfigError(
-                    "response_format could not be compiled into a grammar",
-                    field="response_format",
+                    f"the {params.grammar_source} could not be compiled into a grammar",
+                    field=params.grammar_source,
                 )
             llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)
         if params.temperature <= 0.0:

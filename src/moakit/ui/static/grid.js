@@ -4,6 +4,7 @@
 // only (el()/setText()); no module assigns innerHTML or builds markup from strings.
 
 import { clear, el, fmtSeconds, setText } from "./dom.js";
+import { showToolCalls } from "./tools.js";
 
 // -- the grid: layers as rows, members as cards (shared by playground and viewer) -----------
 
@@ -50,9 +51,11 @@ export class Grid {
       head.append(title, status);
       const meta = el("div", "card-meta", model || "");
       const text = el("div", "card-text");
-      node.append(head, meta, text);
+      const calls = el("div", "tool-calls");
+      calls.hidden = true;
+      node.append(head, meta, text, calls);
       row.cards.append(node);
-      card = { node: node, title: title, status: status, meta: meta, text: text, data: null };
+      card = { node: node, title: title, status: status, meta: meta, text: text, calls: calls, data: null };
       const open = () => {
         if (card.data && this.onOpen) this.onOpen(card.data);
       };
@@ -105,6 +108,8 @@ export class Grid {
       setText(card.text, output || "");
       card.text.classList.remove("error");
     }
+    // An answer made of tool calls (a final aggregator offered tools): the calls, as text.
+    showToolCalls(card.calls, out.tool_calls);
     card.data = out;
   }
 }

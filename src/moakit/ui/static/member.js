@@ -4,6 +4,7 @@
 // only (el()/setText()); no module assigns innerHTML or builds markup from strings.
 
 import { $, clear, el, fmtSeconds, setText } from "./dom.js";
+import { messageNode, showToolCalls } from "./tools.js";
 
 // -- member drawer: full answer, references with what was kept ------------------------------
 
@@ -71,6 +72,7 @@ export function openMember(call) {
   setText($("member-meta"), meta.join(" · "));
   setText($("member-error"), error || "");
   setText($("member-answer"), call.output || "");
+  showToolCalls($("member-calls"), call.tool_calls);
 
   const refs = $("member-references");
   clear(refs);
@@ -100,12 +102,7 @@ export function openMember(call) {
   const input = $("member-input");
   clear(input);
   if (Array.isArray(call.input)) {
-    call.input.forEach((m) => {
-      const block = el("div", "message");
-      block.append(el("div", "muted", m.role));
-      block.append(el("pre", "answer", typeof m.content === "string" ? m.content : JSON.stringify(m.content)));
-      input.append(block);
-    });
+    call.input.forEach((m) => input.append(messageNode(m, "answer")));
   } else {
     input.append(el("p", "muted", call.input_hash ? "not stored (" + call.input_hash + ")" : "not recorded"));
   }

@@ -8,6 +8,7 @@ import {
 } from "./dom.js";
 import { Grid } from "./grid.js";
 import { openMember } from "./member.js";
+import { adviceText, decisionText, showToolCalls } from "./tools.js";
 
 // -- playground ---------------------------------------------------------------------------
 
@@ -121,6 +122,9 @@ export async function runQuery() {
   let aggregators = 0;
   let aggCard = null;
   setText(final, "");
+  showToolCalls($("final-calls"), []);
+  setText($("run-advice"), "");
+  $("run-decisions").replaceChildren();
   setText($("run-summary"), "");
   $("open-trace").hidden = true;
   showError("");
@@ -172,6 +176,14 @@ export async function runQuery() {
       final.textContent += ev.text;
       if (aggCard) grid.appendText(aggCard, ev.text);
     },
+    Decided(ev) {
+      // An early exit, escalation, budget or route cut, as the engine decided it.
+      $("run-decisions").append(el("li", "decision", decisionText(ev.decision)));
+    },
+    ToolCalls(ev) {
+      // The final answer's calls, checked against the tools' schemas before they were sent.
+      showToolCalls($("final-calls"), ev.calls);
+    },
     AggregatorFailed(ev) {
       const out = ev.failed;
       grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out);
@@ -185,6 +197,8 @@ export async function runQuery() {
         grid.finish(grid.card(out.layer, out.index, out.label, out.model, "aggregator"), out)
       );
       setText(final, result.final);
+      showToolCalls($("final-calls"), result.tool_calls);
+      setText($("run-advice"), result.advice ? adviceText(result.advice, result.advice_from) : "");
       setText($("run-summary"), runSummary(result));
       setText($("run-status"), "done");
       $("open-trace").hidden = false;

@@ -6,6 +6,7 @@
 import { $, clear, el, fmtCost, fmtSeconds, fmtTime, getJSON, setText, showError } from "./dom.js";
 import { Grid } from "./grid.js";
 import { openMember } from "./member.js";
+import { adviceText, decisionText, messageNode, showToolCalls } from "./tools.js";
 
 // -- trace viewer -------------------------------------------------------------------------
 
@@ -70,8 +71,10 @@ export async function openTrace(id) {
     q.llm_calls + " calls", q.serial_rounds + " rounds", "via " + q.source,
   ].join(" · ")));
   if (q.status_message) header.append(el("p", "error", q.status_message));
+  if (q.advice) header.append(el("p", "advice", adviceText(q.advice, q.advice_from)));
+  for (const d of q.decisions || []) header.append(el("p", "decision", decisionText(d)));
   if (Array.isArray(q.input)) {
-    q.input.forEach((m) => header.append(el("pre", "answer question", m.role + ": " + m.content)));
+    q.input.forEach((m) => header.append(messageNode(m, "answer question")));
   }
   const grid = new Grid($("trace-grid"), openMember);
   const layers = new Map();
@@ -89,6 +92,7 @@ export async function openTrace(id) {
     });
   });
   setText($("trace-final"), q.output || "");
+  showToolCalls($("trace-final-calls"), q.tool_calls);
   $("trace-browser").hidden = true;
   $("trace-detail").hidden = false;
 }
