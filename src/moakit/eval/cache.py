@@ -201,9 +201,9 @@ class CachedModel(WrapperModel):
         try:
             async for chunk in self.wrapped.stream(request):
                 # The answer's first token: its first text, or its tool calls (they come whole).
-                if (chunk.text or chunk.tool_calls) and not (parts or called):
-                    if tally is not None:
-                        tally.first_token_s.append(time.monotonic() - started)
+                first = (chunk.text or chunk.tool_calls) and not (parts or called)
+                if first and tally is not None:
+                    tally.first_token_s.append(time.monotonic() - started)
                 called = called or bool(chunk.tool_calls)
                 if chunk.text:
                     parts.append(chunk.text)
