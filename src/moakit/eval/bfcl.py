@@ -117,7 +117,7 @@ def package() -> types.SimpleNamespace:
 
 
 @dataclass(frozen=True)
-class Entry:
+class BFCLItem:
     """One BFCL item: the user's question, the tools offered, and what the checker needs."""
 
     id: str
@@ -145,7 +145,7 @@ def tool_specs(functions: Sequence[dict[str, Any]]) -> tuple[ToolSpec, ...]:
 
 
 @functools.cache
-def entries(category: str) -> tuple[Entry, ...]:
+def entries(category: str) -> tuple[BFCLItem, ...]:
     """Every item of ``category`` in the package's order (``simple_python_0``, ``_1``...)."""
     bfcl = package()
     hinted = bfcl.load_dataset_entry(category, include_prereq=False)
@@ -164,7 +164,7 @@ def entries(category: str) -> tuple[Entry, ...]:
                 field="dataset",
             )
         out.append(
-            Entry(
+            BFCLItem(
                 id=offered["id"],
                 category=category,
                 question=turns[0][0]["content"],
