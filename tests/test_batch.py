@@ -302,3 +302,22 @@ def test_batch_error_fields_match_openai() -> None:
 
     row = error_line("x", "worker_failed", "lost")
     assert openai.types.BatchError.model_validate(row["error"]).code == "worker_failed"
+
+
+async def test_the_shared_cache_never_serves_an_answer_without_its_tool_calls() -> None:
+    from moakit.executors.services import LocalCache
+    from moakit.executors.wrappers import SharedCachedModel
+    from moakit.messages import ChatRequest, Completion, ToolCall, ToolSpec
+    from moakit.models.base import collect
+    from moakit.testing.models import FunctionModel
+
+    call = ToolCall("c1", "get_weather", '{"city": "Paris"}')
+    inner = FunctionModel(lambda r: Completion(text="Let me look.", tool_calls=(call,)), tools=True)
+    cached = SharedCachedModel(inner, LocalCache(), {"model": "m"})
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "hi"}], tools=(ToolSpec("get_weather"),)
+    )
+    first = await collect(cached.stream(request))
+    second = await collect(cached.stream(request))
+    assert first.tool_calls == second.tool_calls == (call,)
+    assert len(inner.requests) == 2  # asked again: the answer had calls the store cannot keep

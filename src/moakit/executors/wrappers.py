@@ -46,7 +46,8 @@ def request_key(identity: Mapping[str, Any], request: ChatRequest) -> str:
 
 class SharedCachedModel(WrapperModel):
     """Serves a stored answer for an identical request, else calls through and stores the
-    answer once it completed (non-empty answers only: a failure is never cached)."""
+    answer once it completed (non-empty text answers only: a failure is never cached, nor an
+    answer with tool calls, which the store keeps no column for)."""
 
     complete = Model.complete  # through this wrapper's stream
 
@@ -67,14 +68,16 @@ class SharedCachedModel(WrapperModel):
         finish: str | None = None
         usage = Usage()
         stored = False
+        called = False
         try:
             async for chunk in self.wrapped.stream(request):
                 parts.append(chunk.text)
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
+                called = called or bool(chunk.tool_calls)
                 yield chunk
             text = "".join(parts)
-            if text.strip():
+            if text.strip() and not called:
                 completion = Completion(text=text, finish_reason=finish, usage=usage)
                 await self.cache.put(key, self.name, completion, time.monotonic() - started)
                 stored = True
