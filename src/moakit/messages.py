@@ -342,8 +342,11 @@ class ChatRequest:
         # Typed once here, so every adapter and the engine can rely on ``Message``s (a caller's
         # OpenAI-style dicts are a convenience of the public API).
         messages: Any = self.messages
-        if not isinstance(messages, tuple) or not all(type(m) is Message for m in messages):
-            object.__setattr__(self, "messages", as_messages(messages))
+        if type(messages) is not tuple:
+            messages = tuple(messages) if isinstance(messages, list) else as_messages(messages)
+        if not all(type(m) is Message for m in messages):
+            messages = as_messages(messages)
+        object.__setattr__(self, "messages", messages)
         tools: Any = self.tools
         if not isinstance(tools, tuple):
             object.__setattr__(self, "tools", tuple(tools))

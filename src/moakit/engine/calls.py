@@ -210,8 +210,12 @@ async def _attempt(
                     call.exchanges,
                 )
                 call.live_usage = completion.usage
+            elif on_text is None and not run.member_ttft and _has_plain_request(call.model):
+                # (``_ask``'s plain branch, inline: this is every call's path.)
+                completion = await call.model.complete(call.request)
+                call.live_usage = completion.usage
             else:
-                completion = await _ask(run, call, started, on_text, call.request)
+                completion = await _streamed(run, call, started, on_text, call.request)
         if completion.tool_calls or call.request.tools:
             checked = await check_tool_calls(completion.tool_calls, call.request)
             completion = dataclasses.replace(completion, tool_calls=checked)

@@ -4,7 +4,6 @@ deadlines, the partial result, the event queue, and how a member's request is bu
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -212,15 +211,16 @@ class Run:
             if final and self.advising:
                 block += "\n\n" + ACTING_NOTE
             messages = inject_block(messages, block)
-        request = ChatRequest(
-            messages=messages,
-            temperature=spec.temperature,
-            max_tokens=spec.max_tokens,
-            seed=spec.seed,
-            stop=spec.stop,
-        )
+        fields: dict[str, Any] = {
+            "temperature": spec.temperature,
+            "max_tokens": spec.max_tokens,
+            "seed": spec.seed,
+            "stop": spec.stop,
+        }
         if final and self.final_overrides:
-            request = dataclasses.replace(request, **self.final_overrides)
+            fields.update(self.final_overrides)
+        # One construction per call (``ChatRequest`` types its messages when built).
+        request = ChatRequest(messages=tuple(messages), **fields)
         if self.ledger is not None:
             request = self.ledger.bounded(request)
         return request
