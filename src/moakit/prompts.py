@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from moakit.messages import Message
+from moakit.messages import Message, as_messages
 
 AGGREGATE_AND_SYNTHESIZE = (
     "You have been provided with a set of responses from various open-source models to the "
@@ -64,6 +64,8 @@ def _prepend_or_append_system(
     # Messages are immutable: the caller's list is never changed, and every layer sees the
     # original conversation, not the previous layer's rewrite of it.
     out = list(messages)
+    if not all(type(m) is Message for m in out):
+        out = list(as_messages(out))  # a library caller's OpenAI-style dicts
     if out and out[0].role == "system":
         old = out[0].text
         out[0] = out[0].with_text(old + "\n\n" + text if append else text + "\n\n" + old)
