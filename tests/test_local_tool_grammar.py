@@ -12,22 +12,8 @@ import pytest
 
 from moakit.errors import ConfigError
 from moakit.models.local.tool_grammar import tool_call_grammar
+from tool_schemas import CLOCK, WEATHER
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-CLOCK = {
-    "type": "object",
-    "properties": {"timezone": {"type": "string"}},
-    "required": ["timezone"],
-    "additionalProperties": False,
-}
 TOOLS = [("get_weather", WEATHER), ("get_time", CLOCK)]
 
 

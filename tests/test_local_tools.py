@@ -13,24 +13,10 @@ import pytest
 from moakit.messages import ChatRequest, Chunk, ForceTool, Message, ToolCall, ToolSpec
 from moakit.models.local import LocalModel
 from moakit.models.local.runtime import shared_runtime
+from tool_schemas import CLOCK, WEATHER
 
 pytestmark = pytest.mark.embedded
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-CLOCK = {
-    "type": "object",
-    "properties": {"timezone": {"type": "string"}},
-    "required": ["timezone"],
-    "additionalProperties": False,
-}
 TOOLS = (
     ToolSpec("get_weather", "Current weather in a city", WEATHER),
     ToolSpec("get_time", "Current time in a timezone", CLOCK),
