@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 QUESTION ?= In two sentences: why do mixtures of language models beat a single model?
 
-.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local robustness bfcl eval-bfcl
+.PHONY: run test lint typecheck install clean lock chromium postgresql eval-local eval-adaptive robustness bfcl eval-bfcl
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ test: install $(VENV)/.test-plugin chromium postgresql lint typecheck
 # same command continues it); EVAL_BUDGET_S=3600 stops it after an hour and writes the page.
 eval-local: install
 	$(BIN)/python scripts/eval_local.py $(if $(EVAL_BUDGET_S),--budget-s $(EVAL_BUDGET_S))
+
+# Adaptive compute on the embedded model, and the choice of the local preset behind
+# docs/eval-adaptive.md: hours on 2 cores, resumable; EVAL_BUDGET_S stops it and writes the page.
+eval-adaptive: install
+	$(BIN)/python scripts/eval_adaptive.py all $(if $(EVAL_BUDGET_S),--budget-s $(EVAL_BUDGET_S))
 
 # Red team vs defenses on the embedded model, plus the scripted simulation: docs/robustness.md.
 robustness: install

@@ -209,3 +209,14 @@ def test_json_shows_the_decisions_of_an_adaptive_stack(
     (decision,) = result["decisions"]
     assert decision["kind"] == "budget" and decision["skipped"] == ["p3"]
     assert decision["calls_saved"] == 1 and result["llm_calls"] == 3
+
+
+def test_the_progress_shows_each_decision_and_what_it_skipped(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    stack = write_stack(tmp_path, backend.base_url, ["p1", "p2", "p3"])
+    stack.write_text(stack.read_text() + "[budget]\nmax_calls = 3\n")
+    proc = moa("ask", "--config", str(stack), "hi")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("budget: ")]
+    assert "(skipped: p3)" in line

@@ -128,9 +128,7 @@ async def test_streamed_calls_come_by_index_name_first_arguments_in_pieces(
     for delta in deltas:
         for call in delta.get("tool_calls") or ():
             if "id" not in call:
-                assert set(call) == {"index", "function"} and set(call["function"]) == {
-                    "arguments"
-                }
+                assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}
             pieces[call["index"]].append(call["function"]["arguments"])
     assert len(pieces[0]) > 2  # the arguments really arrive in several pieces
     assert "".join(pieces[0]) == '{"city":"Paris","days":3}'

@@ -98,3 +98,53 @@ def test_a_member_without_tools_keeps_its_identity() -> None:
         {"layers": [[{"model": "a", "tools": ["python"]}]], "aggregator": {"model": "a"}}
     )
     assert config_hash(tooled) != config_hash(plain)
+
+
+async def test_a_required_tool_is_required_in_the_first_round_only() -> None:
+    """``tool_choice = "required"``: the first request forces a call (a small model told in
+    words to run its program often writes it and imagines the output); with the result in
+    hand, the member may answer in text."""
+    choices: list[object] = []
+
+    def obedient(request: ChatRequest) -> Completion | str:
+        choices.append(request.tool_choice)
+        if request.tool_choice == "required":
+            code = json.dumps({"code": "print(6 * 7)"})
+            return Completion(text="", tool_calls=(ToolCall("c1", "python", code),))
+        # The text round: no tools, the program and its output as text (output fenced).
+        assert not request.tools and all(m.role != "tool" for m in request.messages)
+        assert request.messages[-2].text == "```python\nprint(6 * 7)\n```"
+        output = request.messages[-1].text.split("<<<tool-result\n")[1].split("\n>>>")[0]
+        return "it is " + output.strip()
+
+    models = {
+        "coder": FunctionModel(obedient, name="coder", tools=True),
+        "talker": FunctionModel(lambda r: "x", name="talker"),
+        "agg": FunctionModel(lambda r: "done", name="agg"),
+    }
+    config = parse_config(
+        {
+            "layers": [
+                [
+                    {"model": "coder", "tools": ["python"], "tool_choice": "required"},
+                    {"model": "talker"},
+                ]
+            ],
+            "aggregator": {"model": "agg"},
+        }
+    )
+    async with Stack(config, models=models) as s:
+        result = await s.run(ASK)
+    assert choices == ["required", None]
+    assert result.layers[0].members[0].output == "it is 42"
+
+
+def test_a_required_tool_needs_tools() -> None:
+    import pytest
+
+    from moakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tool_choice"):
+        parse_config(
+            {"layers": [[{"model": "m", "tool_choice": "required"}]], "aggregator": {"model": "m"}}
+        )

@@ -1,5 +1,5 @@
 """Closed-form answers in free text: the final number of a worked answer, a choice letter, a
-program (normalized).
+program (normalized), and the final answer a reply states, whatever its kind.
 
 A neutral runtime module: the ``vote`` defense (which picks the most common answer at run
 time) and the eval's GSM8K/number scorers both read answers with it, so neither imports the
@@ -110,3 +110,30 @@ def extract_choice(text: str) -> str | None:
         return None
     letter: str = found[-1][0] or found[-1][1]
     return letter.upper()
+
+
+def extract_stated_answer(text: str) -> str | None:
+    """The final answer ``text`` states, normalized so that two replies that give the same
+    answer in other words compare equal: for any kind of question (early exit on agreement in
+    a general-purpose stack).
+
+    - ``#### N`` or ``\\boxed{N}``: the number;
+    - else the last "Answer: X" / "the answer is X": the number in X if it has one, else X
+      case-folded, with spacing, emphasis and a final period gone;
+    - else the program of its first code block (``normalized_code``);
+    - else ``None``: a reply that states no answer cannot agree with another (unlike
+      ``extract_final_number``, no fallback to the text's last number, which in a free-form
+      reply is rarely its answer).
+    """
+    if _HASHES_RE.search(text) or _BOXED_RE.search(text):
+        return extract_final_number(text)
+    for tail in reversed(_ANSWER_IS_RE.findall(text)):
+        found = _NUMBER_RE.findall(tail)
+        if found:
+            return normalize_number(found[0])
+        words = " ".join(tail.replace("*", " ").replace("`", " ").split()).rstrip(".").casefold()
+        if any(c.isalnum() for c in words):  # not a bare "\\[" opening a formula below
+            return words
+    if _FENCE_RE.search(text):
+        return normalized_code(text)
+    return None

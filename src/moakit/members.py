@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from moakit.policies import StrictModel
 
@@ -74,6 +74,18 @@ class MemberSpec(StrictModel):
     # "python" runs a program it writes in ``moakit.sandbox`` and shows it the output. Left out
     # of the dump (and of config hashes) when empty, so existing stacks keep their identity.
     tools: list[Literal["python"]] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # "required": the member's first request must call one of its built-in tools (a member
+    # whose strategy is to write and run a program does run it; a small model told to in
+    # words often writes the program and imagines its output). Later rounds may answer.
+    tool_choice: Literal["auto", "required"] = Field(
+        default="auto", exclude_if=lambda v: v == "auto"
+    )
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> MemberSpec:
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice = 'required' needs built-in tools (tools = ['python'])")
+        return self
 
     @property
     def display(self) -> str:

@@ -143,7 +143,8 @@ class AgreementConfig(StrictModel):
     answered (after a layer, or after a cascade's first members) and every answer agrees, the
     run stops and answers with one of them. ``rule``: ``answer`` (the same extracted final
     answer, by the registered answer ``extractor``: ``gsm8k`` = the final number, ``choice`` =
-    a choice letter, ``code`` = the program, normalized) or ``similarity`` (every pair of
+    a choice letter, ``code`` = the program, normalized, ``final`` = the final answer a reply
+    states, of any kind: the one a general-purpose stack uses) or ``similarity`` (every pair of
     answers at least ``threshold`` alike, RapidFuzz's token-set ratio on 0..1)."""
 
     rule: Literal["answer", "similarity"] = "answer"

@@ -26,6 +26,7 @@ from moakit.errors import QueryFailed
 from moakit.events import (
     AggregatorAttemptFailed,
     AggregatorStarted,
+    Decided,
     Event,
     LayerFinished,
     LayerStarted,
@@ -125,6 +126,10 @@ class TerminalView:
         elif isinstance(event, LayerFinished):
             layer = event.result
             self.line(f"  {layer.answered}/{len(layer.members)} answered in {layer.latency_s:.2f}s")
+        elif isinstance(event, Decided):
+            d = event.decision
+            skipped = f" (skipped: {', '.join(d.skipped)})" if d.skipped else ""
+            self.line((d.kind.replace("_", " "), "bold cyan"), ": ", d.detail, skipped)
         elif isinstance(event, AggregatorStarted):
             self.line(("aggregator", "bold"), f": {event.label} on {event.references} references")
         elif isinstance(event, AggregatorAttemptFailed):

@@ -4,7 +4,12 @@ answer extractors it votes with."""
 
 from __future__ import annotations
 
-from moakit.answers import extract_choice, extract_final_number, normalized_code
+from moakit.answers import (
+    extract_choice,
+    extract_final_number,
+    extract_stated_answer,
+    normalized_code,
+)
 from moakit.defenses.cluster import cluster_transform
 from moakit.defenses.fence import fenced_formatter
 from moakit.defenses.trust import trust_transform
@@ -33,3 +38,4 @@ def register_answer_extractors(register: Register) -> None:
     register("gsm8k", extract_final_number)  # the final number of a worked answer
     register("choice", extract_choice)  # a multiple-choice letter
     register("code", normalized_code)  # the program, as its syntax tree
+    register("final", extract_stated_answer)  # the stated final answer, of any kind

@@ -156,7 +156,7 @@ def advisory_view(
         if message.role == "tool":
             for result in message.tool_results:
                 name = result.name or names.get(result.tool_call_id, "a tool")
-                pending_results.append(_result_text(name, result, result_chars))
+                pending_results.append(fenced_result(name, result, result_chars))
             continue
         flush_results()
         if message.role == "assistant" and message.tool_calls:
@@ -181,7 +181,9 @@ def _call_text(call: ToolCall) -> str:
     return f"[called tool {call.name} with arguments {call.arguments}]"
 
 
-def _result_text(name: str, result: ToolResult, budget: int) -> str:
+def fenced_result(name: str, result: ToolResult, budget: int) -> str:
+    """A tool's result as text, fenced and labelled as data (its fence cannot be closed from
+    inside), cut to ``budget`` characters."""
     content = _cut(result.content, budget)
     status = " (an error)" if result.is_error else ""
     # Fenced and labelled as data: a tool's output must not pose as instructions.

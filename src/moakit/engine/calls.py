@@ -206,7 +206,7 @@ async def _attempt(
             if call.spec.tools and not call.request.tools:
                 completion = await answer_with_tools(
                     lambda request: _ask(run, call, started, on_text, request),
-                    with_builtin_tools(call.request, list(call.spec.tools)),
+                    with_builtin_tools(call.request, list(call.spec.tools), call.spec.tool_choice),
                     call.exchanges,
                 )
                 call.live_usage = completion.usage

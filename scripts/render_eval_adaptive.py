@@ -1,0 +1,234 @@
+"""``docs/eval-adaptive.md`` from ``results/eval-adaptive/`` (called by
+``scripts/eval_adaptive.py``). Every number is read from the run's summaries; the prose around
+them is fixed, and each target's reading is computed, never typed in."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from eval_driver import load_jsonl
+
+from moakit.config import load_preset
+
+INTRO = """\
+# Adaptive compute on the embedded model: the grid, the chosen `local` policy, the frontier
+
+The sharpest objection to MoA is its bill: every query pays the whole panel. moakit's early
+exit and cascades (README, "Adaptive compute") spend the panel only when the first answers
+disagree. This page measures them on the embedded Qwen2.5-Coder-0.5B (no network, no key) and
+chooses the `local` preset from the grid.
+
+Produced by `make eval-adaptive` (`scripts/eval_adaptive.py`: the `choose` phase, then the
+`report` phase, then this page; the same command resumes a stopped run). Every number below is
+read from `results/eval-adaptive/`; none is typed in.
+"""
+
+HOW = """\
+## What is measured, and how
+
+- **Choosing and reporting are kept apart.** The candidates were chosen by a rule written
+  before anything ran (quoted below), applied to the train summary alone (GSM8K train items
+  0-39). The report items (GSM8K items 1000-1199 of the same file, and the first 40 HumanEval
+  problems) were not run, nor looked at, until the choice was saved in `choice.json`.
+- **The grid.** Three low-temperature members with different strategies, each told only to
+  end with a line `Answer: X` (general-purpose instructions: no GSM8K format, since the chosen
+  policy becomes the `local` preset for any question): *reason* (step by step, greedy),
+  *program* (write a Python program and run it with the built-in `python` tool, in the
+  HumanEval scorer's sandbox; greedy), *check* (solve, then check each step and correct;
+  temperature 0.2). Then an aggregator (greedy) that synthesizes. `diverse` runs them all
+  (full MoA); `diverse-exit` answers without the aggregator when the three state the same final
+  answer (early exit, the `final` answer extractor); `diverse-cascade` starts with reason and
+  program and asks check and the aggregator only when those two disagree. The single greedy
+  model (`single:greedy`) is the reason member alone.
+- **Calls** count every model call of an item (a tool-using member's second request, after
+  its tool ran, is a call), cache hits included: the cache only saves this run's compute, and
+  every system is charged what it asked for. Tokens likewise. Cost is $0 (embedded).
+- **Latency** is per item with two items in flight at once (the embedded scheduler decodes
+  their sequences together), on a 2-core machine; compare latencies within a table.
+- **Tests.** 95% CIs are percentile bootstraps; paired tests are exact McNemar on the items
+  both systems answered (`moa eval`'s own report machinery).
+"""
+
+
+def document(results: Path, rule: str, runs: Sequence[Mapping[str, Any]], machine: str) -> str:
+    choice_file = results / "choice.json"
+    chosen = json.loads(choice_file.read_text())["chosen"] if choice_file.exists() else None
+    out = [INTRO, HOW, _grid(), "## Choosing (GSM8K train items 0-39)", ""]
+    train = _summary(results / "train")
+    if train is None:
+        out.append("Not run yet.")
+    else:
+        out += _spend_table(train)
+        out += ["", f"The rule: {rule}", ""]
+        unfinished = "No choice yet (the train chunk is unfinished)."
+        out.append(f"**Chosen: `{chosen}`.**" if chosen else unfinished)
+    heldout = _summary(results / "gsm8k-heldout")
+    out += ["", "## Report: GSM8K held-out items", ""]
+    if heldout is None or chosen is None:
+        out.append("Not run yet.")
+    else:
+        items = max(r["items"] for r in heldout["systems"])
+        out += [
+            f"Items 1000 to {1000 + items - 1} ({items} of the 200 planned: see the run log).",
+            "",
+        ]
+        out += _spend_table(heldout)
+        out += ["", "### The targets", ""]
+        out += _targets(heldout, chosen)
+        out += ["", *_plot("gsm8k-heldout")]
+    humaneval = _summary(results / "humaneval")
+    out += ["", "## Report: HumanEval (first 40 problems)", ""]
+    if humaneval is None or chosen is None:
+        out.append("Not run (the run's time went to the GSM8K items; see the run log).")
+    else:
+        out += _spend_table(humaneval)
+        out += ["", *_comparisons(humaneval)]
+    out += ["", "## The run", "", f"Machine: {machine}.", ""]
+    out += ["| phase | dataset | started (UTC) | wall s | new records | interrupted |"]
+    out += ["|---|---|---|---|---|---|"]
+    for row in runs:
+        started = datetime.fromtimestamp(row["started"], UTC).strftime("%Y-%m-%d %H:%M")
+        out.append(
+            f"| {row.get('phase', '')} | {row.get('dataset', 'gsm8k')} | {started} | "
+            f"{row['wall_s']:.0f} | {row['new_records']} | "
+            f"{'yes' if row['interrupted'] else 'no'} |"
+        )
+    for name in ("train", "gsm8k-heldout", "humaneval"):
+        report = results / name / "report.md"
+        if report.exists():
+            out += ["", f"## The full `moa eval` report: {name}", ""]
+            out += _embed(report.read_text(), f"../results/eval-adaptive/{name}")
+    return "\n".join(out) + "\n"
+
+
+def _grid() -> str:
+    lines = ["## The candidates", "", "| preset | member | temperature | tools | instruction |"]
+    lines.append("|---|---|---|---|---|")
+    for name in ("diverse", "diverse-exit", "diverse-cascade"):
+        config = load_preset(name)
+        adaptive = config.adaptive
+        for spec in config.layer_members(0):
+            tools = ", ".join(spec.tools) or "–"
+            lines.append(
+                f"| `{name}` | {spec.label} | {spec.temperature} | {tools} | {spec.system} |"
+            )
+        lines.append(f"| `{name}` | adaptive | | | {_adaptive(adaptive)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _adaptive(adaptive: Any) -> str:
+    if adaptive is None:
+        return "none (full MoA)"
+    parts = []
+    if adaptive.early_exit is not None:
+        parts.append(f"early exit: `{adaptive.early_exit.rule}` ({adaptive.early_exit.extractor})")
+    if adaptive.cascade is not None:
+        parts.append(f"cascade: first {adaptive.cascade.first} ({adaptive.cascade.order})")
+    return "; ".join(parts) or "none"
+
+
+def _summary(directory: Path) -> dict[str, Any] | None:
+    path = directory / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _spend_table(summary: Mapping[str, Any]) -> list[str]:
+    spend = summary.get("frontier", {}).get("per_item", {})
+    lines = [
+        "| system | n | accuracy [95% CI] | calls/item | tokens/item | latency s | early exits "
+        "| escalations |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["systems"]:
+        p = spend.get(row["name"], {})
+        s = row["score"]
+        lines.append(
+            f"| `{row['name']}` | {s['n']} | {s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] | "
+            f"{_f(p.get('calls_mean'), 2)} | {_f(p.get('tokens_mean'), 0)} | "
+            f"{_f(p.get('latency_s_mean'), 1)} | {p.get('early_exits', 0)} | "
+            f"{p.get('escalations', 0)} |"
+        )
+    return lines
+
+
+def _comparisons(summary: Mapping[str, Any]) -> list[str]:
+    lines = ["| system | vs. | diff [95% CI] | McNemar p | only system / only reference right |"]
+    lines.append("|---|---|---|---|---|")
+    rows = list(summary.get("comparisons", []))
+    rows += summary.get("frontier", {}).get("adaptive_vs_full", [])
+    for c in rows:
+        lines.append(
+            f"| `{c['system']}` | `{c['reference']}` | {c['diff'] * 100:+.1f} pp "
+            f"[{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}] (n={c['n']}) | "
+            f"{c['p_value']:.3f} | {c['a_only']}/{c['b_only']} |"
+        )
+    return lines
+
+
+def _targets(summary: Mapping[str, Any], chosen: str) -> list[str]:
+    spend = summary["frontier"]["per_item"]
+    full = next(
+        (
+            c
+            for c in summary["frontier"]["adaptive_vs_full"]
+            if c["system"] == chosen and c["reference"] == "moa:diverse"
+        ),
+        None,
+    )
+    single = next(
+        (
+            c
+            for c in summary.get("comparisons", [])
+            if c["system"] == chosen and c["reference"] == "single:greedy"
+        ),
+        None,
+    )
+    ratio = spend[chosen]["calls_mean"] / spend["moa:diverse"]["calls_mean"]
+    lines = [*_comparisons(summary), ""]
+    lines.append(
+        f"- **Calls: `{chosen}` makes {ratio:.0%} of full MoA's calls** "
+        f"({spend[chosen]['calls_mean']:.2f} vs {spend['moa:diverse']['calls_mean']:.2f} per "
+        f"item; target <= 50%: {'met' if ratio <= 0.5 else 'missed'})."
+    )
+    if full is not None:
+        loss = full["diff"] < 0 and full["p_value"] < 0.05
+        lines.append(
+            f"- **Against full MoA: {full['diff'] * 100:+.1f} pp, "
+            f"McNemar p {full['p_value']:.3f}** "
+            f"(target: no significant loss: {'missed' if loss else 'met'})."
+        )
+    if single is not None:
+        beats = single["diff"] > 0 and single["p_value"] < 0.05
+        lines.append(
+            f"- **Against the single greedy model: {single['diff'] * 100:+.1f} pp, McNemar p "
+            f"{single['p_value']:.3f}** (target: ahead with p < 0.05: "
+            f"{'met' if beats else 'missed'})."
+        )
+    return lines
+
+
+def _plot(name: str) -> list[str]:
+    return [f"![frontier](../results/eval-adaptive/{name}/plots/frontier.png)"]
+
+
+def _embed(report: str, base: str) -> list[str]:
+    """The report two heading levels down, its plot paths made relative to docs/."""
+    out = []
+    for line in report.splitlines():
+        if line.startswith("#"):
+            line = "##" + line
+        out.append(re.sub(r"`plots/([^`]+)`", rf"`{base}/plots/\1`", line))
+    return out
+
+
+def _f(value: Any, digits: int) -> str:
+    return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def render(results: Path, rule: str, doc: Path, machine: str) -> None:
+    doc.write_text(document(results, rule, load_jsonl(results / "runs.jsonl"), machine))
