@@ -1,7 +1,8 @@
 """Staircase vs wait-for-all on the embedded model: time to first token and total time of the
-`local` preset (three batched Qwen2.5-Coder-0.5B samples, then the aggregator) against
-`local-staircase` (the same stack, the aggregator starting on the samples' first chunk and
-continuing its own answer by prefill into the reused KV stream), side by side in one run.
+`local-staircase` preset's stack run layered (three batched Qwen2.5-Coder-0.5B samples, then
+the aggregator; what the `local` preset was before it became a cascade) against the preset
+itself (the aggregator starting on the samples' first chunk and continuing its own answer by
+prefill into the reused KV stream), side by side in one run.
 
 Queries are GSM8K word problems (items past the first 100, so not the eval's) and alternate
 between the two strategies, so load noise hits both alike. ``--layers 2`` repeats the proposer
@@ -29,9 +30,14 @@ from moakit.events import RunFinished, TextDelta
 DATA = default_data_dir()  # the benchmark files shipped with moakit, or $MOAKIT_EVAL_DATA
 
 
-def stack_config(preset: str, layers: int, chunk: int | None) -> StackConfig:
+def stack_config(
+    preset: str, layers: int, chunk: int | None, *, layered: bool = False
+) -> StackConfig:
     data = load_preset(preset).model_dump(exclude_unset=True)
     data["layers"] = data["layers"] * layers
+    if layered:  # the same stack, waiting for every layer
+        data.pop("staircase", None)
+        data["strategy"] = "layered"
     if chunk is not None and "staircase" in data:
         data["staircase"]["chunk_tokens"] = chunk
     return parse_config(data, source=f"{preset} ({layers} layers)")
@@ -58,7 +64,7 @@ async def main(args: argparse.Namespace) -> None:
     items = load_dataset("gsm8k", data_dir=args.data_dir, offset=100, limit=args.queries + 1)
     prompts = [item.turns[0] for item in items.items]
     stacks = {
-        "wait-for-all": Stack(stack_config("local", args.layers, None)),
+        "wait-for-all": Stack(stack_config("local-staircase", args.layers, None, layered=True)),
         "staircase": Stack(stack_config("local-staircase", args.layers, args.chunk)),
     }
     chunk = stacks["staircase"].config.staircase.chunk_tokens

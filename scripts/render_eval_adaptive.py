@@ -39,12 +39,14 @@ HOW = """\
   end with a line `Answer: X` (general-purpose instructions: no GSM8K format, since the chosen
   policy becomes the `local` preset for any question): *reason* (step by step, greedy),
   *program* (write a Python program and run it with the built-in `python` tool, in the
-  HumanEval scorer's sandbox; greedy), *check* (solve, then check each step and correct;
-  temperature 0.2). Then an aggregator (greedy) that synthesizes. `diverse` runs them all
-  (full MoA); `diverse-exit` answers without the aggregator when the three state the same final
-  answer (early exit, the `final` answer extractor); `diverse-cascade` starts with reason and
-  program and asks check and the aggregator only when those two disagree. The single greedy
-  model (`single:greedy`) is the reason member alone.
+  HumanEval scorer's sandbox, then answer from its output; greedy; `tool_choice =
+  "required"`, since told only in words the 0.5B model wrote programs and imagined their
+  output), *check* (solve, then check each step and correct; temperature 0.2). Then an
+  aggregator (greedy) that synthesizes. `diverse` runs them all (full MoA); `diverse-exit`
+  answers without the aggregator when the three state the same final answer (early exit, the
+  `final` answer extractor); `diverse-cascade` starts with reason and program and asks check
+  and the aggregator only when those two disagree. The single greedy model
+  (`single:greedy`) is the reason member alone.
 - **Calls** count every model call of an item (a tool-using member's second request, after
   its tool ran, is a call), cache hits included: the cache only saves this run's compute, and
   every system is charged what it asked for. Tokens likewise. Cost is $0 (embedded).
@@ -107,17 +109,16 @@ def document(results: Path, rule: str, runs: Sequence[Mapping[str, Any]], machin
 
 
 def _grid() -> str:
-    lines = ["## The candidates", "", "| preset | member | temperature | tools | instruction |"]
-    lines.append("|---|---|---|---|---|")
+    lines = ["## The candidates", "", "Members (every candidate has the same three):", ""]
+    lines += ["| member | temperature | tools | instruction |", "|---|---|---|---|"]
+    for spec in load_preset("diverse").layer_members(0):
+        tools = ", ".join(spec.tools) or "–"
+        if spec.tools and spec.tool_choice == "required":
+            tools += " (must run one program, then answers)"
+        lines.append(f"| {spec.label} | {spec.temperature} | {tools} | {spec.system} |")
+    lines += ["", "| preset | policy |", "|---|---|"]
     for name in ("diverse", "diverse-exit", "diverse-cascade"):
-        config = load_preset(name)
-        adaptive = config.adaptive
-        for spec in config.layer_members(0):
-            tools = ", ".join(spec.tools) or "–"
-            lines.append(
-                f"| `{name}` | {spec.label} | {spec.temperature} | {tools} | {spec.system} |"
-            )
-        lines.append(f"| `{name}` | adaptive | | | {_adaptive(adaptive)} |")
+        lines.append(f"| `{name}` | {_adaptive(load_preset(name).adaptive)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -157,7 +157,7 @@ def test_a_cascade_needs_an_agreement_rule() -> None:
 def test_unchanged_stacks_keep_their_identity() -> None:
     from moakit.config import config_hash, load_preset
 
-    preset = load_preset("local")
+    preset = load_preset("local-fast")
     assert "adaptive" not in preset.model_dump() and "advice" not in preset.model_dump()
     on = preset.model_copy(
         update={"adaptive": config([names("a")], early_exit={"rule": "answer"}).adaptive}

@@ -81,4 +81,9 @@ def test_cli_ask_streams_answer_on_stdout_progress_on_stderr(tmp_path: object) -
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
-    assert "layer 1" in proc.stderr and "aggregator" in proc.stderr
+    # The local preset is a cascade: reason and program first, and either an early exit (they
+    # state the same answer) or an escalation to check and the aggregator, said on stderr.
+    assert "layer 1" in proc.stderr
+    exited = "early exit: 2 answers agree" in proc.stderr
+    escalated = "escalate: " in proc.stderr and "aggregator" in proc.stderr
+    assert exited != escalated, proc.stderr
