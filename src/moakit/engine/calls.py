@@ -61,10 +61,14 @@ class Call:
         return bool(self.live_parts)
 
     def begin(self, now: float) -> None:
-        self.exchanges = []
+        # Fresh lists for a retry (an earlier attempt's may have been handed out); a first
+        # attempt keeps the empty ones it was built with.
+        if self.exchanges:
+            self.exchanges = []
         self.live_started = now
         self.live_ttft = None
-        self.live_parts = []
+        if self.live_parts:
+            self.live_parts = []
         self.live_usage = None
 
     def end(self, now: float, *, usage: Usage, error: str | None = None) -> None:
@@ -202,14 +206,9 @@ async def _attempt(
     error: ModelCallError | None = None
     completion: Completion | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with run.expiry(timeout, deadline_at if binding else None):
             if call.spec.tools and not call.request.tools:
-                completion = await answer_with_tools(
-                    lambda request: _ask(run, call, started, on_text, request),
-                    with_builtin_tools(call.request, list(call.spec.tools)),
-                    call.exchanges,
-                )
-                call.live_usage = completion.usage
+                completion = await _with_tools(run, call, started, on_text)
             elif on_text is None and not run.member_ttft and _has_plain_request(call.model):
                 # (``_ask``'s plain branch, inline: this is every call's path.)
                 completion = await call.model.complete(call.request)
@@ -243,6 +242,18 @@ async def _attempt(
         usage=usage,
         tool_calls=completion.tool_calls,
     )
+
+
+async def _with_tools(run: Run, call: Call, started: float, on_text: OnText | None) -> Completion:
+    """A tool-using member's answer (``engine.member_tools``). Its own function, so that the
+    common path through ``_attempt`` builds no closure (and no cells) per call."""
+    completion = await answer_with_tools(
+        lambda request: _ask(run, call, started, on_text, request),
+        with_builtin_tools(call.request, list(call.spec.tools)),
+        call.exchanges,
+    )
+    call.live_usage = completion.usage
+    return completion
 
 
 async def _ask(
