@@ -27,6 +27,7 @@ from moakit.result import Attempt, Decision, MemberOutput, ToolExchange
 from moakit.retry import backoff_delay
 
 OnText = Callable[[str], None]
+NO_USAGE = Usage()  # (frozen: one instance serves every call that reports none)
 # (call, error, retrying): called after each failed attempt, before any backoff.
 OnFailure = Callable[["Call", ModelCallError, bool], None]
 
@@ -88,7 +89,7 @@ class Call:
     def cut(self, now: float, reason: str) -> None:
         """Record the attempt in flight as cancelled (straggler cut-off, deadline, caller)."""
         if self.live_started is not None:
-            self.end(now, usage=self.live_usage or Usage(), error=reason)
+            self.end(now, usage=self.live_usage or NO_USAGE, error=reason)
 
     def output(
         self,
@@ -101,7 +102,7 @@ class Call:
     ) -> MemberOutput:
         spec = self.spec
         attempts = self.attempts
-        usage = attempts[0].usage if attempts else Usage()
+        usage = attempts[0].usage if attempts else NO_USAGE
         for attempt in attempts[1:]:
             usage = usage + attempt.usage
         started = self.attempts[0].started_s if self.attempts else now
@@ -115,7 +116,8 @@ class Call:
             error=error,
             finish_reason=completion.finish_reason if completion else None,
             tool_calls=list(completion.tool_calls) if completion else [],
-            tool_exchanges=list(self.exchanges),
+            # (Validation copies a list: the output does not share this call's lists.)
+            tool_exchanges=self.exchanges,
             truncated=bool(completion and completion.truncated),
             cancelled=cancelled,
             started_s=round(started, 6),
@@ -123,7 +125,7 @@ class Call:
             ttft_s=self.attempts[-1].ttft_s if completion and self.attempts else None,
             usage=usage,
             cost_usd=cost(spec, usage),
-            attempts=list(self.attempts),
+            attempts=self.attempts,
         )
 
 
@@ -227,7 +229,7 @@ async def _attempt(
         error = exc
     except Exception as exc:  # an adapter bug must fail this call, not the query
         error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
-    usage = call.live_usage or Usage()
+    usage = call.live_usage or NO_USAGE
     if run.ledger is not None and call.reserved is not None:
         run.ledger.settle(call.spec, call.reserved, (error.usage if error else None) or usage)
         call.reserved = None
@@ -236,6 +238,8 @@ async def _attempt(
         call.end(run.now(), usage=call.error.usage or usage, error=call.error.describe())
         return None
     call.end(run.now(), usage=usage)
+    if completion.finish_reason is not None and completion.usage is usage:
+        return completion
     return Completion(
         text=completion.text,
         finish_reason=completion.finish_reason or "stop",
