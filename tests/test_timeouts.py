@@ -5,7 +5,9 @@ elsewhere stays a cancellation, and a block that ended is never cancelled by its
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -129,3 +131,19 @@ async def test_a_time_already_past_expires_at_once() -> None:
     with pytest.raises(TimeoutError):
         async with for_loop().at(asyncio.get_running_loop().time() - 1):
             await asyncio.sleep(10)
+
+
+def test_a_finished_loop_is_not_kept_alive_by_its_timeouts() -> None:
+    """The registry is keyed by each loop's weak reference: nothing it holds (a group's armed
+    timer refers to its loop) may keep a loop that has finished alive."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with for_loop().after(30):
+            await asyncio.sleep(0)
+
+    for _ in range(3):
+        asyncio.run(one())
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
