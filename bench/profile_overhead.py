@@ -16,7 +16,7 @@ import io
 import pstats
 import time
 
-from _procs import fake_backend
+from _procs import GcClock, fake_backend
 from moakit import Stack, parse_config
 from overhead import PROPOSERS, config
 
@@ -36,6 +36,10 @@ async def profile(queries: int, layers: int, latency: float, top: int) -> None:
     with fake_backend("--ttft", str(latency), "--tokens", "12") as (base_url, _pid):
         async with Stack(parse_config(config(base_url, layers))) as stack:
             await concurrent(stack, 1)  # warm connections
+            with GcClock() as gc_clock:  # one round unprofiled: the GC's share
+                cpu0 = time.process_time()
+                await concurrent(stack, queries)
+                plain_cpu = time.process_time() - cpu0
             profiler = cProfile.Profile(time.process_time)
             cpu0 = time.process_time()
             profiler.enable()
@@ -43,6 +47,8 @@ async def profile(queries: int, layers: int, latency: float, top: int) -> None:
             profiler.disable()
             cpu = time.process_time() - cpu0
     calls = queries * (layers * PROPOSERS + 1)
+    print(f"unprofiled: {plain_cpu / calls * 1e3:.3f} ms of our CPU per call, of which")
+    print(gc_clock.summary(calls))
     print(f"{queries} queries ({failed} failed), {calls} calls: wall {wall:.2f}s, CPU {cpu:.2f}s,")
     print(f"{cpu / calls * 1e3:.3f} ms of our CPU per call (profiled: cProfile adds its own)")
     out = io.StringIO()

@@ -103,3 +103,50 @@ async def test_key_never_appears_in_errors(monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert secret not in str(info.value)
     assert info.value.result is not None and secret not in info.value.result.model_dump_json()
+
+
+async def test_every_request_carries_the_provider_headers_and_a_stream_asks_for_sse() -> None:
+    """The provider's headers (key, user agent, content type) are the session's defaults, sent
+    with every request; a streamed request adds its Accept header to them, not in their place."""
+    from aiohttp import web
+
+    from moakit.models.base import ChatRequest, Message
+    from moakit.models.openai_compat import OpenAIChatModel
+    from moakit.models.openai_provider import OpenAIProvider
+    from moakit.version import __version__
+
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        if (await request.json()).get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            event = '{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}'
+            await response.write(f"data: {event}\n\ndata: [DONE]\n\n".encode())
+            return response
+        message = {"role": "assistant", "content": "hi"}
+        return web.json_response({"choices": [{"message": message, "finish_reason": "stop"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    provider = OpenAIProvider(f"http://127.0.0.1:{port}/v1", "sk-test-key")
+    model = OpenAIChatModel("m", provider)
+    request = ChatRequest(messages=(Message.user("hello"),))
+    try:
+        assert (await model.complete(request)).text == "hi"
+        assert "".join([c.text async for c in model.stream(request)]) == "hi"
+        assert (await model.complete(request)).text == "hi"
+    finally:
+        await provider.aclose()
+        await runner.cleanup()
+    for headers in seen:
+        assert headers["Authorization"] == "Bearer sk-test-key"
+        assert headers["User-Agent"] == f"moakit/{__version__}"
+        assert headers["Content-Type"] == "application/json"
+    assert [h.get("Accept") for h in seen] == ["*/*", "text/event-stream", "*/*"]

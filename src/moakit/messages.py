@@ -127,6 +127,13 @@ class Message:
     # -- OpenAI's chat-completions dict, the lingua franca of callers and traces -------------
 
     def to_openai(self) -> dict[str, Any]:
+        parts = self.parts
+        if len(parts) == 1 and type(parts[0]) is TextPart and self.role != "tool":
+            # One text part, the shape of nearly every message (every call sends several).
+            plain: dict[str, Any] = {"role": self.role, "content": parts[0].text}
+            if self.name:
+                plain["name"] = self.name
+            return plain
         out: dict[str, Any] = {"role": self.role}
         if self.role == "tool":
             result = self.tool_results[0] if self.tool_results else ToolResult("", self.text)

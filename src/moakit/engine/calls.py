@@ -27,6 +27,7 @@ from moakit.result import Attempt, Decision, MemberOutput, ToolExchange
 from moakit.retry import backoff_delay
 
 OnText = Callable[[str], None]
+NO_USAGE = Usage()  # (frozen: one instance serves every call that reports none)
 # (call, error, retrying): called after each failed attempt, before any backoff.
 OnFailure = Callable[["Call", ModelCallError, bool], None]
 
@@ -61,10 +62,14 @@ class Call:
         return bool(self.live_parts)
 
     def begin(self, now: float) -> None:
-        self.exchanges = []
+        # Fresh lists for a retry (an earlier attempt's may have been handed out); a first
+        # attempt keeps the empty ones it was built with.
+        if self.exchanges:
+            self.exchanges = []
         self.live_started = now
         self.live_ttft = None
-        self.live_parts = []
+        if self.live_parts:
+            self.live_parts = []
         self.live_usage = None
 
     def end(self, now: float, *, usage: Usage, error: str | None = None) -> None:
@@ -84,7 +89,7 @@ class Call:
     def cut(self, now: float, reason: str) -> None:
         """Record the attempt in flight as cancelled (straggler cut-off, deadline, caller)."""
         if self.live_started is not None:
-            self.end(now, usage=self.live_usage or Usage(), error=reason)
+            self.end(now, usage=self.live_usage or NO_USAGE, error=reason)
 
     def output(
         self,
@@ -97,7 +102,7 @@ class Call:
     ) -> MemberOutput:
         spec = self.spec
         attempts = self.attempts
-        usage = attempts[0].usage if attempts else Usage()
+        usage = attempts[0].usage if attempts else NO_USAGE
         for attempt in attempts[1:]:
             usage = usage + attempt.usage
         started = self.attempts[0].started_s if self.attempts else now
@@ -111,7 +116,8 @@ class Call:
             error=error,
             finish_reason=completion.finish_reason if completion else None,
             tool_calls=list(completion.tool_calls) if completion else [],
-            tool_exchanges=list(self.exchanges),
+            # (Validation copies a list: the output does not share this call's lists.)
+            tool_exchanges=self.exchanges,
             truncated=bool(completion and completion.truncated),
             cancelled=cancelled,
             started_s=round(started, 6),
@@ -119,7 +125,7 @@ class Call:
             ttft_s=self.attempts[-1].ttft_s if completion and self.attempts else None,
             usage=usage,
             cost_usd=cost(spec, usage),
-            attempts=list(self.attempts),
+            attempts=self.attempts,
         )
 
 
@@ -202,14 +208,9 @@ async def _attempt(
     error: ModelCallError | None = None
     completion: Completion | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with run.expiry(timeout, deadline_at if binding else None):
             if call.spec.tools and not call.request.tools:
-                completion = await answer_with_tools(
-                    lambda request: _ask(run, call, started, on_text, request),
-                    with_builtin_tools(call.request, list(call.spec.tools), call.spec.tool_choice),
-                    call.exchanges,
-                )
-                call.live_usage = completion.usage
+                completion = await _with_tools(run, call, started, on_text)
             elif on_text is None and not run.member_ttft and _has_plain_request(call.model):
                 # (``_ask``'s plain branch, inline: this is every call's path.)
                 completion = await call.model.complete(call.request)
@@ -228,7 +229,7 @@ async def _attempt(
         error = exc
     except Exception as exc:  # an adapter bug must fail this call, not the query
         error = ModelCallError(f"{type(exc).__name__}: {exc}", kind="other")
-    usage = call.live_usage or Usage()
+    usage = call.live_usage or NO_USAGE
     if run.ledger is not None and call.reserved is not None:
         run.ledger.settle(call.spec, call.reserved, (error.usage if error else None) or usage)
         call.reserved = None
@@ -237,12 +238,26 @@ async def _attempt(
         call.end(run.now(), usage=call.error.usage or usage, error=call.error.describe())
         return None
     call.end(run.now(), usage=usage)
+    if completion.finish_reason is not None and completion.usage is usage:
+        return completion
     return Completion(
         text=completion.text,
         finish_reason=completion.finish_reason or "stop",
         usage=usage,
         tool_calls=completion.tool_calls,
     )
+
+
+async def _with_tools(run: Run, call: Call, started: float, on_text: OnText | None) -> Completion:
+    """A tool-using member's answer (``engine.member_tools``). Its own function, so that the
+    common path through ``_attempt`` builds no closure (and no cells) per call."""
+    completion = await answer_with_tools(
+        lambda request: _ask(run, call, started, on_text, request),
+        with_builtin_tools(call.request, list(call.spec.tools), call.spec.tool_choice),
+        call.exchanges,
+    )
+    call.live_usage = completion.usage
+    return completion
 
 
 async def _ask(

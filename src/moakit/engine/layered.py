@@ -18,7 +18,7 @@ from moakit.engine.adaptive import (
 )
 from moakit.engine.advice import ADVICE, Advice, fresh_needed, tool_iteration, turn_key
 from moakit.engine.aggregate import aggregate
-from moakit.engine.calls import Call, call_with_retries
+from moakit.engine.calls import Call, OnText, call_with_retries
 from moakit.engine.run import AGGREGATOR_RESERVE, Run
 from moakit.engine.supervisor import finish_layer, supervise_layer
 from moakit.events import LayerStarted, MemberDelta
@@ -237,15 +237,21 @@ def _start(run: Run, calls: Sequence[Call], positions: Sequence[int]) -> dict[An
 
 
 async def _propose(run: Run, call: Call) -> MemberOutput:
-    def on_text(text: str) -> None:
-        run.emit(MemberDelta(layer=call.layer, index=call.index, text=text, **run.stamp()))
-
-    wanted = run.live and run.member_deltas
+    on_text = _deltas(run, call) if run.live and run.member_deltas else None
     completion = await call_with_retries(
-        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text if wanted else None
+        run, call, deadline_at=run.proposers_deadline_at, on_text=on_text
     )
     if completion is None:
         assert call.error is not None
         return call.output(run.now(), error=call.error.describe())
     # The reference implementation strips every generation before reuse.
     return call.output(run.now(), text=completion.text.strip(), completion=completion)
+
+
+def _deltas(run: Run, call: Call) -> OnText:
+    """Emits ``call``'s text as ``MemberDelta`` events (built only for a run someone watches)."""
+
+    def on_text(text: str) -> None:
+        run.emit(MemberDelta(layer=call.layer, index=call.index, text=text, **run.stamp()))
+
+    return on_text

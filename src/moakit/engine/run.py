@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from moakit.config import ResolvedMember, StackConfig
 from moakit.engine.advice import ACTING_NOTE, advisory_view, context_tokens, involves_tools
 from moakit.engine.budget import Ledger
+from moakit.engine.timeouts import Expiry, Timeouts, for_loop
 from moakit.events import Decided, Event, Stamp
 from moakit.messages import Message
 from moakit.models.base import ChatRequest, Model
@@ -41,6 +42,10 @@ FINAL_OVERRIDES = (
     "tool_choice",
     "parallel_tool_calls",
 )
+
+
+# What a member's messages are built from, besides x1: (its system prompt, block, final).
+_MessagesKey = tuple[str | None, str | None, bool]
 
 
 class EventChannel:
@@ -165,6 +170,8 @@ class Run:
         # Tools in play: proposers see the advisory view (built once per context window).
         self.advising = involves_tools(request)
         self._views: dict[tuple[int, int], list[Message]] = {}
+        self._last_messages: tuple[_MessagesKey, tuple[Message, ...]] | None = None
+        self._timeouts: Timeouts | None = None
         self.channel = EventChannel()
         # False when nobody can see the events at all (a Stack.run() without observers): the
         # per-call ones (MemberStarted, MemberDelta) are then not even built.
@@ -203,14 +210,6 @@ class Run:
         """What ``spec`` is sent: x1 with its own system prompt and the references ``block``;
         the final aggregator also gets the caller's sampling overrides and tools. With tools in
         play, anyone else gets the advisory view of x1 instead (``engine.advice``)."""
-        conversation = self.conversation
-        if self.advising and not final:
-            conversation = self._advisory_view(spec)
-        messages = with_system_prompt(conversation, spec.system)
-        if block is not None:
-            if final and self.advising:
-                block += "\n\n" + ACTING_NOTE
-            messages = inject_block(messages, block)
         fields: dict[str, Any] = {
             "temperature": spec.temperature,
             "max_tokens": spec.max_tokens,
@@ -219,11 +218,33 @@ class Run:
         }
         if final and self.final_overrides:
             fields.update(self.final_overrides)
-        # One construction per call (``ChatRequest`` types its messages when built).
-        request = ChatRequest(messages=tuple(messages), **fields)
+        request = ChatRequest(messages=self._member_messages(spec, block, final), **fields)
         if self.ledger is not None:
             request = self.ledger.bounded(request)
         return request
+
+    def _member_messages(
+        self, spec: ResolvedMember, block: str | None, final: bool
+    ) -> tuple[Message, ...]:
+        """The messages of ``member_request``. A layer's members are built one after another
+        and mostly share one system prompt (or none) and one block, so the last messages built
+        are reused while those match (messages are immutable). The advisory view depends on the
+        member: never reused."""
+        advisory = self.advising and not final
+        key = (spec.system, block, final)
+        last = self._last_messages
+        if not advisory and last is not None and last[0] == key:
+            return last[1]
+        conversation = self._advisory_view(spec) if advisory else self.conversation
+        messages = with_system_prompt(conversation, spec.system)
+        if block is not None:
+            if final and self.advising:
+                block += "\n\n" + ACTING_NOTE
+            messages = inject_block(messages, block)
+        built = tuple(messages)
+        if not advisory:
+            self._last_messages = (key, built)
+        return built
 
     def decide(self, decision: Decision) -> None:
         """Record an adaptive or budget decision and tell the observers."""
@@ -253,6 +274,14 @@ class Run:
             if left < timeout:
                 return left, True
         return timeout, False
+
+    def expiry(self, timeout: float, deadline_at: float | None) -> Expiry:
+        """The time limit of one attempt: ``timeout`` seconds, or ``deadline_at`` when given
+        (the binding deadline). Shares timers with every other attempt (``engine.timeouts``)."""
+        timeouts = self._timeouts
+        if timeouts is None:
+            timeouts = self._timeouts = for_loop()
+        return timeouts.at(deadline_at) if deadline_at is not None else timeouts.after(timeout)
 
     @staticmethod
     def time_left(delay: float, deadline_at: float | None) -> bool:

@@ -59,7 +59,8 @@ async def supervise_layer(
         if on_settled is not None:
             on_settled(call, out)
         outputs[call.index] = out
-        run.emit(MemberFinished(output=out, **run.stamp()))
+        if run.live:
+            run.emit(MemberFinished(output=out, **run.stamp()))
 
     try:
         while pending:

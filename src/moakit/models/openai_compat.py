@@ -37,6 +37,7 @@ from moakit.secrets import scrub
 # Connection-level failures (refused, reset, closed mid-body): worth a retry, like the SDK's
 # APIConnectionError.
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_SSE = {"Accept": "text/event-stream"}
 
 
 class OpenAIChatModel(Model):
@@ -104,7 +105,7 @@ class OpenAIChatModel(Model):
     async def complete(self, request: ChatRequest) -> Completion:
         ep = self.provider
         try:
-            async with ep.post(self._body(request, stream=False), ep.headers) as response:
+            async with ep.post(self._body(request, stream=False)) as response:
                 await _raise_for_status(response, ep.key)
                 raw = await response.read()
         except _CONNECTION_ERRORS as exc:
@@ -116,9 +117,8 @@ class OpenAIChatModel(Model):
         finish: str | None = None
         usage: Usage | None = None
         calls = _ToolCallAssembler()
-        headers = {**ep.headers, "Accept": "text/event-stream"}
         try:
-            async with ep.post(self._body(request, stream=True), headers) as response:
+            async with ep.post(self._body(request, stream=True), _SSE) as response:
                 await _raise_for_status(response, ep.key)
                 if response.content_type == "application/json":
                     # Some servers and proxies ignore "stream": true and answer in one body.

@@ -31,6 +31,7 @@ class OpenAIProvider(Provider):
     def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
         self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
         self.url = self.base_url + "/chat/completions"
+        self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         # The key, so that adapters can scrub it from any upstream text they pass on.
         self.key = api_key or ""
         self.headers = {
@@ -45,7 +46,7 @@ class OpenAIProvider(Provider):
         self.proxy: URL | None = None
         self.proxy_auth: BasicAuth | None = None
         with contextlib.suppress(LookupError):
-            self.proxy, self.proxy_auth = get_env_proxy_for_url(URL(self.url))
+            self.proxy, self.proxy_auth = get_env_proxy_for_url(self._url)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -70,14 +71,20 @@ class OpenAIProvider(Provider):
                 timeout=aiohttp.ClientTimeout(total=None),
                 # The environment's proxy is in self.proxy (read once, see __init__).
                 trust_env=False,
+                # Sent with every request, so that a request passes none of its own (aiohttp
+                # merges a request's headers into a copy of these, key by key).
+                headers=self.headers,
             )
             self._loop = loop
         return self._session
 
-    def post(self, body: bytes, headers: dict[str, str]) -> aiohttp.client._RequestContextManager:
-        """One Chat Completions request (through the environment's proxy, if any)."""
+    def post(
+        self, body: bytes, headers: dict[str, str] | None = None
+    ) -> aiohttp.client._RequestContextManager:
+        """One Chat Completions request with ``self.headers`` and any extra ``headers``
+        (through the environment's proxy, if any)."""
         return self.session().post(
-            self.url, data=body, headers=headers, proxy=self.proxy, proxy_auth=self.proxy_auth
+            self._url, data=body, headers=headers, proxy=self.proxy, proxy_auth=self.proxy_auth
         )
 
     async def aclose(self) -> None:
