@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from eval_driver import load_jsonl
+from eval_driver import load_jsonl, records_of
 
+from moakit.answers import extract_stated_answer
 from moakit.config import load_preset
 
 INTRO = """\
@@ -66,6 +67,7 @@ def document(results: Path, rule: str, runs: Sequence[Mapping[str, Any]], machin
         out.append("Not run yet.")
     else:
         out += _spend_table(train)
+        out += ["", "The proposals of `moa:diverse`:", "", *_members(results / "train", train)]
         out += ["", f"The rule: {rule}", ""]
         unfinished = "No choice yet (the train chunk is unfinished)."
         out.append(f"**Chosen: `{chosen}`.**" if chosen else unfinished)
@@ -80,6 +82,12 @@ def document(results: Path, rule: str, runs: Sequence[Mapping[str, Any]], machin
             "",
         ]
         out += _spend_table(heldout)
+        out += [
+            "",
+            "The proposals of `moa:diverse`:",
+            "",
+            *_members(results / "gsm8k-heldout", heldout),
+        ]
         out += ["", "### The targets", ""]
         out += _targets(heldout, chosen)
         out += ["", *_plot("gsm8k-heldout")]
@@ -141,9 +149,9 @@ def _summary(directory: Path) -> dict[str, Any] | None:
 def _spend_table(summary: Mapping[str, Any]) -> list[str]:
     spend = summary.get("frontier", {}).get("per_item", {})
     lines = [
-        "| system | n | accuracy [95% CI] | calls/item | tokens/item | latency s | early exits "
-        "| escalations |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | n | accuracy [95% CI] | calls/item | tokens/item | latency s | cache hits "
+        "| early exits | escalations |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["systems"]:
         p = spend.get(row["name"], {})
@@ -151,9 +159,52 @@ def _spend_table(summary: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"| `{row['name']}` | {s['n']} | {s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] | "
             f"{_f(p.get('calls_mean'), 2)} | {_f(p.get('tokens_mean'), 0)} | "
-            f"{_f(p.get('latency_s_mean'), 1)} | {p.get('early_exits', 0)} | "
-            f"{p.get('escalations', 0)} |"
+            f"{_f(p.get('latency_s_mean'), 1)} | {row.get('cache_hits', 0)}/{row.get('calls', 0)} "
+            f"| {p.get('early_exits', 0)} | {p.get('escalations', 0)} |"
         )
+    lines += [
+        "",
+        "Systems run after `moa:diverse` ask its members' questions again and are answered from "
+        "the response cache (a tool call is never cached: a program-writing member's first "
+        "round is decoded again), so their latencies are not what they would take alone; calls "
+        "and tokens are.",
+    ]
+    return lines
+
+
+def _members(directory: Path, summary: Mapping[str, Any]) -> list[str]:
+    """What the proposals of full MoA say: each member's accuracy, and how often the cascade's
+    first two (reason, program) state the same answer and are then right."""
+    row = next((r for r in summary["systems"] if r["name"] == "moa:diverse"), None)
+    if row is None:
+        return []
+    records = list(records_of(directory, row).values())
+    layer1 = [r.layers[0] for r in records if r.layers]
+    if not layer1:
+        return []
+    labels = [m.label for m in layer1[0]]
+    lines = ["| member | right | stated an answer |", "|---|---|---|"]
+    for i, label in enumerate(labels):
+        right = sum(1 for ms in layer1 if ms[i].correct)
+        stated = sum(1 for ms in layer1 if extract_stated_answer(ms[i].output or "") is not None)
+        lines.append(f"| {label} | {right}/{len(layer1)} | {stated}/{len(layer1)} |")
+    any_right = sum(1 for ms in layer1 if any(m.correct for m in ms))
+    final_right = sum(1 for r in records if r.right)
+    agree = [
+        ms
+        for ms in layer1
+        if extract_stated_answer(ms[0].output or "") is not None
+        and extract_stated_answer(ms[0].output or "") == extract_stated_answer(ms[1].output or "")
+    ]
+    agree_right = sum(1 for ms in agree if ms[0].correct)
+    lines += [
+        "",
+        f"- At least one proposal is right on {any_right} of {len(layer1)} items; the "
+        f"aggregated answer on {final_right}.",
+        f"- {labels[0]} and {labels[1]} state the same final answer on {len(agree)} of "
+        f"{len(layer1)} items (the cascade's early exits), and that answer is right on "
+        f"{agree_right} of them.",
+    ]
     return lines
 
 

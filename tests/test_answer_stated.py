@@ -20,6 +20,10 @@ from moakit.plugins import registry
             "```python\ndef f(x):\n  return (x + 1)  # inc\n```",
         ),
         ("Answer: the Treaty of   Versailles", "answer: The treaty of Versailles"),
+        # A reply that is nothing but a short answer (a member that ran a program and
+        # answered with its output) states it.
+        ("72", "Step by step: 48 + 24 = 72.\nAnswer: 72 clips"),
+        ("Paris.", "Answer: paris"),
     ],
 )
 def test_the_same_answer_in_other_words_agrees(a: str, b: str) -> None:
@@ -43,6 +47,8 @@ def test_different_answers_differ(a: str, b: str) -> None:
     "text",
     [
         "There were 3 apples and 4 pears, so 7 fruits in all.",  # no stated answer
+        "First 3 apples, then 4 pears: 7.",  # short, but more than one number
+        "...",
         "",
         "Answer:",
     ],

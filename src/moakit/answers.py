@@ -112,6 +112,9 @@ def extract_choice(text: str) -> str | None:
     return letter.upper()
 
 
+SHORT_REPLY_WORDS = 8  # a reply this short, on one line, is its own answer
+
+
 def extract_stated_answer(text: str) -> str | None:
     """The final answer ``text`` states, normalized so that two replies that give the same
     answer in other words compare equal: for any kind of question (early exit on agreement in
@@ -121,6 +124,9 @@ def extract_stated_answer(text: str) -> str | None:
     - else the last "Answer: X" / "the answer is X": the number in X if it has one, else X
       case-folded, with spacing, emphasis and a final period gone;
     - else the program of its first code block (``normalized_code``);
+    - else, for a reply of one short line (at most ``SHORT_REPLY_WORDS`` words: "72",
+      "Paris."), the reply itself, as above: its number if it has one (none if several), else
+      its words;
     - else ``None``: a reply that states no answer cannot agree with another (unlike
       ``extract_final_number``, no fallback to the text's last number, which in a free-form
       reply is rarely its answer).
@@ -136,4 +142,12 @@ def extract_stated_answer(text: str) -> str | None:
             return words
     if _FENCE_RE.search(text):
         return normalized_code(text)
+    reply = text.strip()
+    short = "\n" not in reply and len(reply.split()) <= SHORT_REPLY_WORDS
+    if reply and short and not _ANSWER_IS_RE.search(reply):  # (an empty "Answer:" says nothing)
+        found = _NUMBER_RE.findall(reply)
+        if found:  # one number is the answer; several are not one answer
+            return normalize_number(found[0]) if len(found) == 1 else None
+        words = " ".join(reply.replace("*", " ").replace("`", " ").split()).rstrip(".").casefold()
+        return words if any(c.isalnum() for c in words) else None
     return None
