@@ -15,6 +15,11 @@ from eval_driver import load_jsonl, records_of
 
 from moakit.answers import extract_stated_answer
 from moakit.config import load_preset
+from moakit.eval.datasets import load_dataset
+from moakit.eval.routing import examples, judge
+from moakit.routing import KnnRouter
+
+FULL = "moa:diverse"  # the adaptive systems' full form (as in eval_adaptive.py)
 
 INTRO = """\
 # Adaptive compute on the embedded model: the grid, the chosen `local` policy, the frontier
@@ -91,6 +96,7 @@ def document(results: Path, rule: str, runs: Sequence[Mapping[str, Any]], machin
         out += ["", "### The targets", ""]
         out += _targets(heldout, chosen)
         out += ["", *_plot("gsm8k-heldout")]
+    out += ["", "## The router seam: the `knn` router on these records", "", *_router(results)]
     humaneval = _summary(results / "humaneval")
     out += ["", "## Report: HumanEval (first 40 problems)", ""]
     if humaneval is None or chosen is None:
@@ -205,6 +211,38 @@ def _members(directory: Path, summary: Mapping[str, Any]) -> list[str]:
         f"{len(layer1)} items (the cascade's early exits), and that answer is right on "
         f"{agree_right} of them.",
     ]
+    return lines
+
+
+def _router(results: Path) -> list[str]:
+    """The ``knn`` router (issue 24's router seam) trained on the train items' ``moa:diverse``
+    records and judged on the held-out ones': which members it would call."""
+    splits = []
+    for name in ("train", "gsm8k-heldout"):
+        summary = _summary(results / name)
+        row = next((r for r in (summary or {}).get("systems", []) if r["name"] == FULL), None)
+        if row is None:
+            return ["Not measured yet (it needs `moa:diverse` records of both splits)."]
+        records = records_of(results / name, row)
+        items = load_dataset("gsm8k", offset=0 if name == "train" else 1000, limit=200).items
+        splits.append(examples(items, records))
+    train, held_out = splits
+    if not train or not held_out:
+        return ["Not measured yet."]
+    lines = [
+        f"Trained on the {len(train)} train items, judged on the {len(held_out)} held-out items "
+        "(`moakit.eval.routing`, as `moa eval route` does within one results directory):",
+        "",
+        "| k | members called per item (of 3) | a called member right | any member right "
+        "| its top member right |",
+        "|---|---|---|---|---|",
+    ]
+    for k in (3, 5, 9):
+        j = judge(KnnRouter(train, k=k), held_out)
+        lines.append(
+            f"| {k} | {j.members_mean:.2f} | {j.any_right_routed:.1%} | {j.any_right_all:.1%} "
+            f"| {j.best_routed:.1%} |"
+        )
     return lines
 
 
