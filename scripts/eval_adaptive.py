@@ -11,7 +11,7 @@ Two phases, kept apart so the report items are never looked at while choosing:
    instruction is general-purpose (no GSM8K format): the chosen policy becomes the ``local``
    preset. The choice follows ``RULE`` (written before any of this ran) from the train summary
    alone, and is saved to ``choice.json``.
-2. ``report``: GSM8K items 1000-1199 (in chunks of 40, every system on the same items, as far
+2. ``report``: GSM8K items 1000-1199 (in chunks of 20, every system on the same items, as far
    as ``--budget-s`` allows) and then the first 40 HumanEval problems, for the single greedy
    model, the chosen adaptive policy and its full (non-adaptive) form. ``moa eval``'s report
    has the paired tests (McNemar against the single model, and the adaptive system against
@@ -50,7 +50,7 @@ FULL = "moa:diverse"  # the adaptive systems' full (non-adaptive) form
 ADAPTIVE = ("moa:diverse-exit", "moa:diverse-cascade")
 TRAIN = (0, 40)
 HELDOUT = (1000, 200)
-CHUNK = 40
+CHUNK = 20
 PARALLEL = 2
 RULE = (
     "Among the adaptive systems, the most accurate on the train items whose mean calls per item "
