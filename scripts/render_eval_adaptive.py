@@ -57,7 +57,10 @@ HOW = """\
   its tool ran, is a call), cache hits included: the cache only saves this run's compute, and
   every system is charged what it asked for. Tokens likewise. Cost is $0 (embedded).
 - **Latency** is per item with two items in flight at once (the embedded scheduler decodes
-  their sequences together), on a 2-core machine; compare latencies within a table.
+  their sequences together), on a 2-core machine; compare latencies within a table. In this
+  run, the held-out `single:greedy` items 1000-1039 also shared the machine with a test suite,
+  and the run was paused for four minutes (a benchmark window) while some were in flight: the
+  latency plot is not a measurement of speed.
 - **Tests.** 95% CIs are percentile bootstraps; paired tests are exact McNemar on the items
   both systems answered (`moa eval`'s own report machinery).
 """
