@@ -90,8 +90,21 @@ def test_moa_chat_ctrl_c_stops_the_answer_not_the_chat(tmp_path: Path) -> None:
     ) as fb:
         env = {**os.environ, "MOAKIT_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
         moa = str(Path(sys.executable).with_name("moa"))
+        # The chat starts with SIGINT at its default, as in a terminal: a suite run as a
+        # background job (`make test &`) ignores SIGINT, and an ignored signal stays ignored
+        # across exec, so a child would never see the Ctrl-C this test sends.
+        reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        reset += "os.execv(sys.argv[1], sys.argv[1:])"
         proc = subprocess.Popen(
-            [moa, "chat", "-c", str(stack_file(tmp_path, fb.base_url))],
+            [
+                sys.executable,
+                "-c",
+                reset,
+                moa,
+                "chat",
+                "-c",
+                str(stack_file(tmp_path, fb.base_url)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
