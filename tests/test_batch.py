@@ -320,4 +320,5 @@ async def test_the_shared_cache_never_serves_an_answer_without_its_tool_calls() 
     first = await collect(cached.stream(request))
     second = await collect(cached.stream(request))
     assert first.tool_calls == second.tool_calls == (call,)
-    assert len(inner.requests) == 2  # asked again: the answer had calls the store cannot keep
+    assert second.text == "Let me look." and second.finish_reason == first.finish_reason
+    assert len(inner.requests) == 1  # the second was the stored answer, calls and all

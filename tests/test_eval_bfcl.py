@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -189,8 +190,9 @@ class _Caller(Model):
         yield Chunk(finish_reason="tool_calls", tool_calls=(_call("f", x=1),))
 
 
-async def test_an_answer_with_tool_calls_is_never_served_from_the_cache_as_text() -> None:
-    """The store keeps text only: a stored tool-call answer would come back as plain text."""
+async def test_an_answer_with_tool_calls_is_served_from_the_cache_as_the_same_calls() -> None:
+    """A stored tool-call answer comes back as calls (same ids, so the follow-up round's
+    request is identical too), never flattened into a plain text answer."""
     inner = _Caller()
     cached = CachedModel(inner, ResponseCache(None), {"model": "caller"})
     request = ChatRequest(messages=[Message.user("x")])
@@ -200,10 +202,38 @@ async def test_an_answer_with_tool_calls_is_never_served_from_the_cache_as_text(
         for _ in range(2):
             chunks = [c async for c in cached.stream(request)]
             assert [c for chunk in chunks for c in chunk.tool_calls] == [_call("f", x=1)]
+            assert "".join(c.text for c in chunks) == "Let me compute it."
+            assert chunks[-1].finish_reason == "tool_calls"
     finally:
         TALLY.reset(token)
-    assert inner.calls == 2 and tally.cache_hits == 0
-    assert len(tally.first_token_s) == 2  # one first token per answer
+    assert inner.calls == 1 and tally.cache_hits == 1
+    assert len(tally.first_token_s) == 1  # the served answer was not timed as a call
+
+
+def test_a_cache_file_from_before_tool_calls_were_stored_keeps_its_rows(tmp_path: Path) -> None:
+    """Migration 2 adds the tool_calls column to an old file in place; a second opener (another
+    process, concurrently) finds it there."""
+    path = tmp_path / "cache.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL, "
+        "finish_reason TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+        "latency_s REAL NOT NULL, created REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO responses VALUES ('k', 'm', 'old answer', 'stop', 3, 2, 0.1, 0.0)")
+    old.commit()
+    old.close()
+    first, second = ResponseCache(path), ResponseCache(path)
+    try:
+        hit = second.get("k")
+        assert hit is not None and hit.text == "old answer" and hit.tool_calls == ()
+        calls = (_call("f", x=1), _call("g", y="two"))
+        first.put("c", "m", Completion(text="", finish_reason="tool_calls", tool_calls=calls), 0.2)
+        stored = second.get("c")
+        assert stored is not None and stored.tool_calls == calls and stored.text == ""
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_an_answer_made_only_of_tool_calls_has_a_first_token() -> None:

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from moakit.trace import TraceRecorder, TraceStore, traced_run
 from moakit.trace.migrations import MIGRATIONS
@@ -148,6 +149,43 @@ def test_two_processes_write_one_file(tmp_path: Path) -> None:
     names = [r[0] for r in db.execute("SELECT name FROM _moakit_migrations")]
     db.close()
     assert names == [name for name, _ in MIGRATIONS]  # each applied once despite two openers
+
+
+class _RefusesWal:
+    """A connection whose switch to WAL is refused, as SQLite refuses the second of two
+    processes switching a fresh file at the same moment (no busy wait: it could deadlock)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "PRAGMA journal_mode=WAL":
+            raise sqlite3.OperationalError("database is locked")
+        return self._db.execute(sql, *args)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def test_opening_a_file_another_process_is_switching_to_wal_waits_and_opens(
+    tmp_path: Path,
+) -> None:
+    connects = 0
+
+    class Contended(TraceStore):
+        def _connect(self) -> sqlite3.Connection:
+            nonlocal connects
+            connects += 1
+            db = super()._connect()
+            return cast(sqlite3.Connection, _RefusesWal(db)) if connects == 1 else db
+
+    with Contended(tmp_path / "contended.db") as store:
+        assert store.stats().queries == 0
+    db = sqlite3.connect(tmp_path / "contended.db")
+    names = [r[0] for r in db.execute("SELECT name FROM _moakit_migrations")]
+    mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    db.close()
+    assert names == [name for name, _ in MIGRATIONS] and mode == "wal"
 
 
 def test_killed_mid_query_keeps_finished_calls_and_marks_incomplete(tmp_path: Path) -> None:

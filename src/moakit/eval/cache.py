@@ -7,8 +7,10 @@ full ``ChatRequest``, so any ablation that sends an identical request (the same 
 different aggregator, Self-MoA's samples, a judge re-grading the same answer) reuses the stored
 answer instead of paying for it again. Only successful, non-empty answers are stored: a failed
 call is recorded by the engine in the run's result and retried on the next run, never cached.
-Nor is an answer with tool calls (the store keeps text): it is called again on the next run.
-Identical requests get identical answers by design: give repeated members distinct seeds.
+An answer with tool calls is stored with them and served back as the same calls (same ids), so
+a tool-using member's first round is paid once, and its follow-up round, whose request quotes
+those ids, is then an identical request too. Identical requests get identical answers by
+design: give repeated members distinct seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from moakit.executors.services import CacheStore
 # One identity and one key scheme for every response cache (eval's, batch's, a cluster's).
 from moakit.executors.wrappers import endpoint_key as endpoint_key
 from moakit.executors.wrappers import model_identity as model_identity
+from moakit.executors.wrappers import replay
 from moakit.executors.wrappers import request_key as request_key
+from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.wrappers import WrapperModel
 
@@ -180,8 +184,8 @@ class CachedModel(WrapperModel):
         if hit is not None:
             if tally is not None:
                 tally.cache_hits += 1
-            yield Chunk(text=hit.text)
-            yield Chunk(finish_reason=hit.finish_reason, usage=hit.usage)
+            for chunk in replay(hit):
+                yield chunk
             return
         try:
             async for chunk in self._through(key, request, tally):
@@ -195,16 +199,16 @@ class CachedModel(WrapperModel):
         """The wrapped model's stream, passed on as it comes; stored once it completed."""
         started = time.monotonic()
         parts: list[str] = []
+        calls: list[ToolCall] = []
         finish: str | None = None
         usage = Usage()
-        called = False
         try:
             async for chunk in self.wrapped.stream(request):
                 # The answer's first token: its first text, or its tool calls (they come whole).
-                first = (chunk.text or chunk.tool_calls) and not (parts or called)
+                first = (chunk.text or chunk.tool_calls) and not (parts or calls)
                 if first and tally is not None:
                     tally.first_token_s.append(time.monotonic() - started)
-                called = called or bool(chunk.tool_calls)
+                calls.extend(chunk.tool_calls)
                 if chunk.text:
                     parts.append(chunk.text)
                 if chunk.finish_reason is not None:
@@ -218,11 +222,10 @@ class CachedModel(WrapperModel):
                 tally.failures += 1
             raise
         else:
-            text = "".join(parts)
-            # An answer with tool calls is not stored: the store keeps text only, and serving
-            # its text alone would turn a call into a plain answer. It is asked again.
-            if text.strip() and not called:
-                completion = Completion(text=text, finish_reason=finish, usage=usage)
+            completion = Completion(
+                text="".join(parts), finish_reason=finish, usage=usage, tool_calls=tuple(calls)
+            )
+            if not completion.empty:
                 await self.cache.store(key, self.name, completion, time.monotonic() - started)
 
 

@@ -2,17 +2,20 @@
 response cache (the cluster versions in ``ray.py`` put these same objects inside actors).
 
 The cache's SQLite table has the shape of ``moa eval``'s response cache (``responses``: key,
-model, text, finish_reason, tokens, latency, created), so one file can serve both.
+model, text, finish_reason, tokens, latency, created, and the answer's tool calls as JSON), so
+one file can serve both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from moakit.messages import ToolCall
 from moakit.models.base import Completion, Usage
 
 
@@ -84,12 +87,26 @@ class CacheStore:
             "text TEXT NOT NULL, finish_reason TEXT, prompt_tokens INTEGER NOT NULL, "
             "completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL, created REAL NOT NULL)"
         )
+        self._add_tool_calls_column()
         self._db.commit()
+
+    def _add_tool_calls_column(self) -> None:
+        """Migration 2, append-only: an answer's tool calls (JSON; NULL for a text answer), so
+        a tool-calling member's answer is stored too. A file written before it keeps its rows."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+        if "tool_calls" in columns:
+            return
+        try:
+            self._db.execute("ALTER TABLE responses ADD COLUMN tool_calls TEXT")
+        except sqlite3.OperationalError as error:
+            # Another process opening the same file added it between our look and our ALTER.
+            if "duplicate column" not in str(error):
+                raise
 
     def get(self, key: str) -> Completion | None:
         row = self._db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
-            "WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls "
+            "FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
@@ -98,11 +115,16 @@ class CacheStore:
             text=row[0],
             finish_reason=row[1],
             usage=Usage(prompt_tokens=row[2], completion_tokens=row[3]),
+            tool_calls=tuple(
+                ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"])
+                for c in json.loads(row[4] or "[]")
+            ),
         )
 
     def put(self, key: str, model: str, completion: Completion, latency_s: float) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses (key, model, text, finish_reason, prompt_tokens, "
+            "completion_tokens, latency_s, created, tool_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 model,
@@ -112,6 +134,7 @@ class CacheStore:
                 completion.usage.completion_tokens,
                 latency_s,
                 time.time(),
+                _calls_json(completion.tool_calls),
             ),
         )
         self._db.commit()
@@ -121,6 +144,12 @@ class CacheStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _calls_json(calls: tuple[ToolCall, ...]) -> str | None:
+    if not calls:
+        return None
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
 
 
 class LocalCache:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from moakit.config import MemberSpec, ResolvedMember, StackConfig
 from moakit.executors.base import Gate, Services, SharedCache
+from moakit.messages import ToolCall
 from moakit.models.base import ChatRequest, Chunk, Completion, Model, Usage
 from moakit.models.wrappers import ConcurrencyLimitedModel, WrapperModel
 
@@ -44,10 +45,17 @@ def request_key(identity: Mapping[str, Any], request: ChatRequest) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def replay(hit: Completion) -> Iterator[Chunk]:
+    """A stored answer as a stream: its text, then its end with any tool calls (same ids)."""
+    if hit.text:
+        yield Chunk(text=hit.text)
+    yield Chunk(finish_reason=hit.finish_reason, usage=hit.usage, tool_calls=hit.tool_calls)
+
+
 class SharedCachedModel(WrapperModel):
     """Serves a stored answer for an identical request, else calls through and stores the
-    answer once it completed (non-empty text answers only: a failure is never cached, nor an
-    answer with tool calls, which the store keeps no column for)."""
+    answer once it completed (non-empty answers only, text or tool calls: a failure is never
+    cached)."""
 
     complete = Model.complete  # through this wrapper's stream
 
@@ -60,25 +68,26 @@ class SharedCachedModel(WrapperModel):
         key = request_key(self.identity, request)
         hit = await self.cache.claim(key)
         if hit is not None:
-            yield Chunk(text=hit.text)
-            yield Chunk(finish_reason=hit.finish_reason, usage=hit.usage)
+            for chunk in replay(hit):
+                yield chunk
             return
         started = time.monotonic()
         parts: list[str] = []
+        calls: list[ToolCall] = []
         finish: str | None = None
         usage = Usage()
         stored = False
-        called = False
         try:
             async for chunk in self.wrapped.stream(request):
                 parts.append(chunk.text)
+                calls.extend(chunk.tool_calls)
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
-                called = called or bool(chunk.tool_calls)
                 yield chunk
-            text = "".join(parts)
-            if text.strip() and not called:
-                completion = Completion(text=text, finish_reason=finish, usage=usage)
+            completion = Completion(
+                text="".join(parts), finish_reason=finish, usage=usage, tool_calls=tuple(calls)
+            )
+            if not completion.empty:
                 await self.cache.put(key, self.name, completion, time.monotonic() - started)
                 stored = True
         finally:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,12 @@ from moakit.trace.redact import Redactor
 from moakit.trace.sql import SqlTraceStore, rows_by_status
 
 BUSY_TIMEOUT_S = 10.0
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
+
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -109,15 +117,31 @@ class TraceStore(SqlTraceStore):
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._prepare_file()
+        except (sqlite3.Error, OSError) as exc:
+            raise TraceStoreError(f"cannot use {self.path} as the trace store: {exc}") from None
+        self._start_writer(self._connect, store_prompts=store_prompts, redactor=redactor)
+
+    def _prepare_file(self) -> None:
+        """Switch the file to WAL and apply pending migrations, retrying while it is locked.
+
+        The busy timeout alone does not cover two processes opening a fresh file at once:
+        switching a rollback-journal file to WAL escalates a shared lock, and when both hold one
+        SQLite answers "database is locked" at once instead of waiting (waiting could deadlock).
+        The loser tries again shortly; by then the file is in WAL mode, or about to be."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
             db = self._connect()
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 migrate(db)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
             finally:
                 db.close()
-        except (sqlite3.Error, OSError) as exc:
-            raise TraceStoreError(f"cannot use {self.path} as the trace store: {exc}") from None
-        self._start_writer(self._connect, store_prompts=store_prompts, redactor=redactor)
+            time.sleep(random.uniform(0.01, 0.05))  # apart, so two losers do not collide again
 
     @property
     def location(self) -> str:
