@@ -11,9 +11,10 @@ Two phases, kept apart so the report items are never looked at while choosing:
    instruction is general-purpose (no GSM8K format): the chosen policy becomes the ``local``
    preset. The choice follows ``RULE`` (written before any of this ran) from the train summary
    alone, and is saved to ``choice.json``.
-2. ``report``: GSM8K items 1000-1199 (in chunks of 20, every system on the same items, as far
-   as ``--budget-s`` allows) and then the first 40 HumanEval problems, for the single greedy
-   model, the chosen adaptive policy and its full (non-adaptive) form. ``moa eval``'s report
+2. ``report``: GSM8K items 1000-1199 and the first 40 HumanEval problems (in chunks of 20,
+   every system on the same items, the next chunk to the dataset least covered so far, as far
+   as ``--budget-s`` allows), for the single greedy model, the chosen adaptive policy and its
+   full (non-adaptive) form. ``moa eval``'s report
    has the paired tests (McNemar against the single model, and the adaptive system against
    full MoA) and ``plots/frontier.png``.
 
@@ -50,6 +51,7 @@ FULL = "moa:diverse"  # the adaptive systems' full (non-adaptive) form
 ADAPTIVE = ("moa:diverse-exit", "moa:diverse-cascade")
 TRAIN = (0, 40)
 HELDOUT = (1000, 200)
+HUMANEVAL = (0, 40)  # the 40 problems of the earlier evaluations (docs/eval-local.md)
 CHUNK = 20
 PARALLEL = 2
 RULE = (
@@ -109,18 +111,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_report(deadline: float | None, log: Path) -> None:
+    """The report items in chunks. The next chunk goes to the dataset least covered so far (as
+    a share of its items; ties to GSM8K), so a deadline leaves both covered in proportion."""
     choice = json.loads((RESULTS / "choice.json").read_text())["chosen"]
     systems = ["single:greedy", FULL, choice]
-    first, total = HELDOUT
-    for upto in range(CHUNK, total + CHUNK, CHUNK):
-        chunk = settings("gsm8k-heldout", "gsm8k", systems, first, min(upto, total))
-        finished = run_chunk(chunk, log, deadline, phase="report", dataset="gsm8k")
+    plans = {  # dataset -> (results folder, first item, items)
+        "gsm8k": ("gsm8k-heldout", *HELDOUT),
+        "humaneval": ("humaneval", *HUMANEVAL),
+    }
+    done = dict.fromkeys(plans, 0)
+    while True:
+        left = [d for d in plans if done[d] < plans[d][2]]
+        if not left:
+            return
+        dataset = min(left, key=lambda d: done[d] / plans[d][2])
+        folder, first, total = plans[dataset]
+        upto = min(done[dataset] + CHUNK, total)
+        chunk = settings(folder, dataset, systems, first, upto)
+        finished = run_chunk(chunk, log, deadline, phase="report", dataset=dataset)
         report(chunk)
         if not finished:
             return
-    chunk = settings("humaneval", "humaneval", systems, 0, 40)
-    if run_chunk(chunk, log, deadline, phase="report", dataset="humaneval"):
-        report(chunk)
+        done[dataset] = upto
 
 
 def render() -> None:
