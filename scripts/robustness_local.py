@@ -1,9 +1,10 @@
 """The robustness run behind ``docs/robustness.md`` (``make robustness``).
 
 On real models: the embedded Qwen2.5-Coder-0.5B stack (``scripts/local-robust.toml``: the
-``local`` preset without its straggler cut) on the first ``ITEMS`` GSM8K items, clean and with
-one of its three samples adversarial (``deceptive``, ``injector``), without and with each
-defense, and each defense on the clean stack (what it costs when nobody attacks). Plain
+``local`` preset as it was before it became a cascade, without its straggler cut) on the first
+``ITEMS`` GSM8K items, clean and with one of its three samples adversarial (``deceptive``,
+``injector``), without and with each defense, and each defense on the clean stack (what it
+costs when nobody attacks). Plain
 ``moa eval run`` steps (in-process, ``moakit.eval.EvalSession``) of ``CHUNK`` more items each,
 into ``results/robustness-local/``
 (resumable; it shares the eval's response cache, so the honest samples are the ones
