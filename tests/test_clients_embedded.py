@@ -16,6 +16,7 @@ from openai.types.chat import (
     ChatCompletionToolParam,
 )
 
+import tool_schemas
 from moakit import parse_config
 from moakit.server import create_app
 from server_harness import serve
@@ -37,15 +38,7 @@ STACK = {
         "max_tokens": 48,
     },
 }
-PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
+PARAMETERS: dict[str, Any] = tool_schemas.WEATHER
 WEATHER: ChatCompletionToolParam = {
     "type": "function",
     "function": {
